@@ -1,0 +1,269 @@
+"""`final-exporter`: the export, verify and list commands outside a pipeline.
+
+The plain-copy export imports neither TensorFlow nor TFX; they are imported
+only for `--serving-fn`, `--as-text` and `--model-evaluation`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from final_exporter import keys
+from final_exporter.blessing import blessing_from_folder
+from final_exporter.config import ExportConfig
+from final_exporter.errors import FinalExporterError, InvalidInputError
+from final_exporter.exporter import ExportRequest, ExportResult, run_export
+from final_exporter.manifest import read_manifest, verify_export
+from final_exporter.progress import human_bytes
+from final_exporter.publish import list_versions
+from final_exporter.version import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def flag(key: str) -> str:
+    """The CLI flag of a component parameter or input: `export_base` -> `--export-base`."""
+    return '--' + key.replace('_', '-')
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, not argparse's usage block: scripts and pipelines log it whole.
+        self.exit(EXIT_BAD_INPUT, f'{self.prog}: error: {message} (see --help)\n')
+
+
+def _assets_extra_pair(text: str) -> tuple[str, str]:
+    dest, sep, src = text.partition('=')
+    if not sep or not dest or not src:
+        raise argparse.ArgumentTypeError(f'expected DEST=SRC, got {text!r}')
+    return dest, src
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog='final-exporter', description=__doc__.splitlines()[0])
+    parser.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
+    parser.add_argument('-v', '--verbose', action='store_true', help='log each step')
+    commands = parser.add_subparsers(dest='command', required=True, parser_class=_Parser)
+
+    export = commands.add_parser(
+        'export', help='export a blessed SavedModel to <export-base>/<name>/<version>/'
+    )
+    export.add_argument(
+        flag(keys.MODEL_KEY),
+        required=True,
+        metavar='PATH',
+        help='a TFX Model artifact folder (either layout) or a SavedModel folder',
+    )
+    export.add_argument(
+        flag(keys.MODEL_BLESSING_KEY), metavar='PATH', help='Evaluator blessing artifact folder'
+    )
+    export.add_argument(
+        flag(keys.INFRA_BLESSING_KEY),
+        metavar='PATH',
+        help='InfraValidator blessing artifact folder',
+    )
+    export.add_argument(
+        flag(keys.MODEL_EVALUATION_KEY),
+        metavar='PATH',
+        help='Evaluator evaluation artifact folder; its overall metrics go into the lineage',
+    )
+    export.add_argument(flag(keys.NAME_KEY), required=True, help='model name (one folder)')
+    export.add_argument(
+        flag(keys.EXPORT_BASE_KEY), required=True, metavar='PATH', help='base export folder'
+    )
+    export.add_argument(
+        flag(keys.SERVING_FN_KEY),
+        metavar='MODULE:FUNC',
+        help='re-export with the signatures FUNC(loaded_model) returns',
+    )
+    export.add_argument(
+        flag(keys.ASSETS_EXTRA_KEY),
+        metavar='DEST=SRC',
+        nargs='+',
+        action='extend',
+        type=_assets_extra_pair,
+        default=[],
+        help='copy SRC to assets.extra/DEST (repeatable)',
+    )
+    export.add_argument(
+        flag(keys.AS_TEXT_KEY),
+        action='store_true',
+        help='write saved_model.pbtxt instead of saved_model.pb',
+    )
+    export.add_argument(
+        flag(keys.REQUIRE_BLESSING_KEY),
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help='refuse to export without a blessing (default); --no-require-blessing allows it',
+    )
+    export.add_argument('--workers', type=int, default=None, help='copy threads')
+    export.add_argument('--json', action='store_true', help='print the result as one JSON object')
+    export.set_defaults(func=_export)
+
+    verify = commands.add_parser('verify', help='check an export against its manifest')
+    verify.add_argument('export_dir', metavar='EXPORT_DIR')
+    verify.add_argument('--json', action='store_true')
+    verify.set_defaults(func=_verify)
+
+    listing = commands.add_parser('list', help='list the versions under BASE/NAME, newest first')
+    listing.add_argument('model_base', metavar='BASE/NAME')
+    listing.add_argument('--json', action='store_true')
+    listing.set_defaults(func=_list)
+    return parser
+
+
+def _export(args: argparse.Namespace) -> int:
+    config = ExportConfig(
+        name=args.name,
+        export_base=args.export_base,
+        serving_fn=args.serving_fn,
+        assets_extra=_assets_extra_dict(args.assets_extra),
+        as_text=args.as_text,
+        require_blessing=args.require_blessing,
+    )
+    blessings = [
+        blessing_from_folder(kind, path)
+        for kind, path in (
+            (keys.MODEL_BLESSING_KEY, args.model_blessing),
+            (keys.INFRA_BLESSING_KEY, args.infra_blessing),
+        )
+        if path
+    ]
+    extra: dict[str, Any] = {}
+    if args.model_evaluation:
+        from final_exporter.evaluation import overall_metrics
+
+        extra[keys.MODEL_EVALUATION_URI_KEY] = args.model_evaluation
+        extra[keys.EVAL_RESULT_KEY] = overall_metrics(args.model_evaluation)
+    request = ExportRequest(
+        config=config, model_uri=args.model, blessings=blessings, extra_lineage=extra
+    )
+    result = run_export(
+        request, report_progress=lambda line: print(line, file=sys.stderr), workers=args.workers
+    )
+    if args.json:
+        print(json.dumps(result.summary(), sort_keys=True))
+    else:
+        print(_describe(result))
+    return EXIT_OK
+
+
+def _assets_extra_dict(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for dest, src in pairs:
+        if dest in result:
+            raise InvalidInputError(f'{flag(keys.ASSETS_EXTRA_KEY)} names {dest!r} twice')
+        result[dest] = src
+    return result
+
+
+def _describe(result: ExportResult) -> str:
+    if not result.pushed:
+        return f'not exported: {result.reason}'
+    return (
+        f'exported version {result.version} to {result.export_dir} '
+        f'({result.file_count} files, {human_bytes(result.total_bytes)}, '
+        f'manifest sha256 {result.manifest_sha256})'
+    )
+
+
+def _verify(args: argparse.Namespace) -> int:
+    report = verify_export(args.export_dir)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    'ok': report.ok,
+                    'export_dir': report.export_dir,
+                    'manifest_sha256': report.manifest_sha256,
+                    'missing': report.missing,
+                    'extra': report.extra,
+                    'changed': report.changed,
+                    'files_checked': report.files_checked,
+                },
+                sort_keys=True,
+            )
+        )
+    elif report.ok:
+        print(
+            f'ok: {report.files_checked} files, {human_bytes(report.bytes_checked)} match '
+            f'the manifest (sha256 {report.manifest_sha256})'
+        )
+    else:
+        print(f'{report.export_dir} does not match its manifest:')
+        for line in report.problems():
+            print(f'  {line}')
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _list(args: argparse.Namespace) -> int:
+    if not os.path.isdir(args.model_base):
+        raise InvalidInputError(f'{args.model_base!r} is not a folder')
+    rows = []
+    for version in reversed(list_versions(args.model_base)):
+        export_dir = os.path.join(args.model_base, str(version))
+        try:
+            manifest, digest = read_manifest(export_dir)
+        except FinalExporterError as e:
+            rows.append({'version': version, 'export_dir': export_dir, 'error': str(e)})
+            continue
+        rows.append(
+            {
+                'version': version,
+                'export_dir': export_dir,
+                'manifest_sha256': digest,
+                'file_count': manifest.get('file_count'),
+                'total_bytes': manifest.get('total_bytes'),
+                'lineage': manifest.get('lineage', {}),
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, sort_keys=True))
+        return EXIT_OK
+    if not rows:
+        print(f'no versions under {args.model_base}')
+    for row in rows:
+        if 'error' in row:
+            print(f'{row["version"]}  (no manifest: {row["error"]})')
+            continue
+        lin = row['lineage']
+        print(
+            f'{row["version"]}  {lin.get(keys.EXPORTED_AT_KEY, "?")}  '
+            f'{human_bytes(row["total_bytes"] or 0)}  {row["file_count"]} files  '
+            f'from {lin.get(keys.SOURCE_MODEL_URI_KEY, "?")}'
+            + (
+                f'  run {lin[keys.PIPELINE_RUN_ID_KEY]}'
+                if lin.get(keys.PIPELINE_RUN_ID_KEY)
+                else ''
+            )
+        )
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI; returns the exit code (0 ok or not blessed, 1 failed, 2 bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        stream=sys.stderr,
+        format='%(levelname)s %(name)s: %(message)s',
+    )
+    try:
+        return args.func(args)
+    except InvalidInputError as e:
+        print(f'{parser.prog}: error: {e}', file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (FinalExporterError, OSError) as e:
+        print(f'{parser.prog}: failed: {e}', file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The FinalExporter TFX component."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from tfx import types
+from tfx.dsl.components.base import base_component, executor_spec
+from tfx.types import standard_artifacts
+
+from final_exporter.config import ExportConfig
+from final_exporter.errors import InvalidInputError
+from final_exporter.executor import Executor
+from final_exporter.spec import FinalExporterSpec
+
+
+class FinalExporter(base_component.BaseComponent):
+    """Exports a blessed model once, as a SavedModel a model server can load.
+
+    The TFX counterpart of `tf.estimator.FinalExporter`: the export goes to
+    `<export_base>/<name>/<version>/`, built in a staging folder, verified
+    against a manifest (`assets.extra/export_manifest.json`) and published with
+    one atomic rename, only if every wired blessing is blessed.
+
+    Example:
+        ```python
+        exporter = FinalExporter(
+            model=trainer.outputs['model'],
+            model_blessing=evaluator.outputs['blessing'],
+            model_evaluation=evaluator.outputs['evaluation'],
+            name='penguin',
+            export_base='/srv/models',
+            assets_extra={'labels/classes.txt': '/data/classes.txt'},
+        )
+        ```
+
+    Component `outputs` contains:
+      - `pushed_model`: a `PushedModel` with `pushed`, `pushed_destination`,
+        `pushed_version` (as the TFX Pusher sets them), `not_pushed_reason`,
+        the manifest digest and the lineage; its folder holds the manifest,
+        `lineage.json` and `report.md` (not a copy of the model).
+    """
+
+    SPEC_CLASS = FinalExporterSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
+
+    def __init__(
+        self,
+        model: types.BaseChannel,
+        name: str,
+        export_base: str,
+        model_blessing: types.BaseChannel | None = None,
+        infra_blessing: types.BaseChannel | None = None,
+        model_evaluation: types.BaseChannel | None = None,
+        serving_fn: str | Callable[..., Any] | None = None,
+        assets_extra: Mapping[str, str] | None = None,
+        as_text: bool = False,
+        require_blessing: bool = True,
+    ):
+        """Constructs a FinalExporter.
+
+        Args:
+            model: Channel of `Model`, usually `trainer.outputs['model']`.
+            name: Model name, one folder: the export goes to `<export_base>/<name>/<version>/`.
+            export_base: Base folder; `<export_base>/<name>` is a TensorFlow Serving base path.
+            model_blessing: Optional channel of `ModelBlessing` (Evaluator).
+            infra_blessing: Optional channel of `InfraBlessing` (InfraValidator).
+            model_evaluation: Optional channel of `ModelEvaluation` (Evaluator); its
+                overall-slice metrics go into the lineage as `eval_result`.
+            serving_fn: Optional `fn(loaded_model) -> signatures`, as an import path
+                (`package.module:fn` or `/path/to/module_file.py:fn`) or a module-level
+                function. When given, the model is re-exported with those signatures;
+                otherwise it is copied byte for byte.
+            assets_extra: Optional {destination under `assets.extra/`: source file}.
+            as_text: Write `saved_model.pbtxt` instead of `saved_model.pb`.
+            require_blessing: With no blessing wired, construction fails unless this
+                is explicitly False.
+
+        Raises:
+            ValueError: for a parameter that cannot work, saying how to fix it.
+        """
+        if model is None:
+            raise ValueError('model is required: pass trainer.outputs["model"]')
+        if require_blessing and model_blessing is None and infra_blessing is None:
+            raise ValueError(
+                'FinalExporter needs a blessing to gate the export: pass '
+                'model_blessing=evaluator.outputs["blessing"] and/or '
+                'infra_blessing=infra_validator.outputs["blessing"], or set '
+                'require_blessing=False to export without validation.'
+            )
+        try:
+            config = ExportConfig(
+                name=name,
+                export_base=export_base,
+                serving_fn=serving_fn,
+                assets_extra=assets_extra or {},
+                as_text=as_text,
+                require_blessing=require_blessing,
+            )
+        except InvalidInputError as e:
+            raise ValueError(f'FinalExporter: {e}') from None
+        spec = FinalExporterSpec(
+            model=model,
+            model_blessing=model_blessing,
+            infra_blessing=infra_blessing,
+            model_evaluation=model_evaluation,
+            pushed_model=types.Channel(type=standard_artifacts.PushedModel),
+            **config.to_exec_properties(),
+        )
+        super().__init__(spec=spec)

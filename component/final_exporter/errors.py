@@ -1,0 +1,22 @@
+"""Errors raised by the export core.
+
+`InvalidInputError` is the user's to fix (bad path, bad name, unblessable
+input): the CLI turns it into exit code 2 and one line on stderr. Everything
+else is an operational failure (exit code 1).
+"""
+
+
+class FinalExporterError(Exception):
+    """Base class of the errors this package raises on purpose."""
+
+
+class InvalidInputError(FinalExporterError, ValueError):
+    """The input (model, blessing, parameters) cannot be exported as given."""
+
+
+class BlessingMismatchError(InvalidInputError):
+    """A blessing was made for a different model than the one wired in."""
+
+
+class IntegrityError(FinalExporterError):
+    """Bytes on disk do not match what was read or what the manifest records."""

@@ -1,0 +1,272 @@
+"""The export itself, with no TFX types: check, gate, stage, verify, publish.
+
+Used by the TFX executor, the CLI and (later) the Kubeflow-native component, so
+all of them export the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from final_exporter import keys, lineage, publish
+from final_exporter.blessing import Blessing, check_blessings
+from final_exporter.config import ExportConfig
+from final_exporter.errors import IntegrityError, InvalidInputError
+from final_exporter.manifest import FileEntry, build_manifest, verify_export, write_manifest
+from final_exporter.progress import Progress
+from final_exporter.savedmodel import SavedModelInfo, inspect_saved_model, resolve_saved_model_dir
+from final_exporter.transfer import CopyItem, copy_and_hash, hash_tree, plan_tree
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportRequest:
+    """What to export and what is known about it.
+
+    Attributes:
+        config: The export parameters.
+        model_uri: A TFX Model artifact folder (either layout) or a SavedModel folder.
+        model_id: MLMD id of the Model artifact, if known.
+        blessings: The wired blessings.
+        extra_lineage: Lineage only the caller knows: evaluation metrics, pipeline
+            name and run id.
+    """
+
+    config: ExportConfig
+    model_uri: str
+    model_id: str | None = None
+    blessings: Sequence[Blessing] = ()
+    extra_lineage: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """The outcome of an export; `pushed` False means gated, not failed."""
+
+    pushed: bool
+    reason: str
+    model_base: str
+    lineage: Mapping[str, Any]
+    version: int | None = None
+    export_dir: str | None = None
+    manifest: Mapping[str, Any] | None = None
+    manifest_sha256: str | None = None
+
+    @property
+    def total_bytes(self) -> int:
+        return self.manifest['total_bytes'] if self.manifest else 0
+
+    @property
+    def file_count(self) -> int:
+        return self.manifest['file_count'] if self.manifest else 0
+
+    def summary(self) -> dict[str, Any]:
+        """The outcome as the CLI's `--json` prints it."""
+        return {
+            'pushed': self.pushed,
+            'version': self.version,
+            'export_dir': self.export_dir,
+            'manifest_sha256': self.manifest_sha256,
+            'not_pushed_reason': None if self.pushed else self.reason,
+            'reason': self.reason,
+            'model_base': self.model_base,
+            'total_bytes': self.total_bytes,
+            'file_count': self.file_count,
+            'lineage': dict(self.lineage),
+        }
+
+    def properties(self) -> dict[str, int | float | str]:
+        """PushedModel custom properties: the Pusher's keys, then the lineage."""
+        props = lineage.to_properties(self.lineage)
+        props[keys.PUSHED_KEY] = int(self.pushed)
+        if self.pushed:
+            props[keys.PUSHED_DESTINATION_KEY] = self.export_dir
+            props[keys.PUSHED_VERSION_KEY] = str(self.version)
+            props[keys.MANIFEST_SHA256_KEY] = self.manifest_sha256
+            props[keys.TOTAL_BYTES_KEY] = self.total_bytes
+            props[keys.FILE_COUNT_KEY] = self.file_count
+        else:
+            props[keys.NOT_PUSHED_REASON_KEY] = self.reason
+        return props
+
+
+def run_export(
+    request: ExportRequest,
+    *,
+    report_progress: Callable[[str], None] | None = None,
+    workers: int | None = None,
+    clock: Callable[[], float] = time.time,
+) -> ExportResult:
+    """Checks the inputs, gates on the blessings, and exports atomically.
+
+    Everything the user can get wrong is checked before anything is written.
+    The export is built and verified in a staging folder under
+    `<export_base>/<name>/` and published with one rename; on any failure the
+    staging folder is removed and no version appears.
+
+    Args:
+        request: What to export.
+        report_progress: Called with one-line progress updates on long copies.
+        workers: Copy threads; a default sized for I/O when None.
+        clock: Time source for versions and the lineage timestamp.
+
+    Returns:
+        The ExportResult (pushed or gated).
+
+    Raises:
+        InvalidInputError: for bad input; nothing was written.
+        IntegrityError: if bytes changed under the copy; nothing was published.
+    """
+    config = request.config
+    source_dir = resolve_saved_model_dir(request.model_uri)
+    source = inspect_saved_model(source_dir)
+    assets = _check_assets_extra_sources(config.assets_extra)
+    items = _plan_copy(source, config, assets)
+    decision = check_blessings(
+        request.blessings,
+        model_id=request.model_id,
+        model_uri=request.model_uri,
+        require_blessing=config.require_blessing,
+    )
+    logger.info('Gate: %s.', decision.reason)
+
+    def make_lineage(signatures: Sequence[str], files: Mapping[str, FileEntry]) -> dict[str, Any]:
+        return lineage.build_lineage(
+            name=config.name,
+            export_format='pbtxt' if config.as_text else 'pb',
+            signature_names=signatures,
+            assets_extra_files=sorted(
+                p.removeprefix(keys.ASSETS_EXTRA_DIR + '/')
+                for p in files
+                if p.startswith(keys.ASSETS_EXTRA_DIR + '/')
+            ),
+            source_model_uri=request.model_uri,
+            source_model_id=request.model_id,
+            source_saved_model_dir=source_dir,
+            blessings=request.blessings,
+            serving_fn=config.serving_fn,
+            extra=request.extra_lineage,
+            clock=clock,
+        )
+
+    if not decision.export:
+        planned = {i.dest: FileEntry(i.dest, i.size, '') for i in items}
+        return ExportResult(
+            pushed=False,
+            reason=decision.reason,
+            model_base=config.model_base,
+            lineage=make_lineage(source.signature_names, planned),
+        )
+
+    staging = publish.make_staging_dir(config.model_base)
+    try:
+        files, signatures = _build(staging, source, config, items, report_progress, workers)
+        manifest = build_manifest(files.values(), make_lineage(signatures, files))
+        digest = write_manifest(staging, manifest)
+        check = verify_export(staging, manifest, rehash=False, known=files)
+        if not check.ok:
+            raise IntegrityError(
+                f'staged export {staging!r} does not match its manifest: {"; ".join(check.problems())}'
+            )
+        version, export_dir = publish.publish(staging, config.model_base, clock)
+    except BaseException:
+        publish.remove_staging_dir(staging)
+        raise
+    logger.info(
+        'Exported %s files (%s bytes) to %s (manifest sha256 %s).',
+        manifest['file_count'],
+        manifest['total_bytes'],
+        export_dir,
+        digest,
+    )
+    return ExportResult(
+        pushed=True,
+        reason=decision.reason,
+        model_base=config.model_base,
+        lineage=manifest['lineage'],
+        version=version,
+        export_dir=export_dir,
+        manifest=manifest,
+        manifest_sha256=digest,
+    )
+
+
+def _check_assets_extra_sources(assets_extra: Mapping[str, str]) -> list[CopyItem]:
+    items = []
+    for dest, src in assets_extra.items():
+        if not os.path.isfile(src):
+            what = 'a folder' if os.path.isdir(src) else 'missing'
+            raise InvalidInputError(
+                f'assets_extra source for {dest!r} is {what}: {src!r}; expected a readable file'
+            )
+        if not os.access(src, os.R_OK):
+            raise InvalidInputError(f'assets_extra source for {dest!r} is not readable: {src!r}')
+        items.append(
+            CopyItem(src=src, dest=f'{keys.ASSETS_EXTRA_DIR}/{dest}', size=os.path.getsize(src))
+        )
+    return items
+
+
+def _plan_copy(
+    source: SavedModelInfo, config: ExportConfig, assets: list[CopyItem]
+) -> list[CopyItem]:
+    """All files the export will hold (but the manifest), with their sources."""
+    # A re-export of an export carries an old manifest; the new one replaces it.
+    exclude = [keys.MANIFEST_RELPATH]
+    if config.serving_fn:
+        # TensorFlow writes the SavedModel itself; only assets.extra is copied.
+        planned = [
+            i
+            for i in plan_tree(source.path, exclude=exclude)
+            if i.dest.startswith(keys.ASSETS_EXTRA_DIR + '/')
+        ]
+    else:
+        if config.as_text:
+            exclude.append(keys.SAVED_MODEL_PB)
+        planned = plan_tree(source.path, exclude=exclude)
+    taken = {i.dest for i in planned}
+    for item in assets:
+        if item.dest in taken:
+            raise InvalidInputError(
+                f'assets_extra destination {item.dest!r} is already in the source SavedModel; '
+                'choose another destination'
+            )
+    return planned + assets
+
+
+def _build(
+    staging: str,
+    source: SavedModelInfo,
+    config: ExportConfig,
+    items: list[CopyItem],
+    report_progress: Callable[[str], None] | None,
+    workers: int | None,
+) -> tuple[dict[str, FileEntry], tuple[str, ...]]:
+    """Fills the staging folder; returns its files' entries and signature names."""
+    progress = Progress(
+        total_bytes=sum(i.size for i in items), total_files=len(items), report=report_progress
+    )
+    if config.serving_fn or config.as_text:
+        from final_exporter import tf_export  # TensorFlow only when needed.
+
+        if config.serving_fn:
+            tf_export.reexport(source.path, staging, config.serving_fn)
+        copied = copy_and_hash(items, staging, workers=workers, progress=progress)
+        if config.serving_fn and config.as_text:
+            tf_export.convert_in_place_to_pbtxt(staging)
+        elif config.as_text:
+            tf_export.write_pbtxt(
+                os.path.join(source.path, keys.SAVED_MODEL_PB),
+                os.path.join(staging, keys.SAVED_MODEL_PBTXT),
+            )
+        signatures = tf_export.check_loads(staging)
+        # Hash only what TensorFlow wrote; the copy already hashed the rest.
+        return {**copied, **hash_tree(staging, skip=copied, workers=workers)}, signatures
+    files = copy_and_hash(items, staging, workers=workers, progress=progress)
+    return files, source.signature_names

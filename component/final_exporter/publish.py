@@ -1,0 +1,154 @@
+"""Versions, staging folders and the atomic publish on a local filesystem.
+
+A model server (TensorFlow Serving) polls `<export_base>/<name>/` and loads
+any folder whose name is an integer. So an export is built in a staging folder
+whose name is not a number (it starts with a dot), and becomes visible in one
+step: a rename to `<version>/` that refuses to replace anything
+(`renameat2(RENAME_NOREPLACE)` on Linux). If another exporter took that
+version first, the next free version is tried; nothing is ever overwritten or
+silently skipped.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+
+from final_exporter.errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+STAGING_PREFIX = '.final-exporter-staging-'
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+# Each retry moves past a version another exporter published in the meantime;
+# running out means something keeps creating numeric folders under us.
+_MAX_PUBLISH_ATTEMPTS = 1000
+
+
+def is_version_name(name: str) -> bool:
+    """True for the folder names TensorFlow Serving loads: decimal integers."""
+    return name.isascii() and name.isdigit()
+
+
+def list_versions(model_base: str) -> list[int]:
+    """The numeric versions under `model_base`, ascending; [] if it does not exist."""
+    try:
+        names = os.listdir(model_base)
+    except FileNotFoundError:
+        return []
+    return sorted(
+        int(n) for n in names if is_version_name(n) and os.path.isdir(os.path.join(model_base, n))
+    )
+
+
+def next_version(model_base: str, clock: Callable[[], float] = time.time) -> int:
+    """The Unix time in seconds, or one more than the highest version if that is not larger.
+
+    Numeric files count too: a version name is never reused for anything.
+    """
+    try:
+        taken = [int(n) for n in os.listdir(model_base) if is_version_name(n)]
+    except FileNotFoundError:
+        taken = []
+    now = int(clock())
+    return max(now, max(taken) + 1) if taken else now
+
+
+def make_staging_dir(model_base: str) -> str:
+    """Creates a fresh, uniquely named staging folder beside the versions.
+
+    Raises:
+        InvalidInputError: if `model_base` cannot be created or written to.
+    """
+    try:
+        os.makedirs(model_base, exist_ok=True)
+        return tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=model_base)
+    except OSError as e:
+        raise InvalidInputError(
+            f'cannot write to the export folder {model_base!r}: {e.strerror or e}'
+        ) from None
+
+
+def remove_staging_dir(staging_dir: str) -> None:
+    shutil.rmtree(staging_dir, ignore_errors=True)
+
+
+def _load_renameat2():
+    libc_name = ctypes.util.find_library('c')
+    if not libc_name:
+        return None
+    fn = getattr(ctypes.CDLL(libc_name, use_errno=True), 'renameat2', None)
+    if fn is not None:
+        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        fn.restype = ctypes.c_int
+    return fn
+
+
+_renameat2 = _load_renameat2()
+
+
+def rename_no_replace(src: str, dst: str) -> None:
+    """Renames `src` to `dst` atomically, failing if `dst` exists.
+
+    Raises:
+        FileExistsError: if `dst` exists (another exporter took that name).
+    """
+    if _renameat2 is not None:
+        if (
+            _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
+            == 0
+        ):
+            return
+        err = ctypes.get_errno()
+        if err in (errno.EEXIST, errno.ENOTEMPTY):
+            raise FileExistsError(err, os.strerror(err), dst)
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err), src)
+    # No renameat2 (not Linux, or a filesystem without RENAME_NOREPLACE): claim
+    # the name with an exclusive mkdir, then rename over the empty folder we own,
+    # which POSIX rename does atomically.
+    os.mkdir(dst)
+    try:
+        os.rename(src, dst)
+    except OSError:
+        os.rmdir(dst)
+        raise
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(
+    staging_dir: str, model_base: str, clock: Callable[[], float] = time.time
+) -> tuple[int, str]:
+    """Moves a complete staging folder into place as the next free version.
+
+    Returns:
+        (version, final path).
+    """
+    for _ in range(_MAX_PUBLISH_ATTEMPTS):
+        version = next_version(model_base, clock)
+        final_dir = os.path.join(model_base, str(version))
+        try:
+            rename_no_replace(staging_dir, final_dir)
+        except FileExistsError:
+            logger.info('Version %s was taken by another export; trying the next one.', version)
+            continue
+        _fsync_dir(model_base)
+        return version, final_dir
+    raise RuntimeError(
+        f'could not find a free version under {model_base!r} after {_MAX_PUBLISH_ATTEMPTS} attempts'
+    )

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Creates .venv/ with Python 3.10 and installs the project with the pinned
+# constraints. Re-runs only when pyproject.toml or constraints.txt changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+stamp=.venv/.installed
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+
+find_python() {
+  # TFX 1.16 publishes wheels for Python 3.9 and 3.10 only; pyenv shims may
+  # refuse python3.10 when it is not the selected version, so try real paths.
+  local c
+  for c in "${PYTHON:-}" python3.10 /root/.pyenv/versions/3.10*/bin/python3.10 \
+           /usr/local/bin/python3.10 /usr/bin/python3.10; do
+    [ -n "$c" ] || continue
+    if "$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' 2>/dev/null; then
+      echo "$c"; return 0
+    fi
+  done
+  echo "bootstrap: Python 3.10 not found; set PYTHON=/path/to/python3.10" >&2
+  return 1
+}
+
+if [ ! -x .venv/bin/python ]; then
+  "$(find_python)" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade 'pip<27'
+# -c pins every transitive package to the set this project is tested with.
+.venv/bin/python -m pip install --quiet -c constraints.txt -e '.[test]'
+echo "$want" > "$stamp"
