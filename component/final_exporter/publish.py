@@ -17,8 +17,8 @@ import errno
 import logging
 import os
 import shutil
-import tempfile
 import time
+import uuid
 from collections.abc import Callable
 
 from final_exporter.errors import InvalidInputError
@@ -70,7 +70,11 @@ def make_staging_dir(model_base: str) -> str:
     """
     try:
         os.makedirs(model_base, exist_ok=True)
-        return tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=model_base)
+        # Not tempfile.mkdtemp: its 0700 mode would lock a model server running
+        # as another user out of the published version; mkdir honours the umask.
+        path = os.path.join(model_base, f'{STAGING_PREFIX}{uuid.uuid4().hex}')
+        os.mkdir(path)
+        return path
     except OSError as e:
         raise InvalidInputError(
             f'cannot write to the export folder {model_base!r}: {e.strerror or e}'

@@ -155,23 +155,25 @@ def _check_variables(path: str) -> None:
         raise InvalidInputError(
             f'SavedModel {path!r} is incomplete: {_VARIABLES_DIR}/{_VARIABLES_INDEX} is missing'
         )
+    if not shards:
+        raise InvalidInputError(
+            f'SavedModel {path!r} is incomplete: {_VARIABLES_DIR}/ has {_VARIABLES_INDEX} but '
+            'no variables.data-00000-of-NNNNN shard'
+        )
     counts = {int(m.group(2)) for m in shards}
     if len(counts) > 1:
         raise InvalidInputError(
             f'SavedModel {path!r} mixes variable shard sets: {sorted(m.group(0) for m in shards)}'
         )
-    if counts:
-        total = counts.pop()
-        present = {int(m.group(1)) for m in shards}
-        missing = [
-            f'variables.data-{i:05d}-of-{total:05d}' for i in range(total) if i not in present
-        ]
-        if missing:
-            raise InvalidInputError(
-                f'SavedModel {path!r} is incomplete: {_VARIABLES_DIR}/ is missing '
-                f'{", ".join(missing[:5])}'
-                + (f' and {len(missing) - 5} more' if len(missing) > 5 else '')
-            )
+    total = counts.pop()
+    present = {int(m.group(1)) for m in shards}
+    missing = [f'variables.data-{i:05d}-of-{total:05d}' for i in range(total) if i not in present]
+    if missing:
+        raise InvalidInputError(
+            f'SavedModel {path!r} is incomplete: {_VARIABLES_DIR}/ is missing '
+            f'{", ".join(missing[:5])}'
+            + (f' and {len(missing) - 5} more' if len(missing) > 5 else '')
+        )
 
 
 # --- protobuf wire format -------------------------------------------------

@@ -1,0 +1,105 @@
+"""Shared fixtures: real SavedModels and blessings from the installed TFX test data."""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import importlib.util
+import os
+import shutil
+import struct
+from collections.abc import Callable
+
+import pytest
+
+from final_exporter import keys
+
+# The `tfx` package ships trained models, blessings and penguin examples.
+TFX_TESTDATA = os.path.join(
+    os.path.dirname(importlib.util.find_spec('tfx').origin), 'components', 'testdata'
+)
+KERAS_MODEL = os.path.join(TFX_TESTDATA, 'trainer', 'keras')  # <uri>/Format-Serving/
+ESTIMATOR_MODEL = os.path.join(TFX_TESTDATA, 'trainer', 'previous')  # .../export/<name>/<ts>/
+PENGUIN_EVAL = os.path.join(TFX_TESTDATA, 'penguin', 'data', 'Split-eval')
+
+
+@pytest.fixture
+def model_uri(tmp_path) -> str:
+    """A private copy of a trained Keras penguin Model artifact folder."""
+    dest = tmp_path / 'Trainer' / 'model' / '7'
+    shutil.copytree(KERAS_MODEL, dest)
+    return str(dest)
+
+
+@pytest.fixture
+def export_base(tmp_path) -> str:
+    return str(tmp_path / 'serving')
+
+
+@pytest.fixture
+def make_blessing(tmp_path) -> Callable[..., str]:
+    """Writes a blessing folder as Evaluator (or InfraValidator) does."""
+
+    def make(blessed: bool = True, infra: bool = False, name: str | None = None) -> str:
+        marker = ('INFRA_' if infra else '') + ('BLESSED' if blessed else 'NOT_BLESSED')
+        folder = tmp_path / (name or f'{"infra" if infra else "model"}_{marker.lower()}')
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / marker).write_text('')
+        return str(folder)
+
+    return make
+
+
+def penguin_examples(n: int = 5) -> list[bytes]:
+    """Real serialized tf.Examples from the penguin eval split, read without TensorFlow."""
+    (path,) = glob.glob(os.path.join(PENGUIN_EVAL, '*.gz'))
+    records = []
+    with gzip.open(path, 'rb') as f:
+        while len(records) < n:
+            header = f.read(12)  # TFRecord: uint64 length, uint32 masked crc.
+            if len(header) < 12:
+                break
+            (length,) = struct.unpack('<Q', header[:8])
+            records.append(f.read(length))
+            f.read(4)
+    return records
+
+
+def tree_files(root: str) -> dict[str, bytes]:
+    out = {}
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            with open(full, 'rb') as f:
+                out[os.path.relpath(full, root)] = f.read()
+    return out
+
+
+def published_versions(model_base: str) -> list[str]:
+    if not os.path.isdir(model_base):
+        return []
+    return sorted(n for n in os.listdir(model_base) if n.isdigit())
+
+
+def assert_nothing_written(export_base: str) -> None:
+    """Nothing at all under the export base: no version, no staging folder."""
+    if os.path.exists(export_base):
+        leftovers = [os.path.join(d, n) for d, ds, fs in os.walk(export_base) for n in ds + fs]
+        assert not leftovers, f'expected nothing under {export_base}, found {leftovers}'
+
+
+def assert_no_staging_left(model_base: str) -> None:
+    if os.path.isdir(model_base):
+        staging = [n for n in os.listdir(model_base) if not n.isdigit()]
+        assert not staging, f'staging folders left behind: {staging}'
+
+
+def assert_exported_copy(export_dir: str, source_saved_model: str, extra: dict | None = None):
+    """The export holds the source SavedModel byte for byte, plus assets.extra files."""
+    exported = tree_files(export_dir)
+    manifest = exported.pop(keys.MANIFEST_RELPATH.replace('/', os.sep))
+    assert manifest, 'manifest is empty'
+    expected = tree_files(source_saved_model)
+    for dest, content in (extra or {}).items():
+        expected[os.path.join(keys.ASSETS_EXTRA_DIR, dest)] = content
+    assert exported == expected
