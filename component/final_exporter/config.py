@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import posixpath
 import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -37,7 +36,7 @@ def validate_export_name(name: Any) -> str:
 
 
 def validate_assets_extra_dest(dest: Any) -> str:
-    """Returns `dest`, normalised, if it stays inside `assets.extra/`.
+    """Returns `dest` if it is a relative path that stays inside `assets.extra/`.
 
     Destinations are relative POSIX paths; subfolders are allowed.
 
@@ -60,13 +59,12 @@ def validate_assets_extra_dest(dest: Any) -> str:
                 'expected e.g. "labels/classes.txt"'
             )
         _check_component(part, what='assets_extra destination', value=dest)
-    normalised = posixpath.normpath(dest)
-    if normalised == keys.MANIFEST_FILENAME:
+    if dest == keys.MANIFEST_FILENAME:
         raise InvalidInputError(
             f'assets_extra destination {dest!r} is reserved for the export manifest; '
             'choose another name'
         )
-    return normalised
+    return dest
 
 
 def _check_component(part: str, *, what: str, value: str) -> None:
@@ -176,10 +174,6 @@ class ExportConfig:
             if not isinstance(src, str) or not src:
                 raise InvalidInputError(
                     f'assets_extra source for {dest!r} must be a file path, got {src!r}'
-                )
-            if clean in normalised:
-                raise InvalidInputError(
-                    f'assets_extra destinations {dest!r} and another entry both map to {clean!r}'
                 )
             normalised[clean] = src
         object.__setattr__(self, 'assets_extra', dict(sorted(normalised.items())))

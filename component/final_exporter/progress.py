@@ -55,7 +55,8 @@ class Progress:
         if due:
             self._report(self.status())
 
-    def file_done(self) -> None:
+    def file_done(self, path: str) -> None:
+        """Counts one more complete file (`path` is for subclasses that track order)."""
         with self._lock:
             self.files_done += 1
 

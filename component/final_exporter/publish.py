@@ -116,9 +116,19 @@ def rename_no_replace(src: str, dst: str) -> None:
             raise FileExistsError(err, os.strerror(err), dst)
         if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
             raise OSError(err, os.strerror(err), src)
-    # No renameat2 (not Linux, or a filesystem without RENAME_NOREPLACE): claim
-    # the name with an exclusive mkdir, then rename over the empty folder we own,
-    # which POSIX rename does atomically.
+    rename_via_claim(src, dst)
+
+
+def rename_via_claim(src: str, dst: str) -> None:
+    """The portable fallback of `rename_no_replace`.
+
+    Claims the name with an exclusive mkdir, then renames over the empty folder
+    it owns, which POSIX rename does atomically. A poller may briefly see the
+    empty folder; TensorFlow Serving fails to load it and retries.
+
+    Raises:
+        FileExistsError: if `dst` exists.
+    """
     os.mkdir(dst)
     try:
         os.rename(src, dst)

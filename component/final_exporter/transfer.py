@@ -169,7 +169,7 @@ def _copy_one(
             'export a model that is no longer being written'
         )
     if progress is not None:
-        progress.file_done()
+        progress.file_done(item.dest)
     return FileEntry(path=item.dest, size=written, sha256=digest.hexdigest())
 
 

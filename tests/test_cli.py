@@ -1,0 +1,172 @@
+"""The `final-exporter` command, run as users run it: a separate process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from final_exporter import FinalExporterSpec
+from final_exporter.cli import build_parser, flag
+
+from conftest import assert_nothing_written, published_versions
+
+CLI = os.path.join(os.path.dirname(sys.executable), 'final-exporter')
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=300)
+
+
+def export_args(model_uri, export_base, *extra) -> list[str]:
+    return [
+        'export',
+        '--model',
+        model_uri,
+        '--export-base',
+        export_base,
+        '--name',
+        'penguin',
+        *extra,
+    ]
+
+
+def test_export_prints_json_and_exits_0(model_uri, export_base, make_blessing):
+    run = cli(*export_args(model_uri, export_base, '--model-blessing', make_blessing(), '--json'))
+
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out['pushed'] is True
+    assert out['not_pushed_reason'] is None
+    assert out['export_dir'] == os.path.join(export_base, 'penguin', str(out['version']))
+    assert len(out['manifest_sha256']) == 64
+    assert published_versions(os.path.join(export_base, 'penguin')) == [str(out['version'])]
+
+
+def test_not_blessed_exits_0_and_writes_nothing(model_uri, export_base, make_blessing):
+    run = cli(
+        *export_args(model_uri, export_base, '--model-blessing', make_blessing(False), '--json')
+    )
+
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out['pushed'] is False
+    assert out['version'] is None
+    assert 'not blessed' in out['not_pushed_reason']
+    assert_nothing_written(export_base)
+
+
+@pytest.mark.parametrize(
+    ('args', 'message'),
+    [
+        (['--model', '/nonexistent'], "model path '/nonexistent' does not exist"),
+        (['--model', '{empty}'], 'holds no SavedModel'),
+        (['--assets-extra', '../x={file}'], "contains '..'"),
+        (['--assets-extra', 'x=/nonexistent/src'], 'is missing'),
+        (['--assets-extra', 'no-equals-sign'], 'expected DEST=SRC'),
+        (['--bogus-option'], 'unrecognized arguments: --bogus-option'),
+        (['--name', 'a/b'], 'contains a "/"'),
+        (['--model-blessing', '{empty}'], 'verdict files'),
+        ([], 'no blessing was given'),
+    ],
+    ids=[
+        'missing-model',
+        'not-a-savedmodel',
+        'assets-escape',
+        'assets-missing',
+        'assets-syntax',
+        'unknown-option',
+        'bad-name',
+        'bad-blessing',
+        'no-blessing',
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_nothing_written(
+    model_uri, export_base, tmp_path, args, message
+):
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    afile = tmp_path / 'file.txt'
+    afile.write_text('x')
+    args = [a.format(empty=empty, file=afile) for a in args]
+    base = export_args(model_uri, export_base)
+    if '--model' in args:
+        i = base.index('--model')
+        del base[i : i + 2]
+    if '--name' in args:
+        i = base.index('--name')
+        del base[i : i + 2]
+
+    run = cli(*base, *args)
+
+    assert run.returncode == 2, (run.stdout, run.stderr)
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert message in lines[0]
+    assert_nothing_written(export_base)
+
+
+def test_verify_passes_then_names_changed_missing_and_extra_files(
+    model_uri, export_base, make_blessing
+):
+    out = json.loads(
+        cli(
+            *export_args(model_uri, export_base, '--model-blessing', make_blessing(), '--json')
+        ).stdout
+    )
+    export_dir = out['export_dir']
+    assert cli('verify', export_dir).returncode == 0
+
+    data = os.path.join(export_dir, 'variables', 'variables.data-00000-of-00001')
+    with open(data, 'r+b') as f:
+        byte = f.read(1)
+        f.seek(0)
+        f.write(bytes([byte[0] ^ 0x01]))
+    os.remove(os.path.join(export_dir, 'variables', 'variables.index'))
+    with open(os.path.join(export_dir, 'stray.txt'), 'w') as f:
+        f.write('x')
+    run = cli('verify', export_dir)
+
+    assert run.returncode == 1
+    assert 'changed: variables/variables.data-00000-of-00001' in run.stdout
+    assert 'missing: variables/variables.index' in run.stdout
+    assert 'extra: stray.txt' in run.stdout
+
+
+def test_list_shows_versions_newest_first_with_lineage(model_uri, export_base):
+    for _ in range(2):
+        assert cli(*export_args(model_uri, export_base, '--no-require-blessing')).returncode == 0
+
+    run = cli('list', os.path.join(export_base, 'penguin'), '--json')
+
+    assert run.returncode == 0, run.stderr
+    rows = json.loads(run.stdout)
+    versions = [r['version'] for r in rows]
+    assert versions == sorted(versions, reverse=True) and len(versions) == 2
+    assert rows[0]['lineage']['source_model_uri'] == model_uri
+    text = cli('list', os.path.join(export_base, 'penguin')).stdout
+    assert text.splitlines()[0].startswith(str(versions[0]))
+
+
+def test_plain_copy_export_imports_neither_tensorflow_nor_tfx(model_uri, export_base):
+    code = (
+        'import sys\n'
+        'from final_exporter.cli import main\n'
+        f'rc = main({export_args(model_uri, export_base, "--no-require-blessing")!r})\n'
+        'heavy = sorted(m for m in ("tensorflow", "tfx", "apache_beam") if m in sys.modules)\n'
+        'print(rc, heavy)\n'
+    )
+    run = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+
+    assert run.stdout.strip().splitlines()[-1] == '0 []'
+
+
+def test_every_component_parameter_and_input_has_a_cli_flag():
+    export = build_parser()._subparsers._group_actions[0].choices['export']
+    flags = {s for action in export._actions for s in action.option_strings}
+
+    for key in [*FinalExporterSpec.PARAMETERS, *FinalExporterSpec.INPUTS]:
+        assert flag(key) in flags, f'component key {key!r} has no CLI flag {flag(key)}'

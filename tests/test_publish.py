@@ -1,0 +1,92 @@
+"""Versions and the atomic, no-replace publish on a real filesystem."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from final_exporter.manifest import verify_export
+from final_exporter.publish import (
+    STAGING_PREFIX,
+    list_versions,
+    make_staging_dir,
+    next_version,
+    publish,
+    rename_no_replace,
+    rename_via_claim,
+)
+
+from conftest import published_versions
+
+
+def staged(model_base: str, content: str = 'x') -> str:
+    staging = make_staging_dir(model_base)
+    with open(os.path.join(staging, 'saved_model.pb'), 'w') as f:
+        f.write(content)
+    return staging
+
+
+def test_next_version_is_now_or_one_past_the_highest(tmp_path):
+    base = str(tmp_path)
+    assert next_version(base, clock=lambda: 100.7) == 100
+    os.mkdir(tmp_path / '250')
+    (tmp_path / '300').write_text('a file still takes the name')
+    os.mkdir(tmp_path / 'not-a-version')
+    os.mkdir(tmp_path / (STAGING_PREFIX + 'abc'))
+
+    assert next_version(base, clock=lambda: 100.0) == 301
+    assert next_version(base, clock=lambda: 1000.0) == 1000
+    assert list_versions(base) == [250]
+
+
+@pytest.mark.parametrize('rename', [rename_no_replace, rename_via_claim])
+def test_rename_never_replaces_an_existing_version(tmp_path, rename):
+    base = str(tmp_path)
+    staging = staged(base, 'new')
+    os.mkdir(tmp_path / '5')  # Even an empty folder is never replaced.
+
+    with pytest.raises(FileExistsError):
+        rename(staging, str(tmp_path / '5'))
+    assert os.listdir(tmp_path / '5') == []
+    assert os.path.isdir(staging)
+
+
+def test_publish_moves_past_a_taken_version(tmp_path):
+    base = str(tmp_path)
+    first = publish(staged(base, 'a'), base, clock=lambda: 10.0)
+    second = publish(staged(base, 'b'), base, clock=lambda: 10.0)
+
+    assert [first[0], second[0]] == [10, 11]
+    assert (tmp_path / '10' / 'saved_model.pb').read_text() == 'a'
+    assert (tmp_path / '11' / 'saved_model.pb').read_text() == 'b'
+    assert sorted(os.listdir(base)) == ['10', '11']
+
+
+def test_eight_concurrent_cli_exports_publish_eight_distinct_complete_versions(
+    model_uri, export_base
+):
+    cli = os.path.join(os.path.dirname(sys.executable), 'final-exporter')
+    args = [cli, 'export', '--model', model_uri, '--export-base', export_base, '--name', 'penguin',
+            '--no-require-blessing', '--json']  # fmt: skip
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, text=True) for _ in range(8)]
+    outputs = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
+
+    assert all(p.returncode == 0 for p in procs)
+    versions = sorted(o['version'] for o in outputs)
+    assert len(set(versions)) == 8
+    model_base = os.path.join(export_base, 'penguin')
+    assert published_versions(model_base) == [str(v) for v in versions]
+    assert sorted(os.listdir(model_base)) == [str(v) for v in versions]  # No staging left.
+    for v in versions:
+        assert verify_export(os.path.join(model_base, str(v))).ok
+
+
+def test_staging_folder_is_hidden_from_model_servers(tmp_path):
+    staging = make_staging_dir(str(tmp_path / 'm'))
+
+    assert not os.path.basename(staging).isdigit()
+    assert list_versions(str(tmp_path / 'm')) == []

@@ -1,0 +1,74 @@
+"""SavedModel resolution and structure checks without TensorFlow."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from final_exporter.errors import InvalidInputError
+from final_exporter.savedmodel import inspect_saved_model, resolve_saved_model_dir
+
+from conftest import ESTIMATOR_MODEL, KERAS_MODEL
+
+
+def test_resolves_the_keras_layout_and_reads_signatures():
+    path = resolve_saved_model_dir(KERAS_MODEL)
+    info = inspect_saved_model(path)
+
+    assert path == os.path.join(KERAS_MODEL, 'Format-Serving')
+    assert info.tags == ('serve',)
+    assert info.signature_names == ('__saved_model_init_op', 'serving_default')
+    assert info.export_format == 'pb'
+
+
+def test_resolves_the_estimator_layout():
+    path = resolve_saved_model_dir(ESTIMATOR_MODEL)
+
+    assert path.endswith(os.path.join('export', 'chicago-taxi', '1646034756'))
+    assert 'serving_default' in inspect_saved_model(path).signature_names
+
+
+def test_a_savedmodel_folder_is_accepted_as_is():
+    path = os.path.join(KERAS_MODEL, 'Format-Serving')
+
+    assert resolve_saved_model_dir(path) == path
+
+
+def test_corrupt_graph_is_refused(tmp_path):
+    model = tmp_path / 'm'
+    shutil.copytree(os.path.join(KERAS_MODEL, 'Format-Serving'), model)
+    (model / 'saved_model.pb').write_bytes(b'\xff' * 64)
+
+    with pytest.raises(InvalidInputError, match='truncated or corrupt'):
+        inspect_saved_model(str(model))
+
+
+def test_empty_graph_is_refused(tmp_path):
+    model = tmp_path / 'm'
+    shutil.copytree(os.path.join(KERAS_MODEL, 'Format-Serving'), model)
+    (model / 'saved_model.pb').write_bytes(b'')
+
+    with pytest.raises(InvalidInputError, match='is empty'):
+        inspect_saved_model(str(model))
+
+
+def test_missing_shard_of_many_is_named(tmp_path):
+    model = tmp_path / 'm'
+    shutil.copytree(os.path.join(KERAS_MODEL, 'Format-Serving'), model)
+    variables = model / 'variables'
+    os.rename(
+        variables / 'variables.data-00000-of-00001', variables / 'variables.data-00000-of-00003'
+    )
+    (variables / 'variables.data-00002-of-00003').write_bytes(b'x')
+
+    with pytest.raises(InvalidInputError, match=r'missing variables\.data-00001-of-00003'):
+        inspect_saved_model(str(model))
+
+
+def test_error_lists_what_the_folder_holds(tmp_path):
+    (tmp_path / 'checkpoint').write_text('')
+
+    with pytest.raises(InvalidInputError, match='found checkpoint'):
+        resolve_saved_model_dir(str(tmp_path))

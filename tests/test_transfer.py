@@ -1,0 +1,147 @@
+"""The parallel copy that hashes as it copies, on real files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+
+import pytest
+
+from final_exporter.errors import IntegrityError, InvalidInputError
+from final_exporter.progress import Progress
+from final_exporter.transfer import CHUNK_BYTES, copy_and_hash, plan_tree
+
+
+class RecordingProgress(Progress):
+    """Records the order in which files complete."""
+
+    def __init__(self, items):
+        super().__init__(sum(i.size for i in items), len(items))
+        self.order: list[str] = []
+
+    def file_done(self, path: str) -> None:
+        super().file_done(path)
+        self.order.append(path)
+
+
+class GrowsSourceOnFirstChunk(Progress):
+    """Appends to a source file after its first chunk was read: a file still being written."""
+
+    def __init__(self, path: str):
+        super().__init__(0, 0)
+        self.path = path
+        self.done = False
+
+    def add_bytes(self, n: int) -> None:
+        super().add_bytes(n)
+        if not self.done:
+            self.done = True
+            with open(self.path, 'ab') as f:
+                f.write(b'late bytes')
+
+
+def make_model_tree(root, n_files=40, seed=0) -> dict[str, bytes]:
+    rng = random.Random(seed)
+    files = {'saved_model.pb': rng.randbytes(5000)}
+    for i in range(n_files):
+        size = rng.choice([0, 1, 4096, CHUNK_BYTES - 1, CHUNK_BYTES + 17, 3 * CHUNK_BYTES // 2])
+        files[f'variables/variables.data-{i:05d}-of-{n_files:05d}'] = rng.randbytes(size)
+    files['assets/vocab.txt'] = b'a\nb\n'
+    for rel, data in files.items():
+        path = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, 'wb') as f:
+            f.write(data)
+    return files
+
+
+@pytest.mark.parametrize('workers', [1, 8])
+def test_copy_is_byte_identical_and_hashes_match(tmp_path, workers):
+    src, dst = tmp_path / 'src', tmp_path / 'dst'
+    files = make_model_tree(src)
+    dst.mkdir()
+
+    entries = copy_and_hash(plan_tree(str(src)), str(dst), workers=workers)
+
+    assert set(entries) == set(files)
+    for rel, data in files.items():
+        assert (dst / rel).read_bytes() == data
+        assert entries[rel].sha256 == hashlib.sha256(data).hexdigest()
+        assert entries[rel].size == len(data)
+
+
+def test_saved_model_pb_is_written_after_every_other_file(tmp_path):
+    src, dst = tmp_path / 'src', tmp_path / 'dst'
+    make_model_tree(src)
+    dst.mkdir()
+    items = plan_tree(str(src))
+    progress = RecordingProgress(items)
+
+    copy_and_hash(items, str(dst), workers=8, progress=progress)
+
+    assert progress.order[-1] == 'saved_model.pb'
+    assert len(progress.order) == len(items)
+    assert progress.bytes_done == sum(i.size for i in items)
+
+
+def test_source_that_changes_during_copy_is_detected(tmp_path):
+    src, dst = tmp_path / 'src', tmp_path / 'dst'
+    src.mkdir()
+    dst.mkdir()
+    (src / 'saved_model.pb').write_bytes(b'x' * 1000)
+
+    with pytest.raises(IntegrityError, match='changed while it was copied'):
+        copy_and_hash(
+            plan_tree(str(src)),
+            str(dst),
+            progress=GrowsSourceOnFirstChunk(str(src / 'saved_model.pb')),
+        )
+
+
+def test_existing_destination_file_is_never_overwritten(tmp_path):
+    src, dst = tmp_path / 'src', tmp_path / 'dst'
+    src.mkdir()
+    dst.mkdir()
+    (src / 'a').write_bytes(b'new')
+    (dst / 'a').write_bytes(b'old')
+
+    with pytest.raises(FileExistsError):
+        copy_and_hash(plan_tree(str(src)), str(dst))
+    assert (dst / 'a').read_bytes() == b'old'
+
+
+def test_symlink_inside_the_model_is_followed(tmp_path):
+    src = tmp_path / 'src'
+    (src / 'assets').mkdir(parents=True)
+    (src / 'assets' / 'real.txt').write_text('vocab')
+    os.symlink('real.txt', src / 'assets' / 'link.txt')
+
+    items = {i.dest: i for i in plan_tree(str(src))}
+
+    assert set(items) == {'assets/link.txt', 'assets/real.txt'}
+
+
+@pytest.mark.parametrize('target_is_dir', [False, True])
+def test_symlink_pointing_outside_the_model_is_refused(tmp_path, target_is_dir):
+    src = tmp_path / 'src'
+    src.mkdir()
+    outside = tmp_path / 'secret'
+    if target_is_dir:
+        outside.mkdir()
+        (outside / 'key').write_text('k')
+    else:
+        outside.write_text('k')
+    os.symlink(outside, src / 'escape')
+
+    with pytest.raises(InvalidInputError, match=r'outside .* refusing to follow'):
+        plan_tree(str(src))
+
+
+def test_special_files_are_refused(tmp_path):
+    src = tmp_path / 'src'
+    src.mkdir()
+    os.mkfifo(src / 'pipe')
+
+    with pytest.raises(InvalidInputError, match='not a regular file'):
+        plan_tree(str(src))
