@@ -115,10 +115,14 @@ def format_push_description(description: dict[str, Any]) -> list[str]:
     """Returns readable lines for the output of `describe_latest_push`."""
     if not description:
         return ['No model was exported (no live PushedModel artifact in ML Metadata).']
+    if description.get('pushed') == 1:
+        headline = f'Exported model: {description.get("pushed_destination")}'
+    else:
+        reason = description.get('not_pushed_reason') or 'no reason recorded'
+        headline = f'Model NOT exported: {reason}'
     lines = [
-        f'Exported model: {description.get("pushed_destination", "(unknown destination)")}',
-        f'  version:  {description.get("pushed_version", "(unknown)")}',
-        f'  pushed:   {description.get("pushed", "(unknown)")}',
+        headline,
+        f'  version:  {description.get("pushed_version", "(none)")}',
         f'  artifact: #{description["artifact_id"]} {description["artifact_uri"]}',
         f'  producer: {description["producer"]}',
         '  lineage:',
@@ -150,23 +154,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         help='directory for the pipeline root, the MLMD store and the exports '
         '(default: %(default)s)',
     )
+    parser.add_argument(
+        '--accuracy-threshold',
+        type=float,
+        default=0.6,
+        help='minimum eval accuracy for the Evaluator to bless the model (default: %(default)s)',
+    )
     args = parser.parse_args(argv)
 
     logging.set_verbosity(logging.INFO)
     output_dir = os.path.abspath(args.output_dir)
     metadata_path = os.path.join(output_dir, 'metadata.db')
-    export_base = os.path.join(output_dir, 'export')
+    export_base = os.path.join(output_dir, 'serving')
     os.makedirs(output_dir, exist_ok=True)
 
     from tfx import v1 as tfx
 
     pipeline = penguin_pipeline.create_pipeline(
         pipeline_name=PIPELINE_NAME,
-        pipeline_root=os.path.join(output_dir, 'pipeline_root'),
+        pipeline_root=os.path.join(output_dir, 'root'),
         data_root=tfx_penguin_data_root(),
         module_file=penguin_pipeline.TRAINER_MODULE_FILE,
         export_base=export_base,
         metadata_path=metadata_path,
+        accuracy_threshold=args.accuracy_threshold,
     )
     tfx.orchestration.LocalDagRunner().run(pipeline)
 

@@ -115,8 +115,7 @@ def test_blessed_model_is_exported_with_lineage(run, export_base, tmp_path, mode
     assert pushed.get_string_custom_property(keys.PIPELINE_RUN_ID_KEY) == 'run-42'
     assert pushed.get_string_custom_property(keys.EXPORT_FORMAT_KEY) == 'pb'
     assert json.loads(pushed.get_string_custom_property(keys.SIGNATURE_NAMES_KEY)) == [
-        '__saved_model_init_op',
-        'serving_default',
+        'serving_default'
     ]
     assert pushed.get_int_custom_property(keys.FILE_COUNT_KEY) == 3
     with open(os.path.join(pushed.uri, keys.LINEAGE_FILENAME)) as f:

@@ -68,7 +68,7 @@ def test_blessed_model_is_copied_byte_for_byte(model_uri, export_base, make_bles
 
     assert_pushed(result, export_base, version=int(FIXED_NOW))
     assert_exported_copy(result.export_dir, os.path.join(model_uri, 'Format-Serving'))
-    assert result.lineage[keys.SIGNATURE_NAMES_KEY] == ['__saved_model_init_op', 'serving_default']
+    assert result.lineage[keys.SIGNATURE_NAMES_KEY] == ['serving_default']
     assert result.lineage[keys.EXPORT_FORMAT_KEY] == 'pb'
 
 

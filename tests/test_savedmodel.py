@@ -19,7 +19,7 @@ def test_resolves_the_keras_layout_and_reads_signatures():
 
     assert path == os.path.join(KERAS_MODEL, 'Format-Serving')
     assert info.tags == ('serve',)
-    assert info.signature_names == ('__saved_model_init_op', 'serving_default')
+    assert info.signature_names == ('serving_default',)
     assert info.export_format == 'pb'
 
 

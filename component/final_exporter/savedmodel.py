@@ -38,7 +38,8 @@ class SavedModelInfo:
         path: The SavedModel folder.
         graph_file: `saved_model.pb` or `saved_model.pbtxt`.
         tags: Tags of the meta graphs, e.g. ['serve'].
-        signature_names: Signature keys of all meta graphs, sorted.
+        signature_names: Signature keys of all meta graphs, sorted, without the
+            internal ones (`__saved_model_init_op`).
     """
 
     path: str
@@ -128,7 +129,7 @@ def inspect_saved_model(path: str) -> SavedModelInfo:
         path=path,
         graph_file=graph_file,
         tags=tuple(sorted(set(tags))),
-        signature_names=tuple(sorted(set(signatures))),
+        signature_names=tuple(sorted({s for s in signatures if not s.startswith('__')})),
     )
 
 
