@@ -680,7 +680,7 @@ def format_table(models: list[dict[str, Any]], components: list[dict[str, Any]])
     return '\n'.join(lines)
 
 
-def plot(models: list[dict[str, Any]], machine: dict[str, Any], path: Path) -> None:
+def plot(models: list[dict[str, Any]], machine: dict[str, Any], repeats: int, path: Path) -> None:
     """Median time vs model size, log-log; one line per method, small-files as lone markers."""
     import matplotlib
 
@@ -723,7 +723,7 @@ def plot(models: list[dict[str, Any]], machine: dict[str, Any], path: Path) -> N
     ax.set_xlabel('SavedModel size (bytes)')
     ax.set_ylabel('median wall time (s)')
     ax.set_title(
-        'Export time vs model size\n'
+        f'Export time vs model size (median of {repeats})\n'
         f'{machine["cpu"]}, {machine["cores"]} cores, destination fs {machine["destination_fs"]}',
         fontsize=10,
     )
@@ -853,7 +853,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     (out / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
     if models:
-        plot(models, machine, out / 'export_time.png')
+        plot(models, machine, args.repeats, out / 'export_time.png')
     print()
     print(format_table(models, components))
     print(f'\nwrote {out / "results.json"}' + (f' and {out / "export_time.png"}' if models else ''))

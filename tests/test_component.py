@@ -45,6 +45,7 @@ def test_spec_declares_inputs_outputs_and_parameters():
         keys.ASSETS_EXTRA_KEY,
         keys.AS_TEXT_KEY,
         keys.REQUIRE_BLESSING_KEY,
+        keys.COPY_METHOD_KEY,
     }
 
 

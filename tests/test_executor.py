@@ -6,7 +6,7 @@ import json
 import os
 
 import pytest
-from tfx.dsl.components.base import base_executor
+from tfx.dsl.components.base import base_beam_executor
 from tfx.proto.orchestration import pipeline_pb2
 from tfx.types import standard_artifacts
 
@@ -16,7 +16,7 @@ from final_exporter.errors import BlessingMismatchError, InvalidInputError
 from final_exporter.executor import Executor
 from final_exporter.manifest import verify_export
 
-from conftest import assert_nothing_written, published_versions
+from conftest import assert_exported_copy, assert_nothing_written, published_versions
 
 MODEL_ID = 7
 
@@ -47,7 +47,7 @@ def blessing_artifact(
 def run(tmp_path, model_uri, export_base):
     """Runs the executor once; returns the PushedModel artifact."""
 
-    def do(*, blessings=(), model=None, **params):
+    def do(*, blessings=(), model=None, beam_pipeline_args=None, **params):
         params.setdefault('name', 'penguin')
         params.setdefault('export_base', export_base)
         pushed = standard_artifacts.PushedModel()
@@ -62,7 +62,8 @@ def run(tmp_path, model_uri, export_base):
                 else keys.MODEL_BLESSING_KEY
             )
             input_dict[kind] = [b]
-        context = base_executor.BaseExecutor.Context(
+        context = base_beam_executor.BaseBeamExecutor.Context(
+            beam_pipeline_args=beam_pipeline_args,
             pipeline_info=pipeline_pb2.PipelineInfo(id='penguin-pipeline'),
             pipeline_run_id='run-42',
         )
@@ -221,3 +222,14 @@ def test_two_exports_in_the_same_second_get_distinct_versions(run, export_base, 
     v2 = int(second.get_string_custom_property(keys.PUSHED_VERSION_KEY))
     assert v2 > v1
     assert published_versions(os.path.join(export_base, 'penguin')) == [str(v1), str(v2)]
+
+
+def test_beam_pipeline_args_fan_the_copy_out_with_beam(run, export_base, tmp_path, model_uri):
+    pushed = run(
+        blessings=[blessing_artifact(str(tmp_path / 'b'))],
+        beam_pipeline_args=['--runner=DirectRunner', '--direct_num_workers=1'],
+    )
+
+    destination = assert_pushed(pushed, export_base)
+    assert_exported_copy(destination, os.path.join(model_uri, 'Format-Serving'))
+    assert [n for n in os.listdir(os.path.join(export_base, 'penguin')) if '.beam' in n] == []

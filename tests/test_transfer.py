@@ -8,9 +8,12 @@ import random
 
 import pytest
 
+from final_exporter.beam_copy import copy_and_hash_beam
 from final_exporter.errors import IntegrityError, InvalidInputError
 from final_exporter.progress import Progress
 from final_exporter.transfer import CHUNK_BYTES, copy_and_hash, plan_tree
+
+from conftest import tree_files
 
 
 class RecordingProgress(Progress):
@@ -145,3 +148,53 @@ def test_special_files_are_refused(tmp_path):
 
     with pytest.raises(InvalidInputError, match='not a regular file'):
         plan_tree(str(src))
+
+
+def test_hardlink_shares_the_source_inode_and_hashes_it(tmp_path):
+    src, dst = tmp_path / 'src', tmp_path / 'dst'
+    files = make_model_tree(src, n_files=4)
+    dst.mkdir()
+
+    entries = copy_and_hash(plan_tree(str(src)), str(dst), method='hardlink')
+
+    for rel, data in files.items():
+        assert os.stat(dst / rel).st_ino == os.stat(src / rel).st_ino
+        assert entries[rel].sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_auto_falls_back_to_a_copy_where_reflink_is_unsupported(tmp_path):
+    src, dst = tmp_path / 'src', tmp_path / 'dst'
+    files = make_model_tree(src, n_files=4)
+    dst.mkdir()
+
+    entries = copy_and_hash(plan_tree(str(src)), str(dst), method='auto')
+
+    for rel, data in files.items():
+        assert (dst / rel).read_bytes() == data
+        assert entries[rel].sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_unknown_copy_method_is_refused(tmp_path):
+    with pytest.raises(InvalidInputError, match='copy_method must be one of auto, copy, hardlink'):
+        copy_and_hash([], str(tmp_path), method='teleport')
+
+
+def test_beam_multiprocess_copy_is_byte_identical_to_the_threaded_copy(tmp_path):
+    src = tmp_path / 'src'
+    make_model_tree(src, n_files=12)
+    threaded, beamed = tmp_path / 'threaded', tmp_path / 'beam'
+    threaded.mkdir()
+    beamed.mkdir()
+
+    want = copy_and_hash(plan_tree(str(src)), str(threaded), method='copy')
+    got = copy_and_hash_beam(
+        plan_tree(str(src)),
+        str(beamed),
+        ['--runner=DirectRunner', '--direct_running_mode=multi_processing',
+         '--direct_num_workers=2'],
+        method='copy',
+    )  # fmt: skip
+
+    assert got == want
+    assert tree_files(str(beamed)) == tree_files(str(threaded))
+    assert not os.path.exists(f'{beamed}.beam-results')

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -22,6 +23,7 @@ from final_exporter.exporter import ExportRequest, ExportResult, run_export
 from final_exporter.manifest import read_manifest, verify_export
 from final_exporter.progress import human_bytes
 from final_exporter.publish import list_versions
+from final_exporter.transfer import COPY_AUTO, COPY_METHODS
 from final_exporter.version import __version__
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -102,6 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help='refuse to export without a blessing (default); --no-require-blessing allows it',
     )
+    export.add_argument(
+        flag(keys.COPY_METHOD_KEY),
+        choices=COPY_METHODS,
+        default=COPY_AUTO,
+        help='auto: reflink where possible, else copy; hardlink: link the (immutable) source files',
+    )
+    export.add_argument(
+        '--beam-pipeline-args',
+        metavar='ARGS',
+        type=shlex.split,
+        default=[],
+        help='copy with an Apache Beam pipeline with these options, e.g. '
+        '"--runner=DirectRunner --direct_running_mode=multi_processing"',
+    )
     export.add_argument('--workers', type=int, default=None, help='copy threads')
     export.add_argument('--json', action='store_true', help='print the result as one JSON object')
     export.set_defaults(func=_export)
@@ -126,6 +142,7 @@ def _export(args: argparse.Namespace) -> int:
         assets_extra=_assets_extra_dict(args.assets_extra),
         as_text=args.as_text,
         require_blessing=args.require_blessing,
+        copy_method=args.copy_method,
     )
     blessings = [
         blessing_from_folder(kind, path)
@@ -142,7 +159,11 @@ def _export(args: argparse.Namespace) -> int:
         extra[keys.MODEL_EVALUATION_URI_KEY] = args.model_evaluation
         extra[keys.EVAL_RESULT_KEY] = overall_metrics(args.model_evaluation)
     request = ExportRequest(
-        config=config, model_uri=args.model, blessings=blessings, extra_lineage=extra
+        config=config,
+        model_uri=args.model,
+        blessings=blessings,
+        extra_lineage=extra,
+        beam_pipeline_args=args.beam_pipeline_args,
     )
     result = run_export(
         request, report_progress=lambda line: print(line, file=sys.stderr), workers=args.workers

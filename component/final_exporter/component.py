@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from tfx import types
-from tfx.dsl.components.base import base_component, executor_spec
+from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.types import standard_artifacts
 
 from final_exporter.config import ExportConfig
@@ -15,7 +15,7 @@ from final_exporter.executor import Executor
 from final_exporter.spec import FinalExporterSpec
 
 
-class FinalExporter(base_component.BaseComponent):
+class FinalExporter(base_beam_component.BaseBeamComponent):
     """Exports a blessed model once, as a SavedModel a model server can load.
 
     The TFX counterpart of `tf.estimator.FinalExporter`: the export goes to
@@ -35,6 +35,10 @@ class FinalExporter(base_component.BaseComponent):
         )
         ```
 
+    With Beam pipeline args (pipeline-level `beam_pipeline_args`, or
+    `.with_beam_pipeline_args(...)` on the component), the copy fans out as an
+    Apache Beam pipeline, so it can run on Dataflow, Flink or Spark.
+
     Component `outputs` contains:
       - `pushed_model`: a `PushedModel` with `pushed`, `pushed_destination`,
         `pushed_version` (as the TFX Pusher sets them), `not_pushed_reason`,
@@ -43,7 +47,7 @@ class FinalExporter(base_component.BaseComponent):
     """
 
     SPEC_CLASS = FinalExporterSpec
-    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
     def __init__(
         self,
@@ -57,6 +61,7 @@ class FinalExporter(base_component.BaseComponent):
         assets_extra: Mapping[str, str] | None = None,
         as_text: bool = False,
         require_blessing: bool = True,
+        copy_method: str = 'auto',
     ):
         """Constructs a FinalExporter.
 
@@ -76,6 +81,10 @@ class FinalExporter(base_component.BaseComponent):
             as_text: Write `saved_model.pbtxt` instead of `saved_model.pb`.
             require_blessing: With no blessing wired, construction fails unless this
                 is explicitly False.
+            copy_method: `auto` (reflink where the filesystem supports it, else a
+                parallel copy), `copy`, or `hardlink` (opt-in: hard-link the source
+                files, which TFX never modifies; falls back to a copy across
+                filesystems).
 
         Raises:
             ValueError: for a parameter that cannot work, saying how to fix it.
@@ -97,6 +106,7 @@ class FinalExporter(base_component.BaseComponent):
                 assets_extra=assets_extra or {},
                 as_text=as_text,
                 require_blessing=require_blessing,
+                copy_method=copy_method,
             )
         except InvalidInputError as e:
             raise ValueError(f'FinalExporter: {e}') from None

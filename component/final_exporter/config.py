@@ -15,6 +15,7 @@ from typing import Any
 
 from final_exporter import keys
 from final_exporter.errors import InvalidInputError
+from final_exporter.transfer import COPY_AUTO, check_method
 
 # Longest single path component most filesystems (ext4, xfs, GCS object name
 # segments in practice) accept.
@@ -145,6 +146,8 @@ class ExportConfig:
         assets_extra: Destination (relative to `assets.extra/`) -> source file.
         as_text: Write `saved_model.pbtxt` instead of `saved_model.pb`.
         require_blessing: Refuse to run without any blessing input.
+        copy_method: `auto` (reflink where the filesystem can, else copy),
+            `copy`, or `hardlink` (opt-in: link the immutable source files).
     """
 
     name: str
@@ -153,6 +156,7 @@ class ExportConfig:
     assets_extra: Mapping[str, str] = dataclasses.field(default_factory=dict)
     as_text: bool = False
     require_blessing: bool = True
+    copy_method: str = COPY_AUTO
 
     def __post_init__(self) -> None:
         validate_export_name(self.name)
@@ -181,6 +185,7 @@ class ExportConfig:
         object.__setattr__(
             self, 'require_blessing', _as_flag(self.require_blessing, keys.REQUIRE_BLESSING_KEY)
         )
+        check_method(self.copy_method)
 
     @property
     def model_base(self) -> str:
@@ -196,6 +201,7 @@ class ExportConfig:
             keys.ASSETS_EXTRA_KEY: json.dumps(dict(self.assets_extra), sort_keys=True),
             keys.AS_TEXT_KEY: int(self.as_text),
             keys.REQUIRE_BLESSING_KEY: int(self.require_blessing),
+            keys.COPY_METHOD_KEY: self.copy_method,
         }
 
     @classmethod
@@ -217,4 +223,5 @@ class ExportConfig:
             assets_extra=raw_assets,
             as_text=props.get(keys.AS_TEXT_KEY, 0),
             require_blessing=props.get(keys.REQUIRE_BLESSING_KEY, 1),
+            copy_method=props.get(keys.COPY_METHOD_KEY) or COPY_AUTO,
         )

@@ -12,7 +12,7 @@ from typing import Any
 
 from absl import logging
 from tfx import types
-from tfx.dsl.components.base import base_executor
+from tfx.dsl.components.base import base_beam_executor
 from tfx.dsl.io import fileio
 from tfx.types import artifact_utils
 
@@ -24,7 +24,7 @@ from final_exporter.manifest import manifest_bytes
 from final_exporter.report import render_report
 
 
-class Executor(base_executor.BaseExecutor):
+class Executor(base_beam_executor.BaseBeamExecutor):
     """Exports the model once to `<export_base>/<name>/<version>/` if it is blessed."""
 
     def Do(
@@ -78,6 +78,7 @@ class Executor(base_executor.BaseExecutor):
             model_id=normalize_id(model.id),
             blessings=blessings,
             extra_lineage=extra,
+            beam_pipeline_args=self._beam_pipeline_args,
         )
 
 

@@ -36,6 +36,8 @@ class ExportRequest:
         blessings: The wired blessings.
         extra_lineage: Lineage only the caller knows: evaluation metrics, pipeline
             name and run id.
+        beam_pipeline_args: When not empty, the copy fans out as an Apache Beam
+            pipeline with these options instead of a thread pool.
     """
 
     config: ExportConfig
@@ -43,6 +45,7 @@ class ExportRequest:
     model_id: str | None = None
     blessings: Sequence[Blessing] = ()
     extra_lineage: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    beam_pipeline_args: Sequence[str] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +169,8 @@ def run_export(
 
     staging = publish.make_staging_dir(config.model_base)
     try:
-        files, signatures = _build(staging, source, config, items, report_progress, workers)
+        copy = _copier(request, report_progress, workers, total=items)
+        files, signatures = _build(staging, source, config, items, copy)
         manifest = build_manifest(files.values(), make_lineage(signatures, files))
         digest = write_manifest(staging, manifest)
         check = verify_export(staging, manifest, rehash=False, known=files)
@@ -240,33 +244,50 @@ def _plan_copy(
     return planned + assets
 
 
+def _copier(
+    request: ExportRequest,
+    report_progress: Callable[[str], None] | None,
+    workers: int | None,
+    total: Sequence[CopyItem],
+) -> Callable[[list[CopyItem], str], dict[str, FileEntry]]:
+    """The copy-and-hash function for this request: threads, or a Beam fan-out."""
+    method = request.config.copy_method
+    if request.beam_pipeline_args:
+        from final_exporter.beam_copy import copy_and_hash_beam
+
+        return lambda items, dest: copy_and_hash_beam(
+            items, dest, request.beam_pipeline_args, method=method
+        )
+    progress = Progress(
+        total_bytes=sum(i.size for i in total), total_files=len(total), report=report_progress
+    )
+    return lambda items, dest: copy_and_hash(
+        items, dest, method=method, workers=workers, progress=progress
+    )
+
+
 def _build(
     staging: str,
     source: SavedModelInfo,
     config: ExportConfig,
     items: list[CopyItem],
-    report_progress: Callable[[str], None] | None,
-    workers: int | None,
+    copy: Callable[[list[CopyItem], str], dict[str, FileEntry]],
 ) -> tuple[dict[str, FileEntry], tuple[str, ...]]:
     """Fills the staging folder; returns its files' entries and signature names."""
-    progress = Progress(
-        total_bytes=sum(i.size for i in items), total_files=len(items), report=report_progress
-    )
-    if config.serving_fn or config.as_text:
-        from final_exporter import tf_export  # TensorFlow only when needed.
+    if not (config.serving_fn or config.as_text):
+        return copy(items, staging), source.signature_names
+    from final_exporter import tf_export  # TensorFlow only when needed.
 
-        if config.serving_fn:
-            tf_export.reexport(source.path, staging, config.serving_fn)
-        copied = copy_and_hash(items, staging, workers=workers, progress=progress)
-        if config.serving_fn and config.as_text:
-            tf_export.convert_in_place_to_pbtxt(staging)
-        elif config.as_text:
-            tf_export.write_pbtxt(
-                os.path.join(source.path, keys.SAVED_MODEL_PB),
-                os.path.join(staging, keys.SAVED_MODEL_PBTXT),
-            )
-        signatures = tf_export.check_loads(staging)
-        # Hash only what TensorFlow wrote; the copy already hashed the rest.
-        return {**copied, **hash_tree(staging, skip=copied, workers=workers)}, signatures
-    files = copy_and_hash(items, staging, workers=workers, progress=progress)
-    return files, source.signature_names
+    if config.serving_fn:
+        tf_export.reexport(source.path, staging, config.serving_fn)
+    copied = copy(items, staging)
+    if config.serving_fn and config.as_text:
+        tf_export.convert_in_place_to_pbtxt(staging)
+    elif config.as_text:
+        tf_export.write_pbtxt(
+            os.path.join(source.path, keys.SAVED_MODEL_PB),
+            os.path.join(staging, keys.SAVED_MODEL_PBTXT),
+        )
+    signatures = tf_export.check_loads(staging)
+    # Hash only what TensorFlow wrote; the copy already hashed the rest.
+    return {**copied, **hash_tree(staging, skip=copied)}, signatures

@@ -21,6 +21,7 @@ SERVING_FN_KEY = 'serving_fn'
 ASSETS_EXTRA_KEY = 'assets_extra'
 AS_TEXT_KEY = 'as_text'
 REQUIRE_BLESSING_KEY = 'require_blessing'
+COPY_METHOD_KEY = 'copy_method'
 
 # PushedModel custom properties. The first three are the TFX Pusher's, so tools
 # that read Pusher output keep working.

@@ -22,6 +22,7 @@ class FinalExporterSpec(ComponentSpec):
         keys.ASSETS_EXTRA_KEY: ExecutionParameter(type=str, optional=True),
         keys.AS_TEXT_KEY: ExecutionParameter(type=int, optional=True),
         keys.REQUIRE_BLESSING_KEY: ExecutionParameter(type=int, optional=True),
+        keys.COPY_METHOD_KEY: ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {
         keys.MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),

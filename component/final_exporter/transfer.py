@@ -11,20 +11,28 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import errno
+import fcntl
 import hashlib
+import logging
 import os
+import sys
 import threading
 from collections.abc import Collection, Iterable, Sequence
 
 from final_exporter import keys
 from final_exporter.errors import IntegrityError, InvalidInputError
-from final_exporter.manifest import FileEntry, hash_file
+from final_exporter.manifest import FileEntry
 from final_exporter.progress import Progress
 
 CHUNK_BYTES = 8 * 1024 * 1024
+COPY_AUTO, COPY_PLAIN, COPY_HARDLINK = 'auto', 'copy', 'hardlink'
+COPY_METHODS = (COPY_AUTO, COPY_PLAIN, COPY_HARDLINK)
 # Saved graphs go last: TensorFlow Serving and other loaders treat the presence
 # of saved_model.pb as "the SavedModel is complete" (see the TFX Pusher).
 PUBLISH_LAST = (keys.SAVED_MODEL_PB, keys.SAVED_MODEL_PBTXT)
+
+logger = logging.getLogger(__name__)
 
 
 def default_workers() -> int:
@@ -95,14 +103,25 @@ def copy_and_hash(
     items: Iterable[CopyItem],
     dest_root: str,
     *,
+    method: str = COPY_AUTO,
     workers: int | None = None,
     progress: Progress | None = None,
     last: Sequence[str] = PUBLISH_LAST,
 ) -> dict[str, FileEntry]:
-    """Copies `items` under `dest_root`, hashing every byte as it is written.
+    """Copies `items` under `dest_root`, hashing every byte in the same read.
 
     Destination files are created exclusively: an existing file is an error,
     never overwritten.
+
+    Args:
+        items: The files to copy.
+        dest_root: The (staging) folder to copy into.
+        method: `auto` (reflink where the filesystem can, else copy), `copy`, or
+            `hardlink` (link the source files; for immutable sources such as TFX
+            artifacts; falls back to a copy across filesystems).
+        workers: Copy threads; `default_workers()` when None.
+        progress: Counts bytes and files.
+        last: Destinations copied only after every other file is complete.
 
     Returns:
         {destination path: FileEntry} with the size and SHA-256 of what was written.
@@ -112,18 +131,20 @@ def copy_and_hash(
         OSError: on an I/O failure; files already written are left for the
             caller to remove with the staging folder.
     """
+    check_method(method)
     items = list(items)
+    make_dest_folders(items, dest_root)
     first = [i for i in items if i.dest not in last]
     final = [i for i in items if i.dest in last]
-    for folder in sorted({os.path.dirname(i.dest) for i in items}):
-        os.makedirs(os.path.join(dest_root, folder), exist_ok=True)
     results: dict[str, FileEntry] = {}
-    local = threading.local()
     with concurrent.futures.ThreadPoolExecutor(
         max_workers=workers or default_workers(), thread_name_prefix='final-exporter-copy'
     ) as pool:
         for batch in (first, final):
-            futures = [pool.submit(_copy_one, i, dest_root, local, progress) for i in batch]
+            futures = [
+                pool.submit(copy_file, i, dest_root, method=method, progress=progress)
+                for i in batch
+            ]
             done, pending = concurrent.futures.wait(
                 futures, return_when=concurrent.futures.FIRST_EXCEPTION
             )
@@ -138,45 +159,132 @@ def copy_and_hash(
     return results
 
 
-def _copy_one(
-    item: CopyItem, dest_root: str, local: threading.local, progress: Progress | None
-) -> FileEntry:
-    buf = getattr(local, 'buf', None)
+def check_method(method: str) -> None:
+    if method not in COPY_METHODS:
+        raise InvalidInputError(
+            f'copy_method must be one of {", ".join(COPY_METHODS)}, got {method!r}'
+        )
+
+
+def make_dest_folders(items: Iterable[CopyItem], dest_root: str) -> None:
+    for folder in sorted({os.path.dirname(i.dest) for i in items}):
+        os.makedirs(os.path.join(dest_root, folder), exist_ok=True)
+
+
+_local = threading.local()
+
+
+def _buffer() -> bytearray:
+    # One buffer per thread, reused across files: memory stays flat whatever the model size.
+    buf = getattr(_local, 'buf', None)
     if buf is None:
-        buf = local.buf = bytearray(CHUNK_BYTES)
+        buf = _local.buf = bytearray(CHUNK_BYTES)
+    return buf
+
+
+def copy_file(
+    item: CopyItem,
+    dest_root: str,
+    *,
+    method: str = COPY_AUTO,
+    progress: Progress | None = None,
+    replace: bool = False,
+) -> FileEntry:
+    """Copies (or links) one file and returns its entry; the bytes are read once.
+
+    `replace` removes what an earlier attempt left at the destination (a Beam
+    retry); the destination is inside this export's own staging folder.
+    """
+    dest = os.path.join(dest_root, item.dest)
+    if replace and os.path.lexists(dest):
+        os.remove(dest)
+    linked = (method == COPY_HARDLINK and _try_hardlink(item.src, dest)) or (
+        method == COPY_AUTO and _try_reflink(item.src, dest)
+    )
+    if linked:
+        # The blocks are shared, not copied: one read of the source gives the hash.
+        entry = _hash_unchanged(item, progress, out=None)
+    else:
+        with open(dest, 'xb', buffering=0) as out:
+            entry = _hash_unchanged(item, progress, out=out)
+    if progress is not None:
+        progress.file_done(item.dest)
+    return entry
+
+
+def _hash_unchanged(item: CopyItem, progress: Progress | None, out) -> FileEntry:
+    """Reads `item.src` once, hashing it (and writing it to `out`); fails if it changes."""
+    buf = _buffer()
     view = memoryview(buf)
     digest = hashlib.sha256()
-    written = 0
-    dest = os.path.join(dest_root, item.dest)
-    with open(item.src, 'rb', buffering=0) as src, open(dest, 'xb', buffering=0) as out:
+    size = 0
+    with open(item.src, 'rb', buffering=0) as src:
         before = os.fstat(src.fileno())
         while n := src.readinto(buf):
             chunk = view[:n]
             digest.update(chunk)
-            _write_all(out, chunk)
-            written += n
+            if out is not None:
+                _write_all(out, chunk)
+            size += n
             if progress is not None:
                 progress.add_bytes(n)
         after = os.fstat(src.fileno())
     if (
-        written != before.st_size
+        size != before.st_size
         or after.st_size != before.st_size
         or after.st_mtime_ns != before.st_mtime_ns
     ):
         raise IntegrityError(
             f'source file {item.src!r} changed while it was copied '
-            f'(size {before.st_size} -> {after.st_size}, read {written} bytes); '
+            f'(size {before.st_size} -> {after.st_size}, read {size} bytes); '
             'export a model that is no longer being written'
         )
-    if progress is not None:
-        progress.file_done(item.dest)
-    return FileEntry(path=item.dest, size=written, sha256=digest.hexdigest())
+    return FileEntry(path=item.dest, size=size, sha256=digest.hexdigest())
 
 
 def _write_all(out, chunk: memoryview) -> None:
     while chunk:
         n = out.write(chunk)
         chunk = chunk[n:]
+
+
+# Errors meaning "this filesystem (pair) cannot do that": fall back to a copy.
+_UNSUPPORTED = frozenset(
+    {errno.EXDEV, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOTTY, errno.ENOSYS,
+     errno.EPERM, errno.EMLINK}
+)  # fmt: skip
+_FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+_reflink_unsupported: set[int] = set()  # st_dev of filesystems that refused a reflink
+
+
+def _try_hardlink(src: str, dest: str) -> bool:
+    try:
+        os.link(src, dest, follow_symlinks=True)
+        return True
+    except OSError as e:
+        if e.errno in _UNSUPPORTED:
+            logger.info('Cannot hard-link %s (%s); copying instead.', src, e.strerror)
+            return False
+        raise
+
+
+def _try_reflink(src: str, dest: str) -> bool:
+    """Clones `src` into a new `dest` sharing its blocks (btrfs, XFS); False if unsupported."""
+    if sys.platform != 'linux':
+        return False
+    dev = os.stat(os.path.dirname(dest)).st_dev
+    if dev in _reflink_unsupported:
+        return False
+    with open(src, 'rb') as s, open(dest, 'xb') as d:
+        try:
+            fcntl.ioctl(d.fileno(), _FICLONE, s.fileno())
+            return True
+        except OSError as e:
+            if e.errno not in _UNSUPPORTED:
+                raise
+            _reflink_unsupported.add(dev)
+    os.remove(dest)
+    return False
 
 
 def hash_tree(
@@ -186,8 +294,7 @@ def hash_tree(
     items = plan_tree(root, exclude=skip)
 
     def one(item: CopyItem) -> FileEntry:
-        size, sha256 = hash_file(item.src)
-        return FileEntry(path=item.dest, size=size, sha256=sha256)
+        return _hash_unchanged(item, None, out=None)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
         return {e.path: e for e in pool.map(one, items)}
