@@ -199,10 +199,8 @@ def generate_model(shape: Shape, uri: Path) -> dict[str, Any]:
         module.assets = [tf.saved_model.Asset(str(p)) for p in sorted(asset_src.iterdir())]
     options = None
     if shape.shards > 1:
-        # Slack for the checkpoint's own metadata, far less than a second variable.
-        policy = tf.train.experimental.MaxShardSizePolicy(
-            max_shard_size=floats_per_variable * 4 + MIB
-        )
+        # One variable per shard; any slack lets the policy split variables across shards.
+        policy = tf.train.experimental.MaxShardSizePolicy(max_shard_size=floats_per_variable * 4)
         options = tf.saved_model.SaveOptions(experimental_sharding_callback=policy)
     saved_model_dir = uri / 'Format-Serving'
     tf.saved_model.save(

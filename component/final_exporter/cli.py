@@ -21,6 +21,7 @@ from final_exporter.config import ExportConfig
 from final_exporter.errors import FinalExporterError, InvalidInputError
 from final_exporter.exporter import ExportRequest, ExportResult, run_export
 from final_exporter.manifest import read_manifest, verify_export
+from final_exporter.objectstore import is_object_store_uri
 from final_exporter.progress import human_bytes
 from final_exporter.publish import list_versions
 from final_exporter.transfer import COPY_AUTO, COPY_METHODS
@@ -224,11 +225,12 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    if not os.path.isdir(args.model_base):
+    remote = is_object_store_uri(args.model_base)
+    if not remote and not os.path.isdir(args.model_base):
         raise InvalidInputError(f'{args.model_base!r} is not a folder')
     rows = []
     for version in reversed(list_versions(args.model_base)):
-        export_dir = os.path.join(args.model_base, str(version))
+        export_dir = f'{args.model_base.rstrip("/")}/{version}'
         try:
             manifest, digest = read_manifest(export_dir)
         except FinalExporterError as e:

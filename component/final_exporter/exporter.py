@@ -9,18 +9,21 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from final_exporter import keys, lineage, publish
+from final_exporter import keys, lineage, objectstore, publish, remote_publish
 from final_exporter.blessing import Blessing, check_blessings
 from final_exporter.config import ExportConfig
 from final_exporter.errors import IntegrityError, InvalidInputError
 from final_exporter.manifest import FileEntry, build_manifest, verify_export, write_manifest
+from final_exporter.objectstore import is_object_store_uri, store_for
 from final_exporter.progress import Progress
 from final_exporter.savedmodel import SavedModelInfo, inspect_saved_model, resolve_saved_model_dir
-from final_exporter.transfer import CopyItem, copy_and_hash, hash_tree, plan_tree
+from final_exporter.transfer import CHUNK_BYTES, CopyItem, copy_and_hash, hash_tree, plan_tree
 
 logger = logging.getLogger(__name__)
 
@@ -167,21 +170,12 @@ def run_export(
             lineage=make_lineage(source.signature_names, planned),
         )
 
-    staging = publish.make_staging_dir(config.model_base)
-    try:
-        copy = _copier(request, report_progress, workers, total=items)
-        files, signatures = _build(staging, source, config, items, copy)
-        manifest = build_manifest(files.values(), make_lineage(signatures, files))
-        digest = write_manifest(staging, manifest)
-        check = verify_export(staging, manifest, rehash=False, known=files)
-        if not check.ok:
-            raise IntegrityError(
-                f'staged export {staging!r} does not match its manifest: {"; ".join(check.problems())}'
-            )
-        version, export_dir = publish.publish(staging, config.model_base, clock)
-    except BaseException:
-        publish.remove_staging_dir(staging)
-        raise
+    export = _export_to_object_store if is_object_store_uri(config.model_base) else _export_local
+    with tempfile.TemporaryDirectory(prefix='final-exporter-assets-') as downloads:
+        items = [_local_copy_of(i, downloads) for i in items]
+        version, export_dir, manifest, digest = export(
+            request, source, items, make_lineage, report_progress, workers, clock
+        )
     logger.info(
         'Exported %s files (%s bytes) to %s (manifest sha256 %s).',
         manifest['file_count'],
@@ -201,9 +195,92 @@ def run_export(
     )
 
 
+LineageFn = Callable[[Sequence[str], Mapping[str, FileEntry]], dict[str, Any]]
+Outcome = tuple[int, str, dict[str, Any], str]
+
+
+def _export_local(
+    request: ExportRequest,
+    source: SavedModelInfo,
+    items: list[CopyItem],
+    make_lineage: LineageFn,
+    report_progress: Callable[[str], None] | None,
+    workers: int | None,
+    clock: Callable[[], float],
+) -> Outcome:
+    """Stage in a hidden folder beside the versions, verify, publish with one rename."""
+    config = request.config
+    staging = publish.make_staging_dir(config.model_base)
+    try:
+        copy = _copier(request, report_progress, workers, total=items)
+        files, signatures = _build(staging, source, config, items, copy)
+        manifest = build_manifest(files.values(), make_lineage(signatures, files))
+        digest = write_manifest(staging, manifest)
+        check = verify_export(staging, manifest, rehash=False, known=files)
+        if not check.ok:
+            raise IntegrityError(
+                f'staged export {staging!r} does not match its manifest: {"; ".join(check.problems())}'
+            )
+        version, export_dir = publish.publish(staging, config.model_base, clock)
+    except BaseException:
+        publish.remove_staging_dir(staging)
+        raise
+    return version, export_dir, manifest, digest
+
+
+def _export_to_object_store(
+    request: ExportRequest,
+    source: SavedModelInfo,
+    items: list[CopyItem],
+    make_lineage: LineageFn,
+    report_progress: Callable[[str], None] | None,
+    workers: int | None,
+    clock: Callable[[], float],
+) -> Outcome:
+    """Claim, upload to a hidden prefix, verify, publish by server-side copy (remote_publish)."""
+    config = request.config
+    store = store_for(config.model_base)
+    staging = remote_publish.new_staging_uri(config.model_base)
+    local_build = None
+    try:
+        signatures = source.signature_names
+        if config.serving_fn or config.as_text:
+            # TensorFlow writes locally; the result is then uploaded like a source model.
+            local_build = tempfile.mkdtemp(prefix='final-exporter-build-')
+            copy = _copier(request, report_progress, workers, total=items)
+            _, signatures = _build(local_build, source, config, items, copy)
+            items = plan_tree(local_build)
+        progress = Progress(sum(i.size for i in items), len(items), report=report_progress)
+        uploaded = remote_publish.upload_items(
+            store, items, staging, workers=workers, progress=progress
+        )
+        files = {path: entry for path, (entry, _) in uploaded.items()}
+        manifest = build_manifest(files.values(), make_lineage(signatures, files))
+        digest, manifest_upload = remote_publish.upload_manifest(store, staging, manifest)
+        expected = {path: up for path, (_, up) in uploaded.items()}
+        expected[keys.MANIFEST_RELPATH] = manifest_upload
+        remote_publish.verify_staging(store, staging, expected)
+        version = remote_publish.claim_version(store, config.model_base, staging, clock)
+        export_dir = objectstore.join(config.model_base, str(version))
+        remote_publish.publish_copies(store, staging, export_dir, sorted(expected), workers)
+    finally:
+        remote_publish.remove_prefix(store, staging)
+        if local_build is not None:
+            shutil.rmtree(local_build, ignore_errors=True)
+    return version, export_dir, manifest, digest
+
+
 def _check_assets_extra_sources(assets_extra: Mapping[str, str]) -> list[CopyItem]:
     items = []
     for dest, src in assets_extra.items():
+        if is_object_store_uri(src):
+            info = store_for(src).stat(src)
+            if info is None:
+                raise InvalidInputError(
+                    f'assets_extra source for {dest!r} is missing: {src!r}; expected an object'
+                )
+            items.append(CopyItem(src=src, dest=f'{keys.ASSETS_EXTRA_DIR}/{dest}', size=info.size))
+            continue
         if not os.path.isfile(src):
             what = 'a folder' if os.path.isdir(src) else 'missing'
             raise InvalidInputError(
@@ -215,6 +292,16 @@ def _check_assets_extra_sources(assets_extra: Mapping[str, str]) -> list[CopyIte
             CopyItem(src=src, dest=f'{keys.ASSETS_EXTRA_DIR}/{dest}', size=os.path.getsize(src))
         )
     return items
+
+
+def _local_copy_of(item: CopyItem, folder: str) -> CopyItem:
+    """Downloads an object-store source (an assets_extra file) so it is read like a local one."""
+    if not is_object_store_uri(item.src):
+        return item
+    local = os.path.join(folder, str(len(os.listdir(folder))))
+    with store_for(item.src).open_read(item.src) as src, open(local, 'xb') as out:
+        shutil.copyfileobj(src, out, CHUNK_BYTES)
+    return dataclasses.replace(item, src=local)
 
 
 def _plan_copy(

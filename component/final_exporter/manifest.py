@@ -17,6 +17,7 @@ from typing import Any
 
 from final_exporter import keys
 from final_exporter.errors import IntegrityError, InvalidInputError
+from final_exporter.objectstore import is_object_store_uri, store_for
 
 FORMAT_VERSION = 1
 _HASH_CHUNK = 8 * 1024 * 1024
@@ -63,10 +64,16 @@ def read_manifest(export_dir: str) -> tuple[dict[str, Any], str]:
     Raises:
         InvalidInputError: if the export has no readable manifest.
     """
-    path = os.path.join(export_dir, keys.MANIFEST_RELPATH)
+    path = _join(export_dir, keys.MANIFEST_RELPATH)
     try:
-        with open(path, 'rb') as f:
-            data = f.read()
+        if is_object_store_uri(path):
+            store = store_for(path)
+            if not store.exists(path):
+                raise FileNotFoundError(path)
+            data = store.read_bytes(path)
+        else:
+            with open(path, 'rb') as f:
+                data = f.read()
     except FileNotFoundError:
         raise InvalidInputError(
             f'{export_dir!r} has no {keys.MANIFEST_RELPATH}; it was not made by final-exporter'
@@ -80,8 +87,14 @@ def read_manifest(export_dir: str) -> tuple[dict[str, Any], str]:
     return manifest, hashlib.sha256(data).hexdigest()
 
 
+def _join(root: str, rel: str) -> str:
+    return f'{root.rstrip("/")}/{rel}' if is_object_store_uri(root) else os.path.join(root, rel)
+
+
 def hash_file(path: str) -> tuple[int, str]:
-    """Returns (size, SHA-256 hex) of a file, streamed in fixed-size chunks."""
+    """Returns (size, SHA-256 hex) of a file or object, streamed in fixed-size chunks."""
+    if is_object_store_uri(path):
+        return store_for(path).hash_object(path)
     digest = hashlib.sha256()
     buf = bytearray(_HASH_CHUNK)
     view = memoryview(buf)
@@ -94,7 +107,10 @@ def hash_file(path: str) -> tuple[int, str]:
 
 
 def list_files(root: str) -> dict[str, int]:
-    """Returns {relative POSIX path: size} of the regular files under `root`."""
+    """Returns {relative POSIX path: size} of the regular files (or objects) under `root`."""
+    if is_object_store_uri(root):
+        prefix = root.rstrip('/') + '/'
+        return {uri[len(prefix) :]: info.size for uri, info in store_for(root).list(root).items()}
     found: dict[str, int] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
@@ -164,7 +180,7 @@ def verify_export(
             report.changed.append(path)
             continue
         if rehash:
-            _, digest = hash_file(os.path.join(export_dir, path))
+            _, digest = hash_file(_join(export_dir, path))
             report.bytes_checked += want['size']
         elif known is not None and path in known:
             digest = known[path].sha256

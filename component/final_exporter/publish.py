@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable
 
 from final_exporter.errors import InvalidInputError
+from final_exporter.objectstore import is_object_store_uri, store_for
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,10 @@ def is_version_name(name: str) -> bool:
 
 
 def list_versions(model_base: str) -> list[int]:
-    """The numeric versions under `model_base`, ascending; [] if it does not exist."""
+    """The numeric versions under `model_base` (a folder or gs:// / s3:// prefix), ascending."""
+    if is_object_store_uri(model_base):
+        names = store_for(model_base).children(model_base)
+        return sorted(int(n) for n in names if is_version_name(n))
     try:
         names = os.listdir(model_base)
     except FileNotFoundError:

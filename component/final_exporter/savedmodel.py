@@ -70,6 +70,11 @@ def resolve_saved_model_dir(path: str) -> str:
     Raises:
         InvalidInputError: naming the path and what is missing.
     """
+    if path.startswith(('gs://', 's3://')):
+        raise InvalidInputError(
+            f'model path {path!r} is on an object store; reading the model from gs:// or s3:// '
+            'is not supported yet: export from a local or FUSE-mounted path (e.g. /gcs/...)'
+        )
     if not os.path.isdir(path):
         raise InvalidInputError(f'model path {path!r} does not exist or is not a folder')
     if is_saved_model_dir(path):

@@ -1,0 +1,150 @@
+"""The publish protocol on object stores, where a folder rename is not atomic.
+
+TensorFlow Serving polls `<model_base>/` and may load any numeric "folder" it
+lists, so on `gs://` and `s3://` an export goes through these steps:
+
+1. **Upload** every file under `<model_base>/.final-exporter-staging-<id>/`
+   (not numeric: never loaded), hashing each byte as it is read, files in
+   parallel, then the manifest.
+2. **Verify** the staging prefix: exactly the manifest's objects, each with the
+   size sent and the MD5/ETag the server computed over what it received.
+3. **Claim** the version with a conditional create of
+   `<model_base>/.final-exporter-claims/<version>` (GCS `ifGenerationMatch=0`,
+   S3 `If-None-Match: *`): two exporters never take the same version; a lost
+   race moves on to the next one. Claiming after the upload means a failed
+   upload uses up no version number.
+4. **Publish** with server-side copies into `<model_base>/<version>/` (no bytes
+   through the exporter), every object but `saved_model.pb` first, in
+   parallel, then `saved_model.pb` alone: a server that lists the version
+   before it is complete finds no `saved_model.pb` and does not load it.
+5. **Clean up** the staging prefix. The claim stays as the record of who took
+   the version.
+
+On failure before step 4 nothing numeric exists (at most a claim); on failure during step 4 the
+objects copied so far are deleted again (best effort; a killed process leaves
+them, but without `saved_model.pb`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Sequence
+
+from final_exporter import keys
+from final_exporter.errors import IntegrityError
+from final_exporter.manifest import FileEntry, manifest_bytes
+from final_exporter.objectstore import ObjectStore, Uploaded, join
+from final_exporter.progress import Progress
+from final_exporter.publish import STAGING_PREFIX, is_version_name
+from final_exporter.transfer import PUBLISH_LAST, CopyItem, default_workers
+
+logger = logging.getLogger(__name__)
+
+CLAIMS_DIR = '.final-exporter-claims'
+_MAX_CLAIM_ATTEMPTS = 1000
+
+
+def new_staging_uri(model_base: str) -> str:
+    return join(model_base, f'{STAGING_PREFIX}{uuid.uuid4().hex}')
+
+
+def upload_items(
+    store: ObjectStore,
+    items: Sequence[CopyItem],
+    staging: str,
+    *,
+    workers: int | None,
+    progress: Progress | None,
+) -> dict[str, tuple[FileEntry, Uploaded]]:
+    """Uploads files in parallel under `staging`; each is read once."""
+
+    def one(item: CopyItem) -> tuple[FileEntry, Uploaded]:
+        up = store.upload_file(item.src, join(staging, item.dest), progress)
+        if progress is not None:
+            progress.file_done(item.dest)
+        return FileEntry(item.dest, up.size, up.sha256), up
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+        return {entry.path: (entry, up) for entry, up in pool.map(one, items)}
+
+
+def upload_manifest(store: ObjectStore, staging: str, manifest: dict) -> tuple[str, Uploaded]:
+    data = manifest_bytes(manifest)
+    up = store.upload_bytes(data, join(staging, keys.MANIFEST_RELPATH))
+    return up.sha256, up
+
+
+def verify_staging(store: ObjectStore, staging: str, expected: dict[str, Uploaded]) -> None:
+    """Checks the staging prefix holds exactly the expected objects, as the server stored them.
+
+    Raises:
+        IntegrityError: naming every missing, extra or different object.
+    """
+    found = {uri[len(staging) + 1 :]: info for uri, info in store.list(staging).items()}
+    problems = [f'missing: {p}' for p in sorted(set(expected) - set(found))]
+    problems += [f'extra: {p}' for p in sorted(set(found) - set(expected))]
+    for path in sorted(set(expected) & set(found)):
+        want, got = expected[path], found[path]
+        if got.size != want.size or (got.checksum and got.checksum != want.expected_checksum):
+            problems.append(
+                f'changed: {path} (sent {want.size} bytes, checksum {want.expected_checksum}; '
+                f'stored {got.size} bytes, checksum {got.checksum})'
+            )
+    if problems:
+        raise IntegrityError(f'staged upload {staging} is not intact: {"; ".join(problems)}')
+
+
+def claim_version(
+    store: ObjectStore, model_base: str, staging: str, clock: Callable[[], float]
+) -> int:
+    """Takes the next free version with a conditional create; returns it."""
+    claims = join(model_base, CLAIMS_DIR)
+    record = json.dumps(
+        {'staging': staging, 'host': socket.gethostname(), 'pid': os.getpid(), 'time': clock()}
+    ).encode()
+    for _ in range(_MAX_CLAIM_ATTEMPTS):
+        taken = [int(n) for n in store.children(model_base) if is_version_name(n)]
+        taken += [int(n) for n in store.children(claims) if is_version_name(n)]
+        version = max(int(clock()), max(taken) + 1) if taken else int(clock())
+        if store.put_if_absent(join(claims, str(version)), record):
+            return version
+        logger.info('Version %s was claimed by another export; trying the next one.', version)
+    raise RuntimeError(
+        f'could not claim a version under {model_base} after {_MAX_CLAIM_ATTEMPTS} tries'
+    )
+
+
+def publish_copies(
+    store: ObjectStore, staging: str, final: str, paths: Sequence[str], workers: int | None
+) -> None:
+    """Server-side copies staging -> final, `saved_model.pb` (and .pbtxt) after all others."""
+    first = [p for p in paths if p not in PUBLISH_LAST]
+    last = [p for p in paths if p in PUBLISH_LAST]
+    done: list[str] = []
+    try:
+        with concurrent.futures.ThreadPoolExecutor(
+            max_workers=workers or default_workers()
+        ) as pool:
+            for batch in (first, last):
+                for path in pool.map(lambda p: _copy(store, staging, final, p), batch):
+                    done.append(path)
+    except BaseException:
+        store.delete(join(final, p) for p in done)
+        raise
+
+
+def _copy(store: ObjectStore, staging: str, final: str, path: str) -> str:
+    store.copy(join(staging, path), join(final, path))
+    return path
+
+
+def remove_prefix(store: ObjectStore, prefix: str) -> None:
+    try:
+        store.delete(store.list(prefix))
+    except Exception:  # Cleanup must not hide the error that caused it.
+        logger.warning('Could not remove %s; a later run can delete it.', prefix, exc_info=True)
