@@ -1,0 +1,1 @@
+"""Test helpers for the Kubeflow Pipelines v2 / Vertex AI tests."""

