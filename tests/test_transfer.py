@@ -60,12 +60,13 @@ def make_model_tree(root, n_files=40, seed=0) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize('workers', [1, 8])
-def test_copy_is_byte_identical_and_hashes_match(tmp_path, workers):
+@pytest.mark.parametrize('method', ['auto', 'copy'])
+def test_copy_is_byte_identical_and_hashes_match(tmp_path, workers, method):
     src, dst = tmp_path / 'src', tmp_path / 'dst'
     files = make_model_tree(src)
     dst.mkdir()
 
-    entries = copy_and_hash(plan_tree(str(src)), str(dst), workers=workers)
+    entries = copy_and_hash(plan_tree(str(src)), str(dst), workers=workers, method=method)
 
     assert set(entries) == set(files)
     for rel, data in files.items():
@@ -88,7 +89,8 @@ def test_saved_model_pb_is_written_after_every_other_file(tmp_path):
     assert progress.bytes_done == sum(i.size for i in items)
 
 
-def test_source_that_changes_during_copy_is_detected(tmp_path):
+@pytest.mark.parametrize('method', ['auto', 'copy'])
+def test_source_that_changes_during_copy_is_detected(tmp_path, method):
     src, dst = tmp_path / 'src', tmp_path / 'dst'
     src.mkdir()
     dst.mkdir()
@@ -99,6 +101,7 @@ def test_source_that_changes_during_copy_is_detected(tmp_path):
             plan_tree(str(src)),
             str(dst),
             progress=GrowsSourceOnFirstChunk(str(src / 'saved_model.pb')),
+            method=method,
         )
 
 

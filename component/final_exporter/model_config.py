@@ -121,6 +121,7 @@ class LabelResult:
 
 
 def config_path(model_base: str) -> str:
+    """`<model_base>/models.config`."""
     return os.path.join(model_base, CONFIG_FILENAME)
 
 

@@ -749,6 +749,7 @@ def _batches(examples: list[bytes], size: int) -> Iterator[tuple[int, list[bytes
 
 
 def empty_summary() -> dict[str, Any]:
+    """The summary of no examples; the identity of `merge_summaries`."""
     return {'examples': 0, 'missing': [], 'outputs': {}}
 
 
@@ -830,6 +831,7 @@ def merge_summaries(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any
 def summary_to_result(
     summary: Mapping[str, Any], signature_name: str, spec: ParitySpec, runner: str
 ) -> ParityResult:
+    """The ParityResult of a merged summary."""
     return ParityResult(
         signature_name=signature_name,
         examples=summary['examples'],

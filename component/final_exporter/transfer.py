@@ -1,10 +1,18 @@
 """Copies files and hashes them in the same read, files in parallel.
 
 One pass over the bytes: each file is read once, and every chunk read is both
-fed to SHA-256 and written, so the manifest needs no second read. Files are
-copied by a thread pool (file reads, writes and hashlib all release the GIL on
-large buffers). Files named in `last` are copied only after every other file
-is complete.
+fed to SHA-256 and copied, so the manifest needs no second read. Files are
+copied by a thread pool (file I/O and hashlib release the GIL on large
+buffers). Files named in `last` are copied only after every other file is
+complete.
+
+Methods: `auto` tries a reflink (btrfs, XFS), else hashes the source through a
+read-only memory mapping while the kernel copies it (`copy_file_range`): one
+user-space touch per byte, the least work short of a reflink. A mapped source
+that another process truncates mid-copy makes the kernel raise SIGBUS, which
+ends the process (nothing is published: the export is still in staging);
+`copy` (plain read, hash, write) turns that case into an IntegrityError.
+`hardlink` links the immutable source files and only reads them to hash.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import errno
 import fcntl
 import hashlib
 import logging
+import mmap
 import os
 import sys
 import threading
@@ -206,10 +215,68 @@ def copy_file(
         entry = _hash_unchanged(item, progress, out=None)
     else:
         with open(dest, 'xb', buffering=0) as out:
-            entry = _hash_unchanged(item, progress, out=out)
+            entry = (method == COPY_AUTO and _mapped_copy(item, out, progress)) or (
+                _hash_unchanged(item, progress, out=out)
+            )
     if progress is not None:
         progress.file_done(item.dest)
     return entry
+
+
+def _mapped_copy(item: CopyItem, out, progress: Progress | None) -> FileEntry | None:
+    """Hashes the source through a read-only mapping and copies it in the kernel.
+
+    Each byte is touched once in user space (by SHA-256, straight from the page
+    cache) and once by the kernel's copy (`copy_file_range`, or a write from
+    the mapping where the filesystem cannot): one copy fewer than read+write.
+    Returns None (nothing written) for an empty file, which needs no mapping.
+    """
+    with open(item.src, 'rb', buffering=0) as src:
+        before = os.fstat(src.fileno())
+        size = before.st_size
+        if size == 0:
+            return None
+        digest = hashlib.sha256()
+        in_kernel = hasattr(os, 'copy_file_range')
+        done = 0
+        with mmap.mmap(src.fileno(), size, access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)
+            try:
+                while done < size:
+                    with view[done : done + CHUNK_BYTES] as chunk:
+                        n = len(chunk)
+                        digest.update(chunk)
+                        if in_kernel:
+                            in_kernel = _copy_range(src.fileno(), out.fileno(), done, n)
+                        if not in_kernel:
+                            os.lseek(out.fileno(), done, os.SEEK_SET)
+                            _write_all(out, chunk)
+                    done += n
+                    if progress is not None:
+                        progress.add_bytes(n)
+            finally:
+                view.release()
+        after = os.fstat(src.fileno())
+    _check_same(item, before, after, done)
+    return FileEntry(path=item.dest, size=done, sha256=digest.hexdigest())
+
+
+def _copy_range(src_fd: int, out_fd: int, offset: int, length: int) -> bool:
+    """Copies [offset, offset+length) in the kernel; False if this filesystem pair cannot."""
+    copied = 0
+    while copied < length:
+        try:
+            n = os.copy_file_range(
+                src_fd, out_fd, length - copied, offset + copied, offset + copied
+            )
+        except OSError as e:
+            if copied == 0 and e.errno in _UNSUPPORTED:
+                return False
+            raise
+        if n == 0:
+            raise IntegrityError('source file shrank while it was copied')
+        copied += n
+    return True
 
 
 def _hash_unchanged(item: CopyItem, progress: Progress | None, out) -> FileEntry:
@@ -229,17 +296,21 @@ def _hash_unchanged(item: CopyItem, progress: Progress | None, out) -> FileEntry
             if progress is not None:
                 progress.add_bytes(n)
         after = os.fstat(src.fileno())
+    _check_same(item, before, after, size)
+    return FileEntry(path=item.dest, size=size, sha256=digest.hexdigest())
+
+
+def _check_same(item: CopyItem, before: os.stat_result, after: os.stat_result, read: int) -> None:
     if (
-        size != before.st_size
+        read != before.st_size
         or after.st_size != before.st_size
         or after.st_mtime_ns != before.st_mtime_ns
     ):
         raise IntegrityError(
             f'source file {item.src!r} changed while it was copied '
-            f'(size {before.st_size} -> {after.st_size}, read {size} bytes); '
+            f'(size {before.st_size} -> {after.st_size}, read {read} bytes); '
             'export a model that is no longer being written'
         )
-    return FileEntry(path=item.dest, size=size, sha256=digest.hexdigest())
 
 
 def _write_all(out, chunk: memoryview) -> None:
