@@ -5,6 +5,9 @@ parameters only, so it runs `final_export_from_uri` on a real model. The
 `Input[Model]` component is compiled to YAML and its container command run the
 way the KFP launcher runs it (see tests/kfp_support/launcher.py), with model,
 blessing and metrics artifacts on local disk.
+
+No `from __future__ import annotations` here: kfp 2.5 reads the annotations of
+the test's own component as objects.
 """
 
 import json
@@ -15,7 +18,7 @@ import pytest
 import yaml
 from kfp import compiler, dsl, local
 from kfp.local import config as local_config
-from tfx.dsl.components.base import base_executor
+from tfx.dsl.components.base import base_beam_executor
 from tfx.types import standard_artifacts
 
 from final_exporter import keys
@@ -31,6 +34,10 @@ from conftest import KERAS_MODEL, assert_nothing_written
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES_FILE = os.path.join(REPO_ROOT, 'pipelines', 'data', 'classes.txt')
 ASSETS_EXTRA = {'labels/classes.txt': CLASSES_FILE}
+
+# kfp.local warns that the component's image is not a Python image; the
+# subprocess runs in this environment, which has the package the image has.
+pytestmark = pytest.mark.filterwarnings('ignore:You may be attemping:RuntimeWarning')
 
 
 @pytest.fixture
@@ -58,7 +65,7 @@ def tfx_pushed_model(tmp_path, model_uri: str, export_base: str) -> standard_art
     blessing.set_int_custom_property(keys.BLESSED_PROPERTY, 1)
     pushed = standard_artifacts.PushedModel()
     pushed.uri = str(tmp_path / 'tfx_pushed_model')
-    Executor(base_executor.BaseExecutor.Context()).Do(
+    Executor(base_beam_executor.BaseBeamExecutor.Context()).Do(
         {keys.MODEL_KEY: [model], keys.MODEL_BLESSING_KEY: [blessing]},
         {keys.PUSHED_MODEL_KEY: [pushed]},
         {

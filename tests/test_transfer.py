@@ -11,7 +11,7 @@ import pytest
 from final_exporter.beam_copy import copy_and_hash_beam
 from final_exporter.errors import IntegrityError, InvalidInputError
 from final_exporter.progress import Progress
-from final_exporter.transfer import CHUNK_BYTES, copy_and_hash, plan_tree
+from final_exporter.transfer import CHUNK_BYTES, MAP_WINDOW_BYTES, copy_and_hash, plan_tree
 
 from conftest import tree_files
 
@@ -201,3 +201,16 @@ def test_beam_multiprocess_copy_is_byte_identical_to_the_threaded_copy(tmp_path)
     assert got == want
     assert tree_files(str(beamed)) == tree_files(str(threaded))
     assert not os.path.exists(f'{beamed}.beam-results')
+
+
+def test_file_larger_than_one_mapping_window_is_copied_exactly(tmp_path):
+    src, dst = tmp_path / 'src', tmp_path / 'dst'
+    src.mkdir()
+    dst.mkdir()
+    data = random.Random(1).randbytes(MAP_WINDOW_BYTES + 12345)
+    (src / 'variables.data-00000-of-00001').write_bytes(data)
+
+    entries = copy_and_hash(plan_tree(str(src)), str(dst), method='auto')
+
+    assert (dst / 'variables.data-00000-of-00001').read_bytes() == data
+    assert entries['variables.data-00000-of-00001'].sha256 == hashlib.sha256(data).hexdigest()

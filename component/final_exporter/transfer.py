@@ -35,6 +35,8 @@ from final_exporter.manifest import FileEntry
 from final_exporter.progress import Progress
 
 CHUNK_BYTES = 8 * 1024 * 1024
+MAP_WINDOW_BYTES = 64 * 1024 * 1024
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, 'MAP_POPULATE', 0)
 COPY_AUTO, COPY_PLAIN, COPY_HARDLINK = 'auto', 'copy', 'hardlink'
 COPY_METHODS = (COPY_AUTO, COPY_PLAIN, COPY_HARDLINK)
 # Saved graphs go last: TensorFlow Serving and other loaders treat the presence
@@ -239,23 +241,25 @@ def _mapped_copy(item: CopyItem, out, progress: Progress | None) -> FileEntry | 
         digest = hashlib.sha256()
         in_kernel = hasattr(os, 'copy_file_range')
         done = 0
-        with mmap.mmap(src.fileno(), size, access=mmap.ACCESS_READ) as mapped:
-            view = memoryview(mapped)
-            try:
-                while done < size:
-                    with view[done : done + CHUNK_BYTES] as chunk:
-                        n = len(chunk)
-                        digest.update(chunk)
-                        if in_kernel:
-                            in_kernel = _copy_range(src.fileno(), out.fileno(), done, n)
-                        if not in_kernel:
-                            os.lseek(out.fileno(), done, os.SEEK_SET)
-                            _write_all(out, chunk)
-                    done += n
-                    if progress is not None:
-                        progress.add_bytes(n)
-            finally:
-                view.release()
+        while done < size:
+            length = min(MAP_WINDOW_BYTES, size - done)
+            # One window at a time keeps the mapped (resident) size bounded whatever the
+            # file size; MAP_POPULATE faults the window in with one call, not page by page.
+            with (
+                mmap.mmap(
+                    src.fileno(), length, flags=_MAP_FLAGS, prot=mmap.PROT_READ, offset=done
+                ) as window,
+                memoryview(window) as view,
+            ):
+                digest.update(view)
+                if in_kernel:
+                    in_kernel = _copy_range(src.fileno(), out.fileno(), done, length)
+                if not in_kernel:
+                    os.lseek(out.fileno(), done, os.SEEK_SET)
+                    _write_all(out, view)
+            done += length
+            if progress is not None:
+                progress.add_bytes(length)
         after = os.fstat(src.fileno())
     _check_same(item, before, after, done)
     return FileEntry(path=item.dest, size=done, sha256=digest.hexdigest())
