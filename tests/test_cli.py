@@ -155,7 +155,7 @@ def test_plain_copy_export_imports_neither_tensorflow_nor_tfx(model_uri, export_
     code = (
         'import sys\n'
         'from final_exporter.cli import main\n'
-        f'rc = main({export_args(model_uri, export_base, "--no-require-blessing")!r})\n'
+        f'rc = main({export_args(model_uri, export_base, "--no-require-blessing", "--no-smoke-test")!r})\n'
         'heavy = sorted(m for m in ("tensorflow", "tfx", "apache_beam") if m in sys.modules)\n'
         'print(rc, heavy)\n'
     )

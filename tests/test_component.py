@@ -36,6 +36,7 @@ def test_spec_declares_inputs_outputs_and_parameters():
         keys.MODEL_BLESSING_KEY,
         keys.INFRA_BLESSING_KEY,
         keys.MODEL_EVALUATION_KEY,
+        keys.EXAMPLES_KEY,
     }
     assert set(FinalExporterSpec.OUTPUTS) == {keys.PUSHED_MODEL_KEY}
     assert set(FinalExporterSpec.PARAMETERS) == {
@@ -46,6 +47,14 @@ def test_spec_declares_inputs_outputs_and_parameters():
         keys.AS_TEXT_KEY,
         keys.REQUIRE_BLESSING_KEY,
         keys.COPY_METHOD_KEY,
+        keys.SMOKE_TEST_KEY,
+        keys.SIGNATURE_NAME_KEY,
+        keys.EXAMPLES_SPLIT_KEY,
+        keys.PARITY_SAMPLE_SIZE_KEY,
+        keys.PARITY_TOLERANCE_KEY,
+        keys.WARMUP_REQUESTS_KEY,
+        keys.EXPORTS_TO_KEEP_KEY,
+        keys.LABEL_KEY,
     }
 
 

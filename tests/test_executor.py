@@ -195,11 +195,26 @@ def test_serving_fn_reexport(run, export_base, tmp_path):
     )
 
     pushed = run(
-        blessings=[blessing_artifact(str(tmp_path / 'b'))], serving_fn=f'{module}:serving_fn'
+        blessings=[blessing_artifact(str(tmp_path / 'b'))],
+        serving_fn=f'{module}:serving_fn',
+        signature_name='predict',
     )
 
     assert_pushed(pushed, export_base)
     assert json.loads(pushed.get_string_custom_property(keys.SIGNATURE_NAMES_KEY)) == ['predict']
+    smoke = json.loads(pushed.get_string_custom_property(keys.SMOKE_TEST_LINEAGE_KEY))
+    assert smoke['passed'] and smoke['signature_name'] == 'predict'
+
+
+def test_export_without_the_checked_signature_is_not_published(run, export_base, tmp_path):
+    module = tmp_path / 'serving.py'
+    module.write_text(
+        "def serving_fn(loaded):\n    return {'predict': loaded.signatures['serving_default']}\n"
+    )
+
+    with pytest.raises(InvalidInputError, match="has no signature 'serving_default'"):
+        run(blessings=[blessing_artifact(str(tmp_path / 'b'))], serving_fn=f'{module}:serving_fn')
+    assert published_versions(os.path.join(export_base, 'penguin')) == []
 
 
 def test_bad_model_folder_fails_with_nothing_written(run, export_base, tmp_path):

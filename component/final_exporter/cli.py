@@ -7,6 +7,7 @@ only for `--serving-fn`, `--as-text` and `--model-evaluation`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -72,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         help='InfraValidator blessing artifact folder',
     )
     export.add_argument(
+        flag(keys.EXAMPLES_KEY),
+        metavar='PATH',
+        help='an Examples artifact folder (Split-*/ TFRecords): inputs for the smoke test, '
+        'parity and warmup requests',
+    )
+    export.add_argument(
         flag(keys.MODEL_EVALUATION_KEY),
         metavar='PATH',
         help='Evaluator evaluation artifact folder; its overall metrics go into the lineage',
@@ -112,6 +119,40 @@ def build_parser() -> argparse.ArgumentParser:
         help='auto: reflink where possible, else copy; hardlink: link the (immutable) source files',
     )
     export.add_argument(
+        flag(keys.SMOKE_TEST_KEY),
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help='load the staged export and call its signature before publishing (default; '
+        'imports TensorFlow); --no-smoke-test skips it',
+    )
+    export.add_argument(flag(keys.SIGNATURE_NAME_KEY), default='serving_default')
+    export.add_argument(flag(keys.EXAMPLES_SPLIT_KEY), default='eval')
+    export.add_argument(
+        flag(keys.PARITY_SAMPLE_SIZE_KEY),
+        type=int,
+        default=100,
+        metavar='N',
+        help='with --examples and a re-export, compare N predictions with the source (0: off)',
+    )
+    export.add_argument(flag(keys.PARITY_TOLERANCE_KEY), type=float, default=1e-5, metavar='TOL')
+    export.add_argument(
+        flag(keys.WARMUP_REQUESTS_KEY),
+        type=int,
+        default=0,
+        metavar='N',
+        help='write N (<= 1000) warmup requests from --examples to assets.extra/',
+    )
+    export.add_argument(
+        flag(keys.EXPORTS_TO_KEEP_KEY),
+        type=int,
+        default=0,
+        metavar='N',
+        help='after publishing, keep only the N newest versions (never labelled ones; 0: all)',
+    )
+    export.add_argument(
+        flag(keys.LABEL_KEY), default='', help='point this version label at the new version'
+    )
+    export.add_argument(
         '--beam-pipeline-args',
         metavar='ARGS',
         type=shlex.split,
@@ -136,15 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _export(args: argparse.Namespace) -> int:
-    config = ExportConfig(
-        name=args.name,
-        export_base=args.export_base,
-        serving_fn=args.serving_fn,
-        assets_extra=_assets_extra_dict(args.assets_extra),
-        as_text=args.as_text,
-        require_blessing=args.require_blessing,
-        copy_method=args.copy_method,
-    )
+    # Every ExportConfig field has the flag of the same name (test_cli checks it).
+    params = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExportConfig)}
+    params[keys.ASSETS_EXTRA_KEY] = _assets_extra_dict(args.assets_extra)
+    config = ExportConfig(**params)
     blessings = [
         blessing_from_folder(kind, path)
         for kind, path in (
@@ -165,6 +201,7 @@ def _export(args: argparse.Namespace) -> int:
         blessings=blessings,
         extra_lineage=extra,
         beam_pipeline_args=args.beam_pipeline_args,
+        examples_uri=args.examples,
     )
     result = run_export(
         request, report_progress=lambda line: print(line, file=sys.stderr), workers=args.workers

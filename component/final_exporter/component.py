@@ -57,11 +57,20 @@ class FinalExporter(base_beam_component.BaseBeamComponent):
         model_blessing: types.BaseChannel | None = None,
         infra_blessing: types.BaseChannel | None = None,
         model_evaluation: types.BaseChannel | None = None,
+        examples: types.BaseChannel | None = None,
         serving_fn: str | Callable[..., Any] | None = None,
         assets_extra: Mapping[str, str] | None = None,
         as_text: bool = False,
         require_blessing: bool = True,
         copy_method: str = 'auto',
+        smoke_test: bool = True,
+        signature_name: str = 'serving_default',
+        examples_split: str = 'eval',
+        parity_sample_size: int = 100,
+        parity_tolerance: float = 1e-5,
+        warmup_requests: int = 0,
+        exports_to_keep: int = 0,
+        label: str = '',
     ):
         """Constructs a FinalExporter.
 
@@ -85,6 +94,25 @@ class FinalExporter(base_beam_component.BaseBeamComponent):
                 parallel copy), `copy`, or `hardlink` (opt-in: hard-link the source
                 files, which TFX never modifies; falls back to a copy across
                 filesystems).
+            examples: Optional channel of `Examples`: real inputs for the smoke test,
+                parity and warmup requests (split `examples_split`).
+            smoke_test: Load the staged export from its folder, as a model server
+                does, and call `signature_name` on real (or synthetic) examples; a
+                model that does not load or answer is not published.
+            signature_name: The serving signature to check and warm up.
+            examples_split: The split of `examples` to read.
+            parity_sample_size: With `examples` and a re-export (`serving_fn` or
+                `as_text`), compare this many predictions of the export with the
+                source model's and refuse to publish on a mismatch; 0 turns it off.
+            parity_tolerance: Absolute and relative tolerance of the comparison.
+            warmup_requests: Write up to this many (at most 1000) TensorFlow Serving
+                warmup requests from `examples` to
+                `assets.extra/tf_serving_warmup_requests`; 0 writes none. A warmup
+                file the model or `assets_extra` already has is validated instead.
+            exports_to_keep: After publishing, remove the oldest complete versions
+                beyond this many (never labelled ones, never the new one); 0 keeps all.
+            label: Point this TensorFlow Serving version label at the new version in
+                `<export_base>/<name>/models.config`.
 
         Raises:
             ValueError: for a parameter that cannot work, saying how to fix it.
@@ -107,6 +135,14 @@ class FinalExporter(base_beam_component.BaseBeamComponent):
                 as_text=as_text,
                 require_blessing=require_blessing,
                 copy_method=copy_method,
+                smoke_test=smoke_test,
+                signature_name=signature_name,
+                examples_split=examples_split,
+                parity_sample_size=parity_sample_size,
+                parity_tolerance=parity_tolerance,
+                warmup_requests=warmup_requests,
+                exports_to_keep=exports_to_keep,
+                label=label,
             )
         except InvalidInputError as e:
             raise ValueError(f'FinalExporter: {e}') from None
@@ -115,6 +151,7 @@ class FinalExporter(base_beam_component.BaseBeamComponent):
             model_blessing=model_blessing,
             infra_blessing=infra_blessing,
             model_evaluation=model_evaluation,
+            examples=examples,
             pushed_model=types.Channel(type=standard_artifacts.PushedModel),
             **config.to_exec_properties(),
         )

@@ -8,7 +8,9 @@ the command line.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import re
 import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -17,6 +19,8 @@ from final_exporter import keys
 from final_exporter.errors import InvalidInputError
 from final_exporter.transfer import COPY_AUTO, check_method
 
+# TensorFlow Serving version labels (as model_config.py writes them).
+LABEL_PATTERN = r'[A-Za-z][A-Za-z0-9_.-]{0,62}'
 # Longest single path component most filesystems (ext4, xfs, GCS object name
 # segments in practice) accept.
 _MAX_NAME_BYTES = 255
@@ -134,29 +138,89 @@ def _as_flag(value: Any, key: str) -> bool:
     raise InvalidInputError(f'{key} must be 0 or 1 (or a bool), got {value!r}')
 
 
+def _as_count(value: Any, key: str, maximum: int | None = None) -> int:
+    # Vertex AI hands integers back as floats (100.0).
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if isinstance(value, bool) or not number.is_integer() or number < 0:
+        raise InvalidInputError(f'{key} must be a whole number >= 0, got {value!r}')
+    if maximum is not None and number > maximum:
+        raise InvalidInputError(f'{key} must be at most {maximum}, got {value!r}')
+    return int(number)
+
+
+def _as_float(value: Any, key: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if isinstance(value, bool) or not number >= 0:
+        raise InvalidInputError(f'{key} must be a number >= 0, got {value!r}')
+    return number
+
+
+# How each parameter travels as a TFX execution property: Kubeflow Pipelines v2 and
+# Vertex AI take only str, int and float, so flags are 0/1 ints and mappings JSON.
+_STR, _FLAG, _INT, _FLOAT, _JSON = 'str', 'flag', 'int', 'float', 'json'
+PROPERTY_TYPES = {_STR: str, _FLAG: int, _INT: int, _FLOAT: float, _JSON: str}
+# The most warmup records TensorFlow Serving reads (saved_model_warmup_util.cc).
+MAX_WARMUP_REQUESTS = 1000
+
+
+def _param(kind: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    if callable(default) and not isinstance(default, (str, int, float)):
+        return dataclasses.field(default_factory=default, metadata={'kind': kind}, **kw)
+    return dataclasses.field(default=default, metadata={'kind': kind}, **kw)
+
+
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
     """The parameters of one export, validated on construction.
 
+    The TFX spec's PARAMETERS, the execution properties and their parsing are all
+    derived from these fields, so a new parameter is declared once.
+
     Attributes:
         name: The model name; the export goes to `<export_base>/<name>/<version>/`.
-        export_base: The base folder that holds one folder per model name.
+        export_base: The base folder (or gs:// / s3:// prefix) holding one folder per name.
         serving_fn: Import path of a function `fn(loaded_model) -> signatures`, or
             None to copy the source SavedModel byte for byte.
         assets_extra: Destination (relative to `assets.extra/`) -> source file.
         as_text: Write `saved_model.pbtxt` instead of `saved_model.pb`.
         require_blessing: Refuse to run without any blessing input.
-        copy_method: `auto` (reflink where the filesystem can, else copy),
+        copy_method: `auto` (reflink where the filesystem can, else a kernel copy),
             `copy`, or `hardlink` (opt-in: link the immutable source files).
+        smoke_test: Load the staged export and call its signature before publishing.
+        signature_name: The serving signature the smoke test, parity and warmup use.
+        examples_split: The split of the `examples` input to read examples from.
+        parity_sample_size: Examples compared between the source model and a
+            re-exported one (`serving_fn` or `as_text`); 0 turns parity off.
+        parity_tolerance: Absolute and relative tolerance of the parity check.
+        warmup_requests: Write this many TensorFlow Serving warmup requests (at most
+            1000) from the examples to `assets.extra/tf_serving_warmup_requests`; 0: none.
+        exports_to_keep: Keep this many newest versions, removing older ones after a
+            publish (never labelled ones); 0 keeps all.
+        label: Point this TensorFlow Serving version label (e.g. `canary`) at the new
+            version in `<export_base>/<name>/models.config`; empty: no label.
     """
 
-    name: str
-    export_base: str
-    serving_fn: str | None = None
-    assets_extra: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    as_text: bool = False
-    require_blessing: bool = True
-    copy_method: str = COPY_AUTO
+    name: str = _param(_STR)
+    export_base: str = _param(_STR)
+    serving_fn: str | None = _param(_STR, None)
+    assets_extra: Mapping[str, str] = _param(_JSON, dict)
+    as_text: bool = _param(_FLAG, False)
+    require_blessing: bool = _param(_FLAG, True)
+    copy_method: str = _param(_STR, COPY_AUTO)
+    smoke_test: bool = _param(_FLAG, True)
+    signature_name: str = _param(_STR, 'serving_default')
+    examples_split: str = _param(_STR, 'eval')
+    parity_sample_size: int = _param(_INT, 100)
+    parity_tolerance: float = _param(_FLOAT, 1e-5)
+    warmup_requests: int = _param(_INT, 0)
+    exports_to_keep: int = _param(_INT, 0)
+    label: str = _param(_STR, '')
 
     def __post_init__(self) -> None:
         validate_export_name(self.name)
@@ -166,7 +230,8 @@ class ExportConfig:
             )
         if '\x00' in self.export_base:
             raise InvalidInputError(f'export_base {self.export_base!r} contains a NUL byte')
-        object.__setattr__(self, 'serving_fn', serving_fn_path(self.serving_fn))
+        set_ = functools.partial(object.__setattr__, self)
+        set_('serving_fn', serving_fn_path(self.serving_fn))
         if not isinstance(self.assets_extra, Mapping):
             raise InvalidInputError(
                 'assets_extra must be a mapping of destination (relative to assets.extra/) '
@@ -180,12 +245,33 @@ class ExportConfig:
                     f'assets_extra source for {dest!r} must be a file path, got {src!r}'
                 )
             normalised[clean] = src
-        object.__setattr__(self, 'assets_extra', dict(sorted(normalised.items())))
-        object.__setattr__(self, 'as_text', _as_flag(self.as_text, keys.AS_TEXT_KEY))
-        object.__setattr__(
-            self, 'require_blessing', _as_flag(self.require_blessing, keys.REQUIRE_BLESSING_KEY)
-        )
+        set_('assets_extra', dict(sorted(normalised.items())))
+        for key in ('as_text', 'require_blessing', 'smoke_test'):
+            set_(key, _as_flag(getattr(self, key), key))
         check_method(self.copy_method)
+        set_('parity_sample_size', _as_count(self.parity_sample_size, 'parity_sample_size'))
+        set_('parity_tolerance', _as_float(self.parity_tolerance, 'parity_tolerance'))
+        set_(
+            'warmup_requests',
+            _as_count(self.warmup_requests, 'warmup_requests', MAX_WARMUP_REQUESTS),
+        )
+        set_('exports_to_keep', _as_count(self.exports_to_keep, 'exports_to_keep'))
+        for key in ('signature_name', 'examples_split'):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                raise InvalidInputError(
+                    f'{key} must be a non-empty string, got {getattr(self, key)!r}'
+                )
+        set_('label', self.label or '')
+        if self.label and not re.fullmatch(LABEL_PATTERN, self.label):
+            raise InvalidInputError(
+                f'label {self.label!r} is not a TensorFlow Serving version label; expected a '
+                'letter, then up to 62 letters, digits, "_", "." or "-" (e.g. "canary")'
+            )
+        if (self.label or self.exports_to_keep) and self.export_base.startswith(('gs://', 's3://')):
+            raise InvalidInputError(
+                'label and exports_to_keep need a local (or mounted) export_base; on gs:// and '
+                f's3:// they are not supported yet (export_base={self.export_base!r})'
+            )
 
     @property
     def model_base(self) -> str:
@@ -194,34 +280,47 @@ class ExportConfig:
 
     def to_exec_properties(self) -> dict[str, Any]:
         """The TFX execution parameters (primitive types only, as KFP v2 needs)."""
-        return {
-            keys.NAME_KEY: self.name,
-            keys.EXPORT_BASE_KEY: self.export_base,
-            keys.SERVING_FN_KEY: self.serving_fn or '',
-            keys.ASSETS_EXTRA_KEY: json.dumps(dict(self.assets_extra), sort_keys=True),
-            keys.AS_TEXT_KEY: int(self.as_text),
-            keys.REQUIRE_BLESSING_KEY: int(self.require_blessing),
-            keys.COPY_METHOD_KEY: self.copy_method,
-        }
+        props: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            value, kind = getattr(self, field.name), field.metadata['kind']
+            if kind == _JSON:
+                value = json.dumps(dict(value), sort_keys=True)
+            elif kind == _FLAG:
+                value = int(value)
+            elif value is None:
+                value = ''
+            props[field.name] = value
+        return props
 
     @classmethod
     def from_exec_properties(cls, props: Mapping[str, Any]) -> ExportConfig:
-        """Parses the execution parameters as TFX or the KFP v2 launcher passes them."""
-        raw_assets = props.get(keys.ASSETS_EXTRA_KEY) or '{}'
-        if isinstance(raw_assets, str):
-            try:
-                raw_assets = json.loads(raw_assets)
-            except json.JSONDecodeError as e:
-                raise InvalidInputError(
-                    f'assets_extra must be a JSON object of destination -> source, got '
-                    f'{raw_assets!r} ({e})'
-                ) from e
-        return cls(
-            name=props.get(keys.NAME_KEY),
-            export_base=props.get(keys.EXPORT_BASE_KEY),
-            serving_fn=props.get(keys.SERVING_FN_KEY) or None,
-            assets_extra=raw_assets,
-            as_text=props.get(keys.AS_TEXT_KEY, 0),
-            require_blessing=props.get(keys.REQUIRE_BLESSING_KEY, 1),
-            copy_method=props.get(keys.COPY_METHOD_KEY) or COPY_AUTO,
-        )
+        """Parses the execution parameters as TFX or the KFP v2 launcher passes them.
+
+        Missing or empty values take the field's default.
+        """
+        kwargs: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            value = props.get(field.name)
+            if value is None or value == '':
+                continue
+            if field.metadata['kind'] == _JSON and isinstance(value, str):
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError as e:
+                    raise InvalidInputError(
+                        f'{field.name} must be a JSON object, got {value!r} ({e})'
+                    ) from e
+            kwargs[field.name] = value
+        return cls(**kwargs)
+
+    @classmethod
+    def property_types(cls) -> dict[str, tuple[type, bool]]:
+        """{parameter: (execution property type, optional)} for the TFX spec."""
+        return {
+            f.name: (
+                PROPERTY_TYPES[f.metadata['kind']],
+                f.default is not dataclasses.MISSING
+                or f.default_factory is not dataclasses.MISSING,
+            )
+            for f in dataclasses.fields(cls)
+        }

@@ -72,7 +72,9 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             info = self._context.pipeline_info
             extra[keys.PIPELINE_NAME_KEY] = info.id if info is not None else None
             extra[keys.PIPELINE_RUN_ID_KEY] = self._context.pipeline_run_id
+        examples = input_dict.get(keys.EXAMPLES_KEY)
         return ExportRequest(
+            examples_uri=artifact_utils.get_single_uri(examples) if examples else None,
             config=config,
             model_uri=model.uri,
             model_id=normalize_id(model.id),

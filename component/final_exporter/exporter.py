@@ -19,6 +19,7 @@ from final_exporter import keys, lineage, objectstore, publish, remote_publish
 from final_exporter.blessing import Blessing, check_blessings
 from final_exporter.config import ExportConfig
 from final_exporter.errors import IntegrityError, InvalidInputError
+from final_exporter.keys import WARMUP_FILENAME, WARMUP_RELPATH
 from final_exporter.manifest import FileEntry, build_manifest, verify_export, write_manifest
 from final_exporter.objectstore import is_object_store_uri, store_for
 from final_exporter.progress import Progress
@@ -26,6 +27,9 @@ from final_exporter.savedmodel import SavedModelInfo, inspect_saved_model, resol
 from final_exporter.transfer import CHUNK_BYTES, CopyItem, copy_and_hash, hash_tree, plan_tree
 
 logger = logging.getLogger(__name__)
+
+# Rows fed to the smoke test: enough to show the batch dimension, quick to run.
+_SMOKE_EXAMPLES = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +43,10 @@ class ExportRequest:
         blessings: The wired blessings.
         extra_lineage: Lineage only the caller knows: evaluation metrics, pipeline
             name and run id.
-        beam_pipeline_args: When not empty, the copy fans out as an Apache Beam
-            pipeline with these options instead of a thread pool.
+        beam_pipeline_args: When not empty, the copy (and the parity check) fan out
+            as Apache Beam pipelines with these options instead of a thread pool.
+        examples_uri: A TFX Examples artifact folder: real inputs for the smoke
+            test, parity and warmup requests.
     """
 
     config: ExportConfig
@@ -49,6 +55,7 @@ class ExportRequest:
     blessings: Sequence[Blessing] = ()
     extra_lineage: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     beam_pipeline_args: Sequence[str] = ()
+    examples_uri: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +141,7 @@ def run_export(
     source = inspect_saved_model(source_dir)
     assets = _check_assets_extra_sources(config.assets_extra)
     items = _plan_copy(source, config, assets)
+    _check_serving_inputs(config, request, items)
     decision = check_blessings(
         request.blessings,
         model_id=request.model_id,
@@ -142,7 +150,9 @@ def run_export(
     )
     logger.info('Gate: %s.', decision.reason)
 
-    def make_lineage(signatures: Sequence[str], files: Mapping[str, FileEntry]) -> dict[str, Any]:
+    def make_lineage(
+        signatures: Sequence[str], files: Mapping[str, FileEntry], checks: Mapping[str, Any]
+    ) -> dict[str, Any]:
         return lineage.build_lineage(
             name=config.name,
             export_format='pbtxt' if config.as_text else 'pb',
@@ -157,7 +167,11 @@ def run_export(
             source_saved_model_dir=source_dir,
             blessings=request.blessings,
             serving_fn=config.serving_fn,
-            extra=request.extra_lineage,
+            extra={
+                **request.extra_lineage,
+                keys.EXAMPLES_URI_KEY: request.examples_uri,
+                **checks,
+            },
             clock=clock,
         )
 
@@ -167,7 +181,7 @@ def run_export(
             pushed=False,
             reason=decision.reason,
             model_base=config.model_base,
-            lineage=make_lineage(source.signature_names, planned),
+            lineage=make_lineage(source.signature_names, planned, {}),
         )
 
     export = _export_to_object_store if is_object_store_uri(config.model_base) else _export_local
@@ -176,6 +190,7 @@ def run_export(
         version, export_dir, manifest, digest = export(
             request, source, items, make_lineage, report_progress, workers, clock
         )
+    after = _after_publish(config, version)
     logger.info(
         'Exported %s files (%s bytes) to %s (manifest sha256 %s).',
         manifest['file_count'],
@@ -187,7 +202,7 @@ def run_export(
         pushed=True,
         reason=decision.reason,
         model_base=config.model_base,
-        lineage=manifest['lineage'],
+        lineage={**manifest['lineage'], **after},
         version=version,
         export_dir=export_dir,
         manifest=manifest,
@@ -195,7 +210,7 @@ def run_export(
     )
 
 
-LineageFn = Callable[[Sequence[str], Mapping[str, FileEntry]], dict[str, Any]]
+LineageFn = Callable[[Sequence[str], Mapping[str, FileEntry], Mapping[str, Any]], dict[str, Any]]
 Outcome = tuple[int, str, dict[str, Any], str]
 
 
@@ -214,7 +229,11 @@ def _export_local(
     try:
         copy = _copier(request, report_progress, workers, total=items)
         files, signatures = _build(staging, source, config, items, copy)
-        manifest = build_manifest(files.values(), make_lineage(signatures, files))
+        warmup = os.path.join(staging, *WARMUP_RELPATH.split('/'))
+        checks = _serving_checks(staging, source.path, config, request, warmup)
+        if os.path.exists(warmup) and WARMUP_RELPATH not in files:
+            files.update(hash_tree(staging, skip=files))
+        manifest = build_manifest(files.values(), make_lineage(signatures, files, checks))
         digest = write_manifest(staging, manifest)
         check = verify_export(staging, manifest, rehash=False, known=files)
         if not check.ok:
@@ -241,21 +260,28 @@ def _export_to_object_store(
     config = request.config
     store = store_for(config.model_base)
     staging = remote_publish.new_staging_uri(config.model_base)
-    local_build = None
+    local_build = tempfile.mkdtemp(prefix='final-exporter-build-')
     try:
         signatures = source.signature_names
+        checked_dir = source.path
         if config.serving_fn or config.as_text:
             # TensorFlow writes locally; the result is then uploaded like a source model.
-            local_build = tempfile.mkdtemp(prefix='final-exporter-build-')
             copy = _copier(request, report_progress, workers, total=items)
             _, signatures = _build(local_build, source, config, items, copy)
             items = plan_tree(local_build)
+            checked_dir = local_build
+        # The uploads are hash-verified, so checking the local bytes checks the export.
+        warmup = os.path.join(local_build, '.warmup', WARMUP_FILENAME)
+        os.makedirs(os.path.dirname(warmup), exist_ok=True)
+        checks = _serving_checks(checked_dir, source.path, config, request, warmup)
+        if os.path.exists(warmup):
+            items = [*items, CopyItem(warmup, WARMUP_RELPATH, os.path.getsize(warmup))]
         progress = Progress(sum(i.size for i in items), len(items), report=report_progress)
         uploaded = remote_publish.upload_items(
             store, items, staging, workers=workers, progress=progress
         )
         files = {path: entry for path, (entry, _) in uploaded.items()}
-        manifest = build_manifest(files.values(), make_lineage(signatures, files))
+        manifest = build_manifest(files.values(), make_lineage(signatures, files, checks))
         digest, manifest_upload = remote_publish.upload_manifest(store, staging, manifest)
         expected = {path: up for path, (_, up) in uploaded.items()}
         expected[keys.MANIFEST_RELPATH] = manifest_upload
@@ -265,8 +291,7 @@ def _export_to_object_store(
         remote_publish.publish_copies(store, staging, export_dir, sorted(expected), workers)
     finally:
         remote_publish.remove_prefix(store, staging)
-        if local_build is not None:
-            shutil.rmtree(local_build, ignore_errors=True)
+        shutil.rmtree(local_build, ignore_errors=True)
     return version, export_dir, manifest, digest
 
 
@@ -292,6 +317,124 @@ def _check_assets_extra_sources(assets_extra: Mapping[str, str]) -> list[CopyIte
             CopyItem(src=src, dest=f'{keys.ASSETS_EXTRA_DIR}/{dest}', size=os.path.getsize(src))
         )
     return items
+
+
+def _check_serving_inputs(
+    config: ExportConfig, request: ExportRequest, items: list[CopyItem]
+) -> None:
+    """Refuses, before anything is written, serving options that cannot work together."""
+    if request.examples_uri and not os.path.isdir(request.examples_uri):
+        raise InvalidInputError(f'examples folder {request.examples_uri!r} does not exist')
+    if config.warmup_requests and not request.examples_uri:
+        raise InvalidInputError(
+            f'warmup_requests={config.warmup_requests} needs the examples input '
+            '(an Examples artifact) to build the requests from'
+        )
+    if config.warmup_requests and any(i.dest == WARMUP_RELPATH for i in items):
+        raise InvalidInputError(
+            f'warmup_requests={config.warmup_requests}, but the export already has '
+            f'{WARMUP_RELPATH} (from the model or assets_extra); set warmup_requests=0 to '
+            'keep (and validate) that file'
+        )
+
+
+def _serving_checks(
+    model_dir: str,
+    source_dir: str,
+    config: ExportConfig,
+    request: ExportRequest,
+    warmup_path: str,
+) -> dict[str, Any]:
+    """Smoke test, prediction parity and warmup requests; returns their lineage.
+
+    `model_dir` is the staged export (or the local bytes an object-store export
+    uploads). A warmup file is written to `warmup_path` when asked for.
+
+    Raises:
+        InvalidInputError: if the model does not load or answer, its predictions
+            differ from the source model's, or a supplied warmup file is invalid.
+    """
+    supplied = os.path.join(model_dir, *WARMUP_RELPATH.split('/'))
+    if not (config.smoke_test or request.examples_uri or os.path.exists(supplied)):
+        return {}
+    from final_exporter import serving_check, warmup  # TensorFlow only when needed.
+
+    checks: dict[str, Any] = {}
+    examples = None
+    if request.examples_uri:
+        limit = max(config.parity_sample_size, config.warmup_requests, _SMOKE_EXAMPLES)
+        examples = serving_check.read_examples(request.examples_uri, config.examples_split, limit)
+    input_name = None
+    if config.smoke_test:
+        smoke = serving_check.smoke_test(
+            model_dir, config.signature_name, examples[:_SMOKE_EXAMPLES] if examples else None
+        )
+        input_name = smoke.example_input
+        checks.update(smoke.to_lineage())
+    if examples and (config.serving_fn or config.as_text) and config.parity_sample_size:
+        parity = serving_check.prediction_parity(
+            source_dir,
+            model_dir,
+            examples[: config.parity_sample_size],
+            config.signature_name,
+            atol=config.parity_tolerance,
+            rtol=config.parity_tolerance,
+            beam_pipeline_args=list(request.beam_pipeline_args) or None,
+        )
+        serving_check.require_parity(parity)
+        checks.update(parity.to_lineage())
+    if os.path.exists(supplied):
+        loaded = serving_check.load_export(model_dir)
+        count = warmup.validate_warmup_requests(supplied, list(loaded.signatures.keys()))
+        if config.smoke_test:
+            warmup.replay_warmup_requests(model_dir, supplied)
+        checks[keys.WARMUP_LINEAGE_KEY] = {'count': count, 'source': 'supplied'}
+    elif config.warmup_requests:
+        if input_name is None:
+            signature = serving_check.get_signature(
+                serving_check.load_export(model_dir), config.signature_name, model_dir
+            )
+            input_name = serving_check.example_input_name(signature)
+        count = warmup.write_warmup_requests(
+            warmup_path,
+            examples[: config.warmup_requests],
+            config.signature_name,
+            model_name=config.name,
+            input_name=input_name,
+        )
+        checks[keys.WARMUP_LINEAGE_KEY] = {'count': count, 'source': 'written'}
+    return checks
+
+
+def _after_publish(config: ExportConfig, version: int) -> dict[str, Any]:
+    """Label and retention, once the version is public.
+
+    A failure here is recorded, not raised: the version is already published, and
+    failing the step would make Kubeflow or Vertex retry it into a second version.
+    """
+    if not (config.label or config.exports_to_keep):
+        return {}
+    from final_exporter import model_config, retention
+
+    done: dict[str, Any] = {}
+    try:
+        if config.label:
+            labelled = model_config.set_label(
+                config.model_base, version, config.label, model_name=config.name, verify=False
+            )
+            done.update(labelled.to_lineage())
+        if config.exports_to_keep:
+            removed = retention.apply_retention(
+                config.model_base, config.exports_to_keep, just_published=version
+            )
+            done[keys.RETENTION_LINEAGE_KEY] = {
+                'exports_to_keep': config.exports_to_keep,
+                'removed_versions': removed,
+            }
+    except Exception as e:  # Recorded on the PushedModel and in the report.
+        logger.warning('Version %s is published, but label/retention failed: %s', version, e)
+        done[keys.POST_PUBLISH_ERROR_KEY] = f'{type(e).__name__}: {e}'
+    return done
 
 
 def _local_copy_of(item: CopyItem, folder: str) -> CopyItem:

@@ -9,6 +9,7 @@ MODEL_KEY = 'model'
 MODEL_BLESSING_KEY = 'model_blessing'
 INFRA_BLESSING_KEY = 'infra_blessing'
 MODEL_EVALUATION_KEY = 'model_evaluation'
+EXAMPLES_KEY = 'examples'
 
 # Output keys.
 PUSHED_MODEL_KEY = 'pushed_model'
@@ -22,6 +23,14 @@ ASSETS_EXTRA_KEY = 'assets_extra'
 AS_TEXT_KEY = 'as_text'
 REQUIRE_BLESSING_KEY = 'require_blessing'
 COPY_METHOD_KEY = 'copy_method'
+SMOKE_TEST_KEY = 'smoke_test'
+SIGNATURE_NAME_KEY = 'signature_name'
+EXAMPLES_SPLIT_KEY = 'examples_split'
+PARITY_SAMPLE_SIZE_KEY = 'parity_sample_size'
+PARITY_TOLERANCE_KEY = 'parity_tolerance'
+WARMUP_REQUESTS_KEY = 'warmup_requests'
+EXPORTS_TO_KEEP_KEY = 'exports_to_keep'
+LABEL_KEY = 'label'
 
 # PushedModel custom properties. The first three are the TFX Pusher's, so tools
 # that read Pusher output keep working.
@@ -54,6 +63,14 @@ EXPORTER_VERSION_KEY = 'exporter_version'
 PIPELINE_NAME_KEY = 'pipeline_name'
 PIPELINE_RUN_ID_KEY = 'pipeline_run_id'
 EXPORTED_AT_KEY = 'exported_at'
+EXAMPLES_URI_KEY = 'examples_uri'
+SMOKE_TEST_LINEAGE_KEY = 'smoke_test'
+PARITY_LINEAGE_KEY = 'prediction_parity'
+WARMUP_LINEAGE_KEY = 'warmup_requests'
+# Recorded after publish (on the PushedModel and in the report, not in the sealed manifest).
+LABELS_LINEAGE_KEY = 'version_labels'
+RETENTION_LINEAGE_KEY = 'retention'
+POST_PUBLISH_ERROR_KEY = 'post_publish_error'
 
 # Properties the TFX Evaluator and InfraValidator set on their blessings.
 BLESSED_PROPERTY = 'blessed'
@@ -68,3 +85,6 @@ LINEAGE_FILENAME = 'lineage.json'
 REPORT_FILENAME = 'report.md'
 SAVED_MODEL_PB = 'saved_model.pb'
 SAVED_MODEL_PBTXT = 'saved_model.pbtxt'
+# TensorFlow Serving reads warmup requests from this file at load.
+WARMUP_FILENAME = 'tf_serving_warmup_requests'
+WARMUP_RELPATH = f'{ASSETS_EXTRA_DIR}/{WARMUP_FILENAME}'

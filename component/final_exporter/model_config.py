@@ -55,6 +55,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from final_exporter import keys
+from final_exporter.config import LABEL_PATTERN
 from final_exporter.errors import IntegrityError, InvalidInputError
 from final_exporter.manifest import verify_export
 from final_exporter.publish import is_version_name
@@ -66,11 +67,11 @@ logger = logging.getLogger(__name__)
 
 CONFIG_FILENAME = 'models.config'
 LOCK_FILENAME = '.models.config.lock'
-LABELS_LINEAGE_KEY = 'version_labels'
+LABELS_LINEAGE_KEY = keys.LABELS_LINEAGE_KEY
 DEFAULT_LABEL = 'stable'
 MODEL_PLATFORM = 'tensorflow'
 # Labels travel in REST paths (/v1/models/<name>/labels/<label>) and gRPC fields.
-_LABEL_RE = re.compile(r'[A-Za-z][A-Za-z0-9_.-]{0,62}')
+_LABEL_RE = re.compile(LABEL_PATTERN)
 _HEADER = (
     '# TensorFlow Serving model config (ModelServerConfig text proto), managed by\n'
     '# final-exporter: `final-exporter label` / `rollback` change labels and the versions\n'

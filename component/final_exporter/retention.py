@@ -30,13 +30,14 @@ import shutil
 import uuid
 from collections.abc import Collection
 
+from final_exporter import keys
 from final_exporter.errors import InvalidInputError
 from final_exporter.model_config import complete_versions, locked, pinned_versions
 
 logger = logging.getLogger(__name__)
 
 TRASH_PREFIX = '.final-exporter-trash-'
-RETENTION_LINEAGE_KEY = 'retention'
+RETENTION_LINEAGE_KEY = keys.RETENTION_LINEAGE_KEY
 
 
 def apply_retention(

@@ -25,6 +25,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from final_exporter import keys
 from final_exporter.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -43,8 +44,8 @@ DEFAULT_PARITY_BATCH_SIZE = 64
 # How many of the worst examples each output's summary keeps.
 WORST_COUNT = 5
 
-SMOKE_TEST_LINEAGE_KEY = 'smoke_test'
-PARITY_LINEAGE_KEY = 'prediction_parity'
+SMOKE_TEST_LINEAGE_KEY = keys.SMOKE_TEST_LINEAGE_KEY
+PARITY_LINEAGE_KEY = keys.PARITY_LINEAGE_KEY
 
 _PARSE_OPS = ('ParseExample', 'ParseExampleV2', 'ParseSingleExample')
 

@@ -5,24 +5,20 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 from tfx.types.system_executions import Deploy
 
 from final_exporter import keys
+from final_exporter.config import ExportConfig
 
 
 class FinalExporterSpec(ComponentSpec):
     """FinalExporter component spec.
 
-    Parameters are primitive types only (JSON string for `assets_extra`, 0/1
-    ints for flags) so the Kubeflow Pipelines v2 / Vertex AI compiler can pass
-    them; `final_exporter.config.ExportConfig` parses them.
+    The parameters are the fields of `final_exporter.config.ExportConfig`, as
+    primitive types (JSON string for `assets_extra`, 0/1 ints for flags) so the
+    Kubeflow Pipelines v2 / Vertex AI compiler can pass them.
     """
 
     PARAMETERS = {
-        keys.NAME_KEY: ExecutionParameter(type=str),
-        keys.EXPORT_BASE_KEY: ExecutionParameter(type=str),
-        keys.SERVING_FN_KEY: ExecutionParameter(type=str, optional=True),
-        keys.ASSETS_EXTRA_KEY: ExecutionParameter(type=str, optional=True),
-        keys.AS_TEXT_KEY: ExecutionParameter(type=int, optional=True),
-        keys.REQUIRE_BLESSING_KEY: ExecutionParameter(type=int, optional=True),
-        keys.COPY_METHOD_KEY: ExecutionParameter(type=str, optional=True),
+        name: ExecutionParameter(type=type_, optional=optional)
+        for name, (type_, optional) in ExportConfig.property_types().items()
     }
     INPUTS = {
         keys.MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
@@ -35,6 +31,7 @@ class FinalExporterSpec(ComponentSpec):
         keys.MODEL_EVALUATION_KEY: ChannelParameter(
             type=standard_artifacts.ModelEvaluation, optional=True
         ),
+        keys.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples, optional=True),
     }
     OUTPUTS = {
         keys.PUSHED_MODEL_KEY: ChannelParameter(type=standard_artifacts.PushedModel),

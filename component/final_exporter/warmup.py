@@ -33,12 +33,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-WARMUP_FILENAME = 'tf_serving_warmup_requests'
-WARMUP_RELPATH = f'{keys.ASSETS_EXTRA_DIR}/{WARMUP_FILENAME}'
+WARMUP_FILENAME = keys.WARMUP_FILENAME
+WARMUP_RELPATH = keys.WARMUP_RELPATH
 # TensorFlow Serving's WarmupConsts::kMaxNumRecords.
 MAX_WARMUP_RECORDS = 1000
 DEFAULT_SIGNATURE = 'serving_default'
-WARMUP_LINEAGE_KEY = 'warmup_requests'
+WARMUP_LINEAGE_KEY = keys.WARMUP_LINEAGE_KEY
 
 _CLASSIFY_METHOD = 'tensorflow/serving/classify'
 _REGRESS_METHOD = 'tensorflow/serving/regress'
