@@ -169,6 +169,29 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument('--json', action='store_true')
     verify.set_defaults(func=_verify)
 
+    label = commands.add_parser(
+        'label', help='point a TensorFlow Serving version label at a version (models.config)'
+    )
+    label.add_argument('model_base', metavar='BASE/NAME')
+    label.add_argument('version', type=int, metavar='VERSION')
+    label.add_argument('label', metavar='LABEL', help='e.g. stable or canary')
+    label.add_argument(
+        '--force',
+        action='store_true',
+        help='move the label even to a version the server was not yet asked to load',
+    )
+    label.add_argument('--json', action='store_true')
+    label.set_defaults(func=_label)
+
+    rollback = commands.add_parser(
+        'rollback', help='move a label (default: stable) to the previous verified version'
+    )
+    rollback.add_argument('model_base', metavar='BASE/NAME')
+    rollback.add_argument('--label', default='stable')
+    rollback.add_argument('--force', action='store_true')
+    rollback.add_argument('--json', action='store_true')
+    rollback.set_defaults(func=_rollback)
+
     listing = commands.add_parser('list', help='list the versions under BASE/NAME, newest first')
     listing.add_argument('model_base', metavar='BASE/NAME')
     listing.add_argument('--json', action='store_true')
@@ -259,6 +282,37 @@ def _verify(args: argparse.Namespace) -> int:
         for line in report.problems():
             print(f'  {line}')
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _label(args: argparse.Namespace) -> int:
+    from final_exporter import model_config
+
+    result = model_config.set_label(args.model_base, args.version, args.label, force=args.force)
+    return _print_label(result, args.json)
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from final_exporter import model_config
+
+    result = model_config.rollback(args.model_base, args.label, force=args.force)
+    return _print_label(result, args.json)
+
+
+def _print_label(result, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(result.to_lineage()[keys.LABELS_LINEAGE_KEY], sort_keys=True))
+    elif result.applied:
+        print(
+            f'{result.label} -> {result.version} (was {result.previous_version}) '
+            f'in {result.config_path}'
+        )
+    else:
+        print(
+            f'{result.label} stays at {result.previous_version}: version {result.version} was '
+            f'added to the versions the server loads ({result.config_path}); run the command '
+            'again once the server has loaded it, or pass --force'
+        )
+    return EXIT_OK
 
 
 def _list(args: argparse.Namespace) -> int:
