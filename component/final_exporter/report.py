@@ -51,6 +51,7 @@ def render_report(result: ExportResult) -> str:
     ):
         if lin.get(key):
             lines.append(f'| {escape(label)} | {escape(lin[key])} |')
+    lines += _release_checks(lin)
     assets = lin.get(keys.ASSETS_EXTRA_FILES_KEY) or []
     if assets:
         lines += ['', '## assets.extra', ''] + [f'- {escape(a)}' for a in assets]
@@ -65,6 +66,38 @@ def render_report(result: ExportResult) -> str:
             for f in result.manifest['files']
         ]
     return '\n'.join(lines) + '\n'
+
+
+def _release_checks(lin: Mapping[str, Any]) -> list[str]:
+    rows = []
+    smoke = lin.get(keys.SMOKE_TEST_LINEAGE_KEY)
+    if smoke:
+        rows.append(
+            f'| Smoke test | passed: {escape(smoke.get("signature_name"))} answered '
+            f'{smoke.get("batch_size")} {escape(smoke.get("inputs"))} inputs |'
+        )
+    parity = lin.get(keys.PARITY_LINEAGE_KEY)
+    if parity:
+        diffs = [float(o.get('max_abs_diff', 0)) for o in parity.get('outputs', {}).values()]
+        worst = max(diffs, default=0.0)
+        rows.append(
+            f'| Prediction parity | {"passed" if parity.get("ok") else "FAILED"} on '
+            f'{parity.get("examples")} examples, max abs diff {escape(_fmt(worst))} |'
+        )
+    warmup = lin.get(keys.WARMUP_LINEAGE_KEY)
+    if warmup:
+        rows.append(f'| Warmup requests | {warmup.get("count")} ({escape(warmup.get("source"))}) |')
+    labels = lin.get(keys.LABELS_LINEAGE_KEY)
+    if labels:
+        shown = ', '.join(f'{escape(k)} → {v}' for k, v in sorted(labels.get('labels', {}).items()))
+        rows.append(f'| Version labels | {shown} |')
+    retention = lin.get(keys.RETENTION_LINEAGE_KEY)
+    if retention:
+        removed = ', '.join(str(v) for v in retention.get('removed_versions', [])) or 'none'
+        rows.append(f'| Retention | keep {retention.get("exports_to_keep")}; removed {removed} |')
+    if lin.get(keys.POST_PUBLISH_ERROR_KEY):
+        rows.append(f'| After publish | **failed**: {escape(lin[keys.POST_PUBLISH_ERROR_KEY])} |')
+    return rows
 
 
 def _fmt(value: Any) -> str:
