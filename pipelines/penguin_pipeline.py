@@ -8,6 +8,7 @@ from tfx import v1 as tfx
 PIPELINE_DIR = os.path.dirname(os.path.abspath(__file__))
 TRAINER_MODULE_FILE = os.path.join(PIPELINE_DIR, 'penguin_trainer.py')
 CLASSES_FILE = os.path.join(PIPELINE_DIR, 'data', 'classes.txt')
+SERVING_FN_MODULE_FILE = os.path.join(PIPELINE_DIR, 'penguin_serving.py')
 LABEL_KEY = 'species'
 
 
@@ -117,9 +118,14 @@ def create_pipeline(
                 model=trainer.outputs['model'],
                 model_blessing=evaluator.outputs['blessing'],
                 model_evaluation=evaluator.outputs['evaluation'],
+                examples=example_gen.outputs['examples'],
                 name='penguin',
                 export_base=export_base,
+                serving_fn=f'{SERVING_FN_MODULE_FILE}:serving_fn',
                 assets_extra={'labels/classes.txt': classes_file},
+                parity_sample_size=50,
+                warmup_requests=100,
+                exports_to_keep=3,
                 **(exporter_kwargs or {}),
             )
         )

@@ -61,6 +61,10 @@ def test_export_loads_and_predicts_on_real_examples(demo, store):
     (scores,) = outputs.values()
     assert scores.shape == (8, 3)
     tf.debugging.assert_near(tf.reduce_sum(scores, axis=1), tf.ones(8), atol=1e-4)
+    labels = loaded.signatures['classify'](examples=tf.constant(penguin_examples(8)))['label']
+    assert set(labels.numpy().astype(str)) <= {'Adelie', 'Chinstrap', 'Gentoo'}
+    warmup = os.path.join(export_dir, 'assets.extra', 'tf_serving_warmup_requests')
+    assert os.path.getsize(warmup) > 0
 
     assert verify_export(export_dir).ok
     with open(os.path.join(export_dir, 'assets.extra', 'labels', 'classes.txt')) as f:
@@ -86,10 +90,12 @@ def test_mlmd_links_model_to_execution_to_pushed_model(store):
         for e in store.get_events_by_execution_ids([execution.id])
         if e.type == metadata_store_pb2.Event.INPUT
     }
+    examples = only(store.get_artifacts_by_type('Examples'))
     assert inputs == {
         keys.MODEL_KEY: model.id,
         keys.MODEL_BLESSING_KEY: blessing.id,
         keys.MODEL_EVALUATION_KEY: evaluation.id,
+        keys.EXAMPLES_KEY: examples.id,
     }
 
     p = props(pushed)
@@ -101,8 +107,16 @@ def test_mlmd_links_model_to_execution_to_pushed_model(store):
     assert p[keys.PIPELINE_RUN_ID_KEY]
     assert p[keys.EXPORT_NAME_KEY] == 'penguin'
     assert p[keys.EXPORT_FORMAT_KEY] == 'pb'
-    assert json.loads(p[keys.SIGNATURE_NAMES_KEY]) == ['serving_default']
-    assert json.loads(p[keys.ASSETS_EXTRA_FILES_KEY]) == ['labels/classes.txt']
+    assert json.loads(p[keys.SIGNATURE_NAMES_KEY]) == ['classify', 'serving_default']
+    assert json.loads(p[keys.SMOKE_TEST_LINEAGE_KEY])['passed']
+    assert json.loads(p[keys.PARITY_LINEAGE_KEY])['ok']
+    assert json.loads(p[keys.PARITY_LINEAGE_KEY])['examples'] == 50
+    assert json.loads(p[keys.WARMUP_LINEAGE_KEY]) == {'count': 100, 'source': 'written'}
+    assert json.loads(p[keys.RETENTION_LINEAGE_KEY])['exports_to_keep'] == 3
+    assert json.loads(p[keys.ASSETS_EXTRA_FILES_KEY]) == [
+        'labels/classes.txt',
+        'tf_serving_warmup_requests',
+    ]
     eval_result = json.loads(p[keys.EVAL_RESULT_KEY])
     assert eval_result['sparse_categorical_accuracy'] >= 0.6
     assert eval_result['example_count'] > 0

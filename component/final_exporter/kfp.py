@@ -50,7 +50,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 from kfp import dsl
-from kfp.dsl import Artifact, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 from final_exporter import keys
 from final_exporter.blessing import Blessing, blessing_from_folder, normalize_id, parse_blessed
@@ -79,6 +79,8 @@ LOCAL_IMAGE = f'{IMAGE_REPOSITORY}:{__version__}'
 BLESSED_PARAMETER_URI = 'parameter:blessed'
 PUSHED_MODEL_OUTPUT = keys.PUSHED_MODEL_KEY
 REPORT_OUTPUT = 'report'
+METRICS_INPUT = 'metrics'
+BLESSED_INPUT = 'blessed'
 DISPLAY_NAME_KEY = 'display_name'
 
 
@@ -109,46 +111,14 @@ def component_image(environ: Optional[Mapping[str, str]] = None) -> Optional[str
     return None
 
 
-def export_for_kfp(
-    *,
-    model_path: str,
-    model_uri: str,
-    model_name: Optional[str],  # noqa: UP045
-    pushed_model: Artifact,
-    report: Artifact,
-    name: str,
-    export_base: str,
-    model_blessing: Optional[Artifact] = None,  # noqa: UP045
-    infra_blessing: Optional[Artifact] = None,  # noqa: UP045
-    metrics: Optional[Artifact] = None,  # noqa: UP045
-    blessed: Optional[bool] = None,  # noqa: UP045
-    serving_fn: str = '',
-    assets_extra: Optional[Mapping[str, str]] = None,  # noqa: UP045
-    as_text: Any = False,
-    require_blessing: Any = True,
-    copy_method: str = 'auto',
-) -> ExportOutputs:
+def export_for_kfp(arguments: Mapping[str, Any]) -> ExportOutputs:
     """The body of both components: gate, export with `run_export`, record.
 
     Args:
-        model_path: The model folder as the container sees it (a TFX Model
-            artifact folder or a SavedModel folder).
-        model_uri: The model as recorded in the lineage (the artifact URI).
-        model_name: The runtime name of the model artifact, if any (KFP: its
-            metadata id; Vertex AI: its resource name).
-        pushed_model: Output artifact that describes the outcome.
-        report: Output Markdown artifact.
-        name: See `FinalExporter`.
-        export_base: See `FinalExporter`.
-        model_blessing: Optional blessing artifact (Evaluator-style).
-        infra_blessing: Optional blessing artifact (InfraValidator-style).
-        metrics: Optional `Metrics` artifact; its scalar metadata becomes `eval_result`.
-        blessed: Optional verdict from an upstream step, instead of `model_blessing`.
-        serving_fn: See `FinalExporter`.
-        assets_extra: See `FinalExporter`.
-        as_text: See `FinalExporter` (bool, or 0/1 as Vertex AI may send it).
-        require_blessing: See `FinalExporter`.
-        copy_method: See `FinalExporter`.
+        arguments: The component's arguments as KFP passes them: the artifacts
+            (`model` or `model_uri`, `pushed_model`, `report`, and optionally
+            `model_blessing`, `infra_blessing`, `metrics`, `examples` or
+            `examples_uri`), `blessed`, and the `ExportConfig` parameters.
 
     Returns:
         Whether the model was exported, its version and destination ('' when not).
@@ -156,17 +126,25 @@ def export_for_kfp(
     Raises:
         InvalidInputError: for bad input; nothing was written.
     """
-    config = ExportConfig.from_exec_properties(
-        {
-            keys.NAME_KEY: name,
-            keys.EXPORT_BASE_KEY: export_base,
-            keys.SERVING_FN_KEY: serving_fn,
-            keys.ASSETS_EXTRA_KEY: dict(assets_extra or {}),
-            keys.AS_TEXT_KEY: as_text,
-            keys.REQUIRE_BLESSING_KEY: require_blessing,
-            keys.COPY_METHOD_KEY: copy_method,
-        }
-    )
+    args = dict(arguments)
+    model = args.pop('model', None)
+    if model is not None:
+        model_path, model_uri, model_name = model.path, model.uri, model.name
+    else:
+        model_path = model_uri = args.pop('model_uri')
+        model_name = None
+    pushed_model, report = args.pop(PUSHED_MODEL_OUTPUT), args.pop(REPORT_OUTPUT)
+    model_blessing = args.pop(keys.MODEL_BLESSING_KEY, None)
+    infra_blessing = args.pop(keys.INFRA_BLESSING_KEY, None)
+    metrics = args.pop(METRICS_INPUT, None)
+    examples = args.pop(keys.EXAMPLES_KEY, None)
+    examples_uri = examples.path if examples is not None else args.pop(keys.EXAMPLES_URI_KEY, '')
+    blessed = args.pop(BLESSED_INPUT, None)
+    unknown = set(args) - set(ExportConfig.property_types())
+    if unknown:
+        raise TypeError(f'unexpected component arguments: {sorted(unknown)}')
+    config = ExportConfig.from_exec_properties(args)
+
     if blessed is not None and model_blessing is not None:
         raise InvalidInputError(
             'both model_blessing and blessed were given; wire the blessing artifact or the '
@@ -181,15 +159,9 @@ def export_for_kfp(
         if artifact is not None
     ]
     if blessed is not None:
+        verdict = parse_blessed(blessed, kind=keys.MODEL_BLESSING_KEY, uri=BLESSED_PARAMETER_URI)
         blessings.insert(
-            0,
-            Blessing(
-                kind=keys.MODEL_BLESSING_KEY,
-                uri=BLESSED_PARAMETER_URI,
-                blessed=parse_blessed(
-                    blessed, kind=keys.MODEL_BLESSING_KEY, uri=BLESSED_PARAMETER_URI
-                ),
-            ),
+            0, Blessing(kind=keys.MODEL_BLESSING_KEY, uri=BLESSED_PARAMETER_URI, blessed=verdict)
         )
     extra: dict[str, Any] = {keys.SOURCE_MODEL_URI_KEY: model_uri}
     if metrics is not None:
@@ -203,6 +175,7 @@ def export_for_kfp(
             model_id=normalize_id(model_name),
             blessings=blessings,
             extra_lineage=extra,
+            examples_uri=examples_uri or None,
         ),
         report_progress=lambda line: logger.info('Copy: %s', line),
     )
@@ -300,12 +273,21 @@ def final_export(
     model_blessing: Optional[Input[Artifact]] = None,  # noqa: UP045
     infra_blessing: Optional[Input[Artifact]] = None,  # noqa: UP045
     metrics: Optional[Input[Metrics]] = None,  # noqa: UP045
+    examples: Optional[Input[Dataset]] = None,  # noqa: UP045
     blessed: Optional[bool] = None,  # noqa: UP045
     serving_fn: str = '',
     assets_extra: Optional[dict] = None,  # noqa: UP045
     as_text: bool = False,
     require_blessing: bool = True,
     copy_method: str = 'auto',
+    smoke_test: bool = True,
+    signature_name: str = 'serving_default',
+    examples_split: str = 'eval',
+    parity_sample_size: int = 100,
+    parity_tolerance: float = 1e-5,
+    warmup_requests: int = 0,
+    exports_to_keep: int = 0,
+    label: str = '',
 ) -> NamedTuple('Outputs', [('pushed', bool), ('version', str), ('destination', str)]):
     """Exports a blessed model once, as a SavedModel a model server can load (FinalExporter).
 
@@ -315,36 +297,29 @@ def final_export(
         export_base: Base folder or gs:// / s3:// prefix; <export_base>/<name> is the model base path.
         pushed_model: Describes the outcome: metadata pushed, pushed_destination, pushed_version, lineage.
         report: The export report (Markdown).
-        model_blessing: Blessing artifact: metadata blessed=1/0 or a BLESSED / NOT_BLESSED file.
-        infra_blessing: Infra blessing artifact: metadata blessed=1/0 or an INFRA_BLESSED file.
+        model_blessing: Blessing artifact: metadata blessed=1/0, or a BLESSED / NOT_BLESSED file.
+        infra_blessing: Infra blessing artifact: metadata blessed=1/0, or an INFRA_BLESSED file.
         metrics: Evaluation metrics; recorded as eval_result and shown in the report.
+        examples: tf.Example records in the TFX Examples layout (Split-<split>/): smoke test, parity, warmup.
         blessed: The verdict of an upstream step, instead of model_blessing.
         serving_fn: Import path of fn(loaded_model) -> signatures, to re-export with those signatures.
         assets_extra: {destination under assets.extra/: source file}.
         as_text: Write saved_model.pbtxt instead of saved_model.pb.
         require_blessing: Refuse to export without any blessing.
         copy_method: auto, copy or hardlink.
+        smoke_test: Load the staged export and call its signature before publishing.
+        signature_name: The signature the smoke test, parity and warmup use.
+        examples_split: The split of examples to read.
+        parity_sample_size: Examples compared between source and re-exported model; 0: off.
+        parity_tolerance: Absolute and relative tolerance of the parity check.
+        warmup_requests: TensorFlow Serving warmup requests to write (at most 1000).
+        exports_to_keep: Keep this many newest versions; 0 keeps all.
+        label: TensorFlow Serving version label to point at the new version; empty: none.
     """
+    arguments = dict(locals())
     from final_exporter.kfp import export_for_kfp
 
-    return export_for_kfp(
-        model_path=model.path,
-        model_uri=model.uri,
-        model_name=model.name,
-        pushed_model=pushed_model,
-        report=report,
-        name=name,
-        export_base=export_base,
-        model_blessing=model_blessing,
-        infra_blessing=infra_blessing,
-        metrics=metrics,
-        blessed=blessed,
-        serving_fn=serving_fn,
-        assets_extra=assets_extra,
-        as_text=as_text,
-        require_blessing=require_blessing,
-        copy_method=copy_method,
-    )
+    return export_for_kfp(arguments)
 
 
 def final_export_from_uri(
@@ -354,11 +329,20 @@ def final_export_from_uri(
     pushed_model: Output[Artifact],
     report: Output[Markdown],
     blessed: Optional[bool] = None,  # noqa: UP045
+    examples_uri: str = '',
     serving_fn: str = '',
     assets_extra: Optional[dict] = None,  # noqa: UP045
     as_text: bool = False,
     require_blessing: bool = True,
     copy_method: str = 'auto',
+    smoke_test: bool = True,
+    signature_name: str = 'serving_default',
+    examples_split: str = 'eval',
+    parity_sample_size: int = 100,
+    parity_tolerance: float = 1e-5,
+    warmup_requests: int = 0,
+    exports_to_keep: int = 0,
+    label: str = '',
 ) -> NamedTuple('Outputs', [('pushed', bool), ('version', str), ('destination', str)]):
     """Exports a blessed model given by its path once (FinalExporter, model as a parameter).
 
@@ -369,29 +353,25 @@ def final_export_from_uri(
         pushed_model: Describes the outcome: metadata pushed, pushed_destination, pushed_version, lineage.
         report: The export report (Markdown).
         blessed: The verdict of an upstream step.
+        examples_uri: Folder of tf.Example records in the TFX Examples layout; empty: none.
         serving_fn: Import path of fn(loaded_model) -> signatures, to re-export with those signatures.
         assets_extra: {destination under assets.extra/: source file}.
         as_text: Write saved_model.pbtxt instead of saved_model.pb.
         require_blessing: Refuse to export without a blessing.
         copy_method: auto, copy or hardlink.
+        smoke_test: Load the staged export and call its signature before publishing.
+        signature_name: The signature the smoke test, parity and warmup use.
+        examples_split: The split of examples to read.
+        parity_sample_size: Examples compared between source and re-exported model; 0: off.
+        parity_tolerance: Absolute and relative tolerance of the parity check.
+        warmup_requests: TensorFlow Serving warmup requests to write (at most 1000).
+        exports_to_keep: Keep this many newest versions; 0 keeps all.
+        label: TensorFlow Serving version label to point at the new version; empty: none.
     """
+    arguments = dict(locals())
     from final_exporter.kfp import export_for_kfp
 
-    return export_for_kfp(
-        model_path=model_uri,
-        model_uri=model_uri,
-        model_name=None,
-        pushed_model=pushed_model,
-        report=report,
-        name=name,
-        export_base=export_base,
-        blessed=blessed,
-        serving_fn=serving_fn,
-        assets_extra=assets_extra,
-        as_text=as_text,
-        require_blessing=require_blessing,
-        copy_method=copy_method,
-    )
+    return export_for_kfp(arguments)
 
 
 _FUNCTIONS = (final_export, final_export_from_uri)
