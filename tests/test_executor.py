@@ -47,7 +47,9 @@ def blessing_artifact(
 def run(tmp_path, model_uri, export_base):
     """Runs the executor once; returns the PushedModel artifact."""
 
-    def do(*, blessings=(), model=None, beam_pipeline_args=None, **params):
+    runs = iter(range(1000))
+
+    def do(*, blessings=(), model=None, beam_pipeline_args=None, run_id=None, **params):
         params.setdefault('name', 'penguin')
         params.setdefault('export_base', export_base)
         pushed = standard_artifacts.PushedModel()
@@ -65,7 +67,7 @@ def run(tmp_path, model_uri, export_base):
         context = base_beam_executor.BaseBeamExecutor.Context(
             beam_pipeline_args=beam_pipeline_args,
             pipeline_info=pipeline_pb2.PipelineInfo(id='penguin-pipeline'),
-            pipeline_run_id='run-42',
+            pipeline_run_id=run_id or f'run-{next(runs)}',
         )
         Executor(context).Do(
             input_dict,
@@ -113,7 +115,7 @@ def test_blessed_model_is_exported_with_lineage(run, export_base, tmp_path, mode
     assert pushed.get_string_custom_property(keys.SOURCE_MODEL_ID_KEY) == str(MODEL_ID)
     assert pushed.get_string_custom_property(keys.MODEL_BLESSING_ID_KEY) == '11'
     assert pushed.get_string_custom_property(keys.PIPELINE_NAME_KEY) == 'penguin-pipeline'
-    assert pushed.get_string_custom_property(keys.PIPELINE_RUN_ID_KEY) == 'run-42'
+    assert pushed.get_string_custom_property(keys.PIPELINE_RUN_ID_KEY).startswith('run-')
     assert pushed.get_string_custom_property(keys.EXPORT_FORMAT_KEY) == 'pb'
     assert json.loads(pushed.get_string_custom_property(keys.SIGNATURE_NAMES_KEY)) == [
         'serving_default'
@@ -248,3 +250,23 @@ def test_beam_pipeline_args_fan_the_copy_out_with_beam(run, export_base, tmp_pat
     destination = assert_pushed(pushed, export_base)
     assert_exported_copy(destination, os.path.join(model_uri, 'Format-Serving'))
     assert [n for n in os.listdir(os.path.join(export_base, 'penguin')) if '.beam' in n] == []
+
+
+def test_retry_of_the_same_execution_reports_its_export_instead_of_a_second(
+    run, export_base, tmp_path
+):
+    blessing = blessing_artifact(str(tmp_path / 'b'))
+    first = run(blessings=[blessing], run_id='run-7')
+    retry = run(blessings=[blessing], run_id='run-7')
+    other_run = run(blessings=[blessing], run_id='run-8')
+
+    version = first.get_string_custom_property(keys.PUSHED_VERSION_KEY)
+    assert retry.get_string_custom_property(keys.PUSHED_VERSION_KEY) == version
+    assert (
+        'already exported by this execution'
+        in retry.get_string_custom_property(keys.IDEMPOTENCY_KEY_KEY)
+        or retry.get_string_custom_property(keys.IDEMPOTENCY_KEY_KEY)
+        == 'penguin-pipeline/run-7/FinalExporter'
+    )
+    assert other_run.get_string_custom_property(keys.PUSHED_VERSION_KEY) != version
+    assert len(published_versions(os.path.join(export_base, 'penguin'))) == 2

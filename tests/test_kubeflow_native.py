@@ -10,6 +10,7 @@ No `from __future__ import annotations` here: kfp 2.5 reads the annotations of
 the test's own component as objects.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -23,17 +24,20 @@ from tfx.types import standard_artifacts
 
 from final_exporter import keys
 from final_exporter import kfp as final_exporter_kfp
+from final_exporter.config import ExportConfig
 from final_exporter.executor import Executor
 from final_exporter.kfp import final_export, final_export_from_uri
 from final_exporter.manifest import verify_export
 from final_exporter.spec import FinalExporterSpec
 from kfp_support import launcher
 
-from conftest import KERAS_MODEL, assert_nothing_written
+from conftest import KERAS_MODEL, PENGUIN_EVAL, assert_nothing_written
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES_FILE = os.path.join(REPO_ROOT, 'pipelines', 'data', 'classes.txt')
 ASSETS_EXTRA = {'labels/classes.txt': CLASSES_FILE}
+# The TFX Examples layout: Split-eval/, Split-train/.
+PENGUIN_EXAMPLES = os.path.dirname(PENGUIN_EVAL)
 
 # kfp.local warns that the component's image is not a Python image; the
 # subprocess runs in this environment, which has the package the image has.
@@ -160,12 +164,20 @@ def test_local_run_without_any_blessing_fails_with_nothing_written(
     assert_nothing_written(export_base)
 
 
-def test_component_takes_the_tfx_component_parameters():
+def test_components_take_the_tfx_component_parameters_with_the_same_defaults():
+    # Empty and None mean "the default" to ExportConfig.from_exec_properties.
+    defaults = {
+        f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        for f in dataclasses.fields(ExportConfig)
+    }
     for component in (final_export, final_export_from_uri):
-        parameters = component.component_spec.inputs
-        assert set(FinalExporterSpec.PARAMETERS) <= set(parameters)
-        for name, spec in FinalExporterSpec.PARAMETERS.items():
-            assert parameters[name].optional == spec.optional, name
+        inputs = component.component_spec.inputs
+        assert set(FinalExporterSpec.PARAMETERS) <= set(inputs)
+        for name, default in defaults.items():
+            if default is dataclasses.MISSING:
+                assert not inputs[name].optional, name
+            else:
+                assert (inputs[name].default or None) == (default or None), name
     outputs = final_export.component_spec.outputs
     assert outputs['pushed_model'].type == 'system.Artifact@0.0.1'
     assert outputs['report'].type == 'system.Markdown@0.0.1'
@@ -179,7 +191,7 @@ def compiled_component(tmp_path) -> str:
     return path
 
 
-def test_compiled_component_runs_on_model_blessing_and_metrics_artifacts(
+def test_compiled_component_runs_on_model_blessing_metrics_and_examples_artifacts(
     compiled_component, model_uri, export_base, make_blessing, tmp_path
 ):
     spec = launcher.load_pipeline_spec(compiled_component)
@@ -204,8 +216,16 @@ def test_compiled_component_runs_on_model_blessing_and_metrics_artifacts(
                 artifact_id=11,
                 metadata={'accuracy': 0.975, 'example_count': 40},
             ),
+            'examples': launcher.runtime_artifact(
+                inputs, 'examples', PENGUIN_EXAMPLES, artifact_id=13
+            ),
         },
-        parameters={'name': 'penguin', 'export_base': export_base, 'assets_extra': ASSETS_EXTRA},
+        parameters={
+            'name': 'penguin',
+            'export_base': export_base,
+            'assets_extra': ASSETS_EXTRA,
+            'warmup_requests': 3,
+        },
         output_root=str(tmp_path / 'final_export'),
     )
 
@@ -223,6 +243,7 @@ def test_compiled_component_runs_on_model_blessing_and_metrics_artifacts(
     assert report['metadata'][final_exporter_kfp.DISPLAY_NAME_KEY] == (
         'Final export report: penguin'
     )
+    assert os.path.isfile(os.path.join(meta[keys.PUSHED_DESTINATION_KEY], keys.WARMUP_RELPATH))
     text = read(report['uri'])
     assert '## Evaluation (overall slice)' in text
     assert '| accuracy | 0\\.975 |' in text

@@ -160,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
         help='copy with an Apache Beam pipeline with these options, e.g. '
         '"--runner=DirectRunner --direct_running_mode=multi_processing"',
     )
+    export.add_argument(
+        '--idempotency-key',
+        metavar='KEY',
+        help='identifies this export job: a re-run with the same key that finds its own '
+        'complete export reports it instead of publishing another version',
+    )
     export.add_argument('--workers', type=int, default=None, help='copy threads')
     export.add_argument('--json', action='store_true', help='print the result as one JSON object')
     export.set_defaults(func=_export)
@@ -225,6 +231,7 @@ def _export(args: argparse.Namespace) -> int:
         extra_lineage=extra,
         beam_pipeline_args=args.beam_pipeline_args,
         examples_uri=args.examples,
+        idempotency_key=args.idempotency_key,
     )
     result = run_export(
         request, report_progress=lambda line: print(line, file=sys.stderr), workers=args.workers

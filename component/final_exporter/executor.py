@@ -68,10 +68,17 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             extra[keys.MODEL_EVALUATION_URI_KEY] = evaluation.uri
             extra[keys.MODEL_EVALUATION_ID_KEY] = normalize_id(evaluation.id)
             extra[keys.EVAL_RESULT_KEY] = overall_metrics(evaluation.uri)
+        idempotency_key = None
         if self._context is not None:
             info = self._context.pipeline_info
-            extra[keys.PIPELINE_NAME_KEY] = info.id if info is not None else None
+            pipeline_name = info.id if info is not None else None
+            extra[keys.PIPELINE_NAME_KEY] = pipeline_name
             extra[keys.PIPELINE_RUN_ID_KEY] = self._context.pipeline_run_id
+            node = self._context.pipeline_node
+            if self._context.pipeline_run_id:
+                # Kubeflow and Vertex retry a failed step within the same run.
+                node_id = node.node_info.id if node is not None else 'FinalExporter'
+                idempotency_key = f'{pipeline_name}/{self._context.pipeline_run_id}/{node_id}'
         examples = input_dict.get(keys.EXAMPLES_KEY)
         return ExportRequest(
             examples_uri=artifact_utils.get_single_uri(examples) if examples else None,
@@ -81,6 +88,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             blessings=blessings,
             extra_lineage=extra,
             beam_pipeline_args=self._beam_pipeline_args,
+            idempotency_key=idempotency_key,
         )
 
 

@@ -18,9 +18,15 @@ from typing import Any
 from final_exporter import keys, lineage, objectstore, publish, remote_publish
 from final_exporter.blessing import Blessing, check_blessings
 from final_exporter.config import ExportConfig
-from final_exporter.errors import IntegrityError, InvalidInputError
+from final_exporter.errors import FinalExporterError, IntegrityError, InvalidInputError
 from final_exporter.keys import WARMUP_FILENAME, WARMUP_RELPATH
-from final_exporter.manifest import FileEntry, build_manifest, verify_export, write_manifest
+from final_exporter.manifest import (
+    FileEntry,
+    build_manifest,
+    read_manifest,
+    verify_export,
+    write_manifest,
+)
 from final_exporter.objectstore import is_object_store_uri, store_for
 from final_exporter.progress import Progress
 from final_exporter.savedmodel import SavedModelInfo, inspect_saved_model, resolve_saved_model_dir
@@ -47,6 +53,9 @@ class ExportRequest:
             as Apache Beam pipelines with these options instead of a thread pool.
         examples_uri: A TFX Examples artifact folder: real inputs for the smoke
             test, parity and warmup requests.
+        idempotency_key: Identifies the execution (pipeline, run, node). A retry
+            with the same key that finds its own complete export reports it
+            instead of publishing a second version.
     """
 
     config: ExportConfig
@@ -56,6 +65,7 @@ class ExportRequest:
     extra_lineage: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     beam_pipeline_args: Sequence[str] = ()
     examples_uri: str | None = None
+    idempotency_key: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +180,7 @@ def run_export(
             extra={
                 **request.extra_lineage,
                 keys.EXAMPLES_URI_KEY: request.examples_uri,
+                keys.IDEMPOTENCY_KEY_KEY: request.idempotency_key,
                 **checks,
             },
             clock=clock,
@@ -184,6 +195,10 @@ def run_export(
             lineage=make_lineage(source.signature_names, planned, {}),
         )
 
+    if request.idempotency_key:
+        previous = _previous_export(config.model_base, request.idempotency_key)
+        if previous is not None:
+            return previous
     export = _export_to_object_store if is_object_store_uri(config.model_base) else _export_local
     with tempfile.TemporaryDirectory(prefix='final-exporter-assets-') as downloads:
         items = [_local_copy_of(i, downloads) for i in items]
@@ -225,6 +240,7 @@ def _export_local(
 ) -> Outcome:
     """Stage in a hidden folder beside the versions, verify, publish with one rename."""
     config = request.config
+    publish.remove_abandoned_staging(config.model_base)
     staging = publish.make_staging_dir(config.model_base)
     try:
         copy = _copier(request, report_progress, workers, total=items)
@@ -317,6 +333,44 @@ def _check_assets_extra_sources(assets_extra: Mapping[str, str]) -> list[CopyIte
             CopyItem(src=src, dest=f'{keys.ASSETS_EXTRA_DIR}/{dest}', size=os.path.getsize(src))
         )
     return items
+
+
+# Retries come soon after the failed attempt; looking further back costs reads for nothing.
+_RETRY_LOOKBACK_VERSIONS = 20
+
+
+def _previous_export(model_base: str, idempotency_key: str) -> ExportResult | None:
+    """The complete export an earlier attempt of this execution published, if any."""
+    for version in reversed(publish.list_versions(model_base)[-_RETRY_LOOKBACK_VERSIONS:]):
+        export_dir = f'{model_base.rstrip("/")}/{version}'
+        try:
+            manifest, digest = read_manifest(export_dir)
+        except FinalExporterError:
+            continue
+        if manifest.get('lineage', {}).get(keys.IDEMPOTENCY_KEY_KEY) != idempotency_key:
+            continue
+        if not verify_export(export_dir, manifest, rehash=False).ok:
+            if is_object_store_uri(export_dir):
+                # This execution's earlier attempt died mid-publish (server-side copies
+                # cut short, so no saved_model.pb): remove it and export again.
+                logger.warning('Removing incomplete version %s of an earlier attempt.', export_dir)
+                store = store_for(export_dir)
+                store.delete(store.list(export_dir))
+            continue
+        logger.info(
+            'Execution %s already exported version %s; reporting it.', idempotency_key, version
+        )
+        return ExportResult(
+            pushed=True,
+            reason=f'already exported by this execution (retry of {idempotency_key})',
+            model_base=model_base,
+            lineage=manifest['lineage'],
+            version=version,
+            export_dir=export_dir,
+            manifest=manifest,
+            manifest_sha256=digest,
+        )
+    return None
 
 
 def _check_serving_inputs(

@@ -11,9 +11,11 @@ silently skipped.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import logging
 import os
 import shutil
@@ -66,17 +68,28 @@ def next_version(model_base: str, clock: Callable[[], float] = time.time) -> int
     return max(now, max(taken) + 1) if taken else now
 
 
+_LOCK_SUFFIX = '.lock'
+
+
 def make_staging_dir(model_base: str) -> str:
     """Creates a fresh, uniquely named staging folder beside the versions.
+
+    The folder is owned through an exclusive `flock` on `<staging>.lock`, taken
+    before the folder exists and held until `remove_staging_dir` (or the
+    process's death, when the kernel drops it). So a staging folder whose lock
+    can be taken is provably abandoned (see `remove_abandoned_staging`).
 
     Raises:
         InvalidInputError: if `model_base` cannot be created or written to.
     """
     try:
         os.makedirs(model_base, exist_ok=True)
+        path = os.path.join(model_base, f'{STAGING_PREFIX}{uuid.uuid4().hex}')
+        fd = os.open(path + _LOCK_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _held_locks[path] = fd
         # Not tempfile.mkdtemp: its 0700 mode would lock a model server running
         # as another user out of the published version; mkdir honours the umask.
-        path = os.path.join(model_base, f'{STAGING_PREFIX}{uuid.uuid4().hex}')
         os.mkdir(path)
         return path
     except OSError as e:
@@ -85,8 +98,57 @@ def make_staging_dir(model_base: str) -> str:
         ) from None
 
 
+_held_locks: dict[str, int] = {}
+
+
 def remove_staging_dir(staging_dir: str) -> None:
+    """Removes a staging folder (if it was not published) and releases its lock."""
     shutil.rmtree(staging_dir, ignore_errors=True)
+    _release(staging_dir)
+
+
+def _release(staging_dir: str) -> None:
+    fd = _held_locks.pop(staging_dir, None)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(staging_dir + _LOCK_SUFFIX)
+    if fd is not None:
+        os.close(fd)
+
+
+def remove_abandoned_staging(model_base: str) -> list[str]:
+    """Removes staging folders whose exporter is gone; returns their names.
+
+    A live exporter holds its staging folder's lock, so only folders whose lock
+    this process can take (or that have no lock file at all, left by a crash
+    between two steps of cleanup) are removed; never another live exporter's.
+    """
+    removed = []
+    try:
+        names = os.listdir(model_base)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        if not name.startswith(STAGING_PREFIX) or name.endswith(_LOCK_SUFFIX):
+            continue
+        path = os.path.join(model_base, name)
+        try:
+            fd = os.open(path + _LOCK_SUFFIX, os.O_WRONLY)
+        except FileNotFoundError:
+            fd = None  # Its owner removed the lock last: it is gone.
+        try:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # A live exporter's.
+        shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path + _LOCK_SUFFIX)
+        if fd is not None:
+            os.close(fd)
+        removed.append(name)
+        logger.info('Removed abandoned staging folder %s.', path)
+    return removed
 
 
 def _load_renameat2():
@@ -166,6 +228,7 @@ def publish(
             logger.info('Version %s was taken by another export; trying the next one.', version)
             continue
         _fsync_dir(model_base)
+        _release(staging_dir)
         return version, final_dir
     raise RuntimeError(
         f'could not find a free version under {model_base!r} after {_MAX_PUBLISH_ATTEMPTS} attempts'
