@@ -263,10 +263,10 @@ def test_retry_of_the_same_execution_reports_its_export_instead_of_a_second(
     version = first.get_string_custom_property(keys.PUSHED_VERSION_KEY)
     assert retry.get_string_custom_property(keys.PUSHED_VERSION_KEY) == version
     assert (
-        'already exported by this execution'
-        in retry.get_string_custom_property(keys.IDEMPOTENCY_KEY_KEY)
-        or retry.get_string_custom_property(keys.IDEMPOTENCY_KEY_KEY)
+        retry.get_string_custom_property(keys.IDEMPOTENCY_KEY_KEY)
         == 'penguin-pipeline/run-7/FinalExporter'
     )
+    with open(os.path.join(retry.uri, keys.LINEAGE_FILENAME)) as f:
+        assert 'already exported by this execution' in json.load(f)['reason']
     assert other_run.get_string_custom_property(keys.PUSHED_VERSION_KEY) != version
     assert len(published_versions(os.path.join(export_base, 'penguin'))) == 2
