@@ -47,15 +47,14 @@ def blessing_artifact(
 def run(tmp_path, model_uri, export_base):
     """Runs the executor once; returns the PushedModel artifact."""
 
-    runs = iter(range(1000))
+    executions = iter(range(1, 1000))
 
     def do(*, blessings=(), model=None, beam_pipeline_args=None, run_id=None, **params):
         params.setdefault('name', 'penguin')
         params.setdefault('export_base', export_base)
         pushed = standard_artifacts.PushedModel()
-        pushed.uri = str(
-            tmp_path / 'FinalExporter' / 'pushed_model' / str(len(os.listdir(tmp_path)))
-        )
+        execution = next(executions)
+        pushed.uri = str(tmp_path / 'FinalExporter' / 'pushed_model' / str(execution))
         input_dict = {keys.MODEL_KEY: [model or model_artifact(model_uri)]}
         for b in blessings:
             kind = (
@@ -67,7 +66,7 @@ def run(tmp_path, model_uri, export_base):
         context = base_beam_executor.BaseBeamExecutor.Context(
             beam_pipeline_args=beam_pipeline_args,
             pipeline_info=pipeline_pb2.PipelineInfo(id='penguin-pipeline'),
-            pipeline_run_id=run_id or f'run-{next(runs)}',
+            pipeline_run_id=run_id or f'run-{execution}',
         )
         Executor(context).Do(
             input_dict,
