@@ -1,4 +1,4 @@
-"""Compiles the penguin demo pipeline for Vertex AI Pipelines / Kubeflow Pipelines v2, and submits it.
+"""Compiles the penguin demo pipeline for Vertex AI / Kubeflow Pipelines v2, and submits it.
 
 Usage:
     python -m pipelines.kubeflow_v2_runner --pipeline-root gs://BUCKET/root \\
@@ -15,13 +15,16 @@ Trainer's module file, packaged as a wheel, under the pipeline root while it com
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from absl import logging
 
+from final_exporter.config import ExportConfig
 from final_exporter.kfp import component_image
+from final_exporter.objectstore import is_object_store_uri
 from pipelines import penguin_pipeline
 
 PIPELINE_NAME = 'penguin-final-exporter'
@@ -30,9 +33,9 @@ DEFAULT_REGION = 'us-central1'
 SCHEMA_VERSIONS = ('2.1.0', '2.0.0')
 # The Dockerfile copies the build context (this repository) to /pipeline and
 # links the penguin examples the tfx package ships to /pipeline/data/penguin.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_WORKDIR = '/pipeline'
 IMAGE_DATA_ROOT = f'{IMAGE_WORKDIR}/data/penguin'
-IMAGE_CLASSES_FILE = f'{IMAGE_WORKDIR}/pipelines/data/classes.txt'
 
 # Flag -> environment variable that gives its default.
 ENV = {
@@ -58,7 +61,6 @@ def compile_pipeline(
     pipeline_root: str,
     export_base: str,
     data_root: str = IMAGE_DATA_ROOT,
-    classes_file: str = IMAGE_CLASSES_FILE,
     enable_cache: bool = True,
     schema_version: str = SCHEMA_VERSIONS[0],
     pipeline_name: str = PIPELINE_NAME,
@@ -72,7 +74,6 @@ def compile_pipeline(
             writes the Trainer module wheel under it while compiling.
         export_base: Where FinalExporter publishes `<export_base>/penguin/<version>/`.
         data_root: The penguin examples as the containers see them.
-        classes_file: The `assets_extra` labels file as the containers see it.
         enable_cache: Let the backend reuse the outputs of identical earlier steps.
         schema_version: `2.1.0` (Kubeflow Pipelines 2.x and Vertex AI) or `2.0.0`
             (Vertex AI only).
@@ -90,11 +91,12 @@ def compile_pipeline(
         pipeline_root=pipeline_root,
         data_root=data_root,
         module_file=penguin_pipeline.TRAINER_MODULE_FILE,
-        export_base=export_base,
+        # Set below: the demo's retention setting refuses an object store here.
+        export_base=f'{IMAGE_WORKDIR}/serving',
         metadata_path=None,
         enable_cache=enable_cache,
-        classes_file=classes_file,
     )
+    set_exporter_for_image(pipeline, export_base)
     output_dir, filename = os.path.split(os.path.abspath(output_file))
     runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
         config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(
@@ -104,6 +106,46 @@ def compile_pipeline(
         output_filename=filename,
     )
     return runner.run(pipeline)
+
+
+def in_image(path: str) -> str:
+    """A path in this checkout as the containers see it (the Dockerfile copies it to /pipeline)."""
+    if path.startswith(REPO_ROOT + os.sep):
+        return IMAGE_WORKDIR + path[len(REPO_ROOT) :]
+    return path
+
+
+def set_exporter_for_image(pipeline: Any, export_base: str) -> None:
+    """Points the demo's FinalExporter at `export_base` and at its files' paths in the image.
+
+    The demo names its `serving_fn` module and `assets_extra` files by their
+    paths in this checkout; in the containers they are under /pipeline. On an
+    object store, the demo's `exports_to_keep` is turned off: retention needs a
+    local or mounted export base. The result is validated as `ExportConfig`
+    validates any FinalExporter's parameters.
+    """
+    from final_exporter.component import FinalExporter
+
+    (exporter,) = [c for c in pipeline.components if isinstance(c, FinalExporter)]
+    config = ExportConfig.from_exec_properties(exporter.exec_properties)
+    serving_fn = config.serving_fn
+    if serving_fn:
+        module, sep, function = serving_fn.rpartition(':')
+        serving_fn = f'{in_image(module)}{sep}{function}'
+    changes: dict[str, Any] = {
+        'export_base': export_base,
+        'serving_fn': serving_fn,
+        'assets_extra': {dest: in_image(src) for dest, src in config.assets_extra.items()},
+    }
+    if is_object_store_uri(export_base) and config.exports_to_keep:
+        logging.warning(
+            'exports_to_keep=%s is off: on %s, keeping only the newest versions is not '
+            'supported yet.',
+            config.exports_to_keep,
+            export_base,
+        )
+        changes['exports_to_keep'] = 0
+    exporter.exec_properties.update(dataclasses.replace(config, **changes).to_exec_properties())
 
 
 def submit_pipeline(

@@ -22,11 +22,11 @@ from final_exporter.manifest import verify_export
 from kfp_support import launcher
 from pipelines import kubeflow_v2_runner
 
-from conftest import KERAS_MODEL, assert_nothing_written
+from conftest import KERAS_MODEL, PENGUIN_EVAL, assert_nothing_written
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_IMAGE = 'us-docker.pkg.dev/test-project/test-repo/tfx-final-exporter:test'
-MODEL_ID, BLESSING_ID = 7, 9
+MODEL_ID, BLESSING_ID, EXAMPLES_ID = 7, 9, 3
 TFX_EXECUTOR_COMMAND = [
     'python',
     '-m',
@@ -89,6 +89,14 @@ def run_exporter_step(compiled, tmp_path):
                 keys.MODEL_KEY: launcher.runtime_artifact(
                     inputs, keys.MODEL_KEY, model_uri, artifact_id=MODEL_ID
                 ),
+                # ImportExampleGen's output: the penguin examples the tfx package ships.
+                keys.EXAMPLES_KEY: launcher.runtime_artifact(
+                    inputs,
+                    keys.EXAMPLES_KEY,
+                    os.path.dirname(PENGUIN_EVAL),
+                    artifact_id=EXAMPLES_ID,
+                    metadata={'split_names': '["train", "eval"]'},
+                ),
                 keys.MODEL_BLESSING_KEY: launcher.runtime_artifact(
                     inputs,
                     keys.MODEL_BLESSING_KEY,
@@ -138,7 +146,10 @@ def test_blessed_model_is_exported_and_executor_output_describes_it(
     assert meta[keys.MANIFEST_SHA256_KEY] == report.manifest_sha256
     assert meta[keys.SOURCE_MODEL_URI_KEY] == model_uri
     assert meta[keys.MODEL_BLESSING_URI_KEY].endswith(f'blessing/{BLESSING_ID}')
-    assert json.loads(meta[keys.ASSETS_EXTRA_FILES_KEY]) == ['labels/classes.txt']
+    assert json.loads(meta[keys.ASSETS_EXTRA_FILES_KEY]) == [
+        'labels/classes.txt',
+        keys.WARMUP_FILENAME,
+    ]
     with open(os.path.join(destination, 'assets.extra', 'labels', 'classes.txt')) as f:
         assert f.read().split() == ['Adelie', 'Chinstrap', 'Gentoo']
     # The output artifact keeps the name the launcher gave it, so the backend can match it.

@@ -130,11 +130,17 @@ def build_context(tmp_path_factory) -> tuple[str, list[str]]:
     return dest, files
 
 
-def test_build_context_holds_what_the_image_needs_and_nothing_else(build_context):
+def test_build_context_holds_what_the_image_needs_and_nothing_else(build_context, compiled):
     _, files = build_context
-    in_image = kubeflow_v2_runner.IMAGE_CLASSES_FILE.removeprefix(
-        kubeflow_v2_runner.IMAGE_WORKDIR + '/'
-    )
+    step = launcher.step(launcher.load_pipeline_spec(compiled), 'FinalExporter')
+    parameters = launcher.constant_parameters(step['task'])
+    # Every file the compiled FinalExporter names under /pipeline is in the context.
+    named = [
+        *json.loads(parameters['assets_extra']).values(),
+        parameters['serving_fn'].rpartition(':')[0],
+    ]
+    prefix = kubeflow_v2_runner.IMAGE_WORKDIR + '/'
+    assert named and all(path.startswith(prefix) for path in named), named
 
     for needed in (
         'pyproject.toml',
@@ -142,7 +148,7 @@ def test_build_context_holds_what_the_image_needs_and_nothing_else(build_context
         'constraints.txt',
         'component/final_exporter/executor.py',
         'component/final_exporter/kfp.py',
-        in_image,
+        *(path.removeprefix(prefix) for path in named),
     ):
         assert needed in files
     assert not [

@@ -1,4 +1,4 @@
-"""`python -m pipelines.kubeflow_v2_runner`: compile for Vertex AI / Kubeflow Pipelines v2, submit on request.
+"""`python -m pipelines.kubeflow_v2_runner`: compile for Vertex AI / KFP v2, submit on request.
 
 The golden file pins the FinalExporter's compiled interface (component spec,
 executor spec and task). After an intended change, regenerate it with
@@ -58,9 +58,12 @@ def test_compiles_from_environment_without_submitting(environ, pipeline_job, tmp
     exporter = launcher.step(spec, 'FinalExporter')
     parameters = launcher.constant_parameters(exporter['task'])
     assert parameters['export_base'] == environ['PIPELINE_ROOT'] + '/serving'
+    # The demo's files at their paths in the image (the Dockerfile copies the checkout there).
     assert json.loads(parameters['assets_extra']) == {
-        'labels/classes.txt': kubeflow_v2_runner.IMAGE_CLASSES_FILE
+        'labels/classes.txt': '/pipeline/pipelines/data/classes.txt'
     }
+    assert parameters['serving_fn'] == '/pipeline/pipelines/penguin_serving.py:serving_fn'
+    assert parameters['exports_to_keep'] == 3
     assert exporter['task']['cachingOptions'] == {'enableCache': True}
     assert 'Compiled' in capsys.readouterr().out
 
@@ -86,9 +89,10 @@ def test_flags_override_environment(environ, pipeline_job, tmp_path):
     spec = launcher.load_pipeline_spec(output)
     exporter = launcher.step(spec, 'FinalExporter')
     assert exporter['executor']['container']['image'] == 'gcr.io/other/image:1'
-    assert launcher.constant_parameters(exporter['task'])['export_base'] == (
-        'gs://serving-bucket/models'
-    )
+    parameters = launcher.constant_parameters(exporter['task'])
+    assert parameters['export_base'] == 'gs://serving-bucket/models'
+    # Retention is not supported on object stores yet; the demo's setting is turned off.
+    assert parameters['exports_to_keep'] == 0
     assert spec['schemaVersion'] == '2.0.0'
     assert 'cachingOptions' not in exporter['task']
 

@@ -11,7 +11,8 @@ Two lightweight Python components run the export core the TFX executor runs
 Both take the blessing as artifacts (`model_blessing`, `infra_blessing`: a
 blessing folder as TFX writes it, or any artifact whose metadata has
 `blessed`) or as a boolean parameter produced by an upstream step (`blessed`),
-the parameters of the TFX component, and output:
+optional `metrics` (a `Metrics` artifact: `eval_result` and the report's
+metrics) and `examples`, the parameters of the TFX component, and output:
 
 * `pushed_model`: an artifact whose metadata holds the PushedModel properties
   (`pushed`, `pushed_destination`, `pushed_version`, lineage: the keys of
@@ -32,9 +33,10 @@ Example:
     @dsl.pipeline
     def serve(model_uri: str):
         model = dsl.importer(artifact_uri=model_uri, artifact_class=dsl.Model)
+        verdict = evaluate(model=model.output)  # any step returning a bool
         final_export(
             model=model.output,
-            blessed=evaluate(...).outputs['blessed'],
+            blessed=verdict.output,
             name='penguin',
             export_base='gs://my-bucket/serving',
         )
@@ -294,15 +296,19 @@ def final_export(
     Args:
         model: The trained model: a TFX Model artifact folder or a SavedModel folder.
         name: Model name, one folder: the export goes to <export_base>/<name>/<version>/.
-        export_base: Base folder or gs:// / s3:// prefix; <export_base>/<name> is the model base path.
-        pushed_model: Describes the outcome: metadata pushed, pushed_destination, pushed_version, lineage.
+        export_base: Base folder or gs:// / s3:// prefix; <export_base>/<name> is the
+            model base path.
+        pushed_model: Describes the outcome: metadata pushed, pushed_destination,
+            pushed_version and the lineage.
         report: The export report (Markdown).
         model_blessing: Blessing artifact: metadata blessed=1/0, or a BLESSED / NOT_BLESSED file.
         infra_blessing: Infra blessing artifact: metadata blessed=1/0, or an INFRA_BLESSED file.
         metrics: Evaluation metrics; recorded as eval_result and shown in the report.
-        examples: tf.Example records in the TFX Examples layout (Split-<split>/): smoke test, parity, warmup.
+        examples: tf.Example records in the TFX Examples layout (Split-<split>/), for the
+            smoke test, parity and warmup requests.
         blessed: The verdict of an upstream step, instead of model_blessing.
-        serving_fn: Import path of fn(loaded_model) -> signatures, to re-export with those signatures.
+        serving_fn: Import path of fn(loaded_model) -> signatures, to re-export with
+            those signatures.
         assets_extra: {destination under assets.extra/: source file}.
         as_text: Write saved_model.pbtxt instead of saved_model.pb.
         require_blessing: Refuse to export without any blessing.
@@ -347,14 +353,18 @@ def final_export_from_uri(
     """Exports a blessed model given by its path once (FinalExporter, model as a parameter).
 
     Args:
-        model_uri: The model folder as the container sees it (on Vertex AI, /gcs/BUCKET/... for gs://BUCKET/...).
+        model_uri: The model folder as the container sees it (on Vertex AI,
+            /gcs/BUCKET/... for gs://BUCKET/...).
         name: Model name, one folder: the export goes to <export_base>/<name>/<version>/.
-        export_base: Base folder or gs:// / s3:// prefix; <export_base>/<name> is the model base path.
-        pushed_model: Describes the outcome: metadata pushed, pushed_destination, pushed_version, lineage.
+        export_base: Base folder or gs:// / s3:// prefix; <export_base>/<name> is the
+            model base path.
+        pushed_model: Describes the outcome: metadata pushed, pushed_destination,
+            pushed_version and the lineage.
         report: The export report (Markdown).
         blessed: The verdict of an upstream step.
         examples_uri: Folder of tf.Example records in the TFX Examples layout; empty: none.
-        serving_fn: Import path of fn(loaded_model) -> signatures, to re-export with those signatures.
+        serving_fn: Import path of fn(loaded_model) -> signatures, to re-export with
+            those signatures.
         assets_extra: {destination under assets.extra/: source file}.
         as_text: Write saved_model.pbtxt instead of saved_model.pb.
         require_blessing: Refuse to export without a blessing.

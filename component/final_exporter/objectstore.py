@@ -15,11 +15,12 @@ Nothing here logs credentials or request headers.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import hashlib
 import io
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 from final_exporter.errors import IntegrityError, InvalidInputError
@@ -193,6 +194,21 @@ def store_for(uri: str) -> ObjectStore:
 
             _stores[scheme] = S3Store()
     return _stores[scheme]
+
+
+@contextlib.contextmanager
+def override_store(scheme: str, store: ObjectStore) -> Iterator[ObjectStore]:
+    """Uses `store` for `scheme://` URIs within the block (a custom backend, or a test's
+    fault-injecting wrapper)."""
+    previous = _stores.get(scheme)
+    _stores[scheme] = store
+    try:
+        yield store
+    finally:
+        if previous is None:
+            _stores.pop(scheme, None)
+        else:
+            _stores[scheme] = previous
 
 
 def reset_stores() -> None:

@@ -122,11 +122,11 @@ def remove_abandoned_staging(model_base: str) -> list[str]:
     this process can take (or that have no lock file at all, left by a crash
     between two steps of cleanup) are removed; never another live exporter's.
     """
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(model_base)
-    except FileNotFoundError:
-        return removed
+    except OSError:
+        return removed  # Missing or unusable: make_staging_dir reports it clearly.
     for name in names:
         if not name.startswith(STAGING_PREFIX) or name.endswith(_LOCK_SUFFIX):
             continue

@@ -125,16 +125,16 @@ def publish_copies(
     """Server-side copies staging -> final, `saved_model.pb` (and .pbtxt) after all others."""
     first = [p for p in paths if p not in PUBLISH_LAST]
     last = [p for p in paths if p in PUBLISH_LAST]
-    done: list[str] = []
     try:
         with concurrent.futures.ThreadPoolExecutor(
             max_workers=workers or default_workers()
         ) as pool:
             for batch in (first, last):
-                for path in pool.map(lambda p: _copy(store, staging, final, p), batch):
-                    done.append(path)
+                list(pool.map(lambda p: _copy(store, staging, final, p), batch))
     except BaseException:
-        store.delete(join(final, p) for p in done)
+        # The pool has finished every copy it started by now; any of them may have
+        # landed, so remove them all (missing ones are ignored).
+        store.delete(join(final, p) for p in paths)
         raise
 
 

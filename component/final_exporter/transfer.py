@@ -256,7 +256,9 @@ def _mapped_copy(item: CopyItem, out, progress: Progress | None) -> FileEntry | 
                     in_kernel = _copy_range(src.fileno(), out.fileno(), done, length)
                 if not in_kernel:
                     os.lseek(out.fileno(), done, os.SEEK_SET)
-                    _write_all(out, view)
+                    failure = _write_mapped(out, view)
+                    if failure is not None:
+                        raise failure
             done += length
             if progress is not None:
                 progress.add_bytes(length)
@@ -315,6 +317,20 @@ def _check_same(item: CopyItem, before: os.stat_result, after: os.stat_result, r
             f'(size {before.st_size} -> {after.st_size}, read {read} bytes); '
             'export a model that is no longer being written'
         )
+
+
+def _write_mapped(out, view: memoryview) -> OSError | None:
+    """Writes a mapped window; returns (not raises) a failure as a fresh OSError.
+
+    A raised error's traceback would keep slices of the mapping alive, and the
+    mapping could then not be closed (BufferError), hiding the real error (e.g.
+    ENOSPC) behind that one.
+    """
+    try:
+        _write_all(out, view)
+    except OSError as e:
+        return OSError(e.errno, e.strerror, out.name)
+    return None
 
 
 def _write_all(out, chunk: memoryview) -> None:
