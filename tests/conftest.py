@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import glob
 import gzip
 import importlib.util
+import json
 import os
 import shutil
 import socket
@@ -196,3 +198,24 @@ def bucket_base(request) -> tuple[str, dict[str, str]]:
 
         boto3.client('s3').create_bucket(Bucket=bucket)
     return f'{scheme}://{bucket}/models', env
+
+
+# --- The tally behind the README's "What the exporter guarantees" figures -------------
+
+_TALLY: collections.Counter = collections.Counter()
+
+
+@pytest.fixture
+def tally() -> collections.Counter:
+    """Counts what the fault tests did; written to $FINAL_EXPORTER_TALLY at the end."""
+    return _TALLY
+
+
+def pytest_sessionfinish(session, exitstatus):
+    path = os.environ.get('FINAL_EXPORTER_TALLY')
+    if path and _TALLY:
+        summary = dict(sorted(_TALLY.items()))
+        summary['tests_failed'] = session.testsfailed
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, 'w') as f:
+            json.dump(summary, f, indent=2, sort_keys=True)

@@ -85,7 +85,7 @@ def test_not_blessed_exits_0_and_writes_nothing(model_uri, export_base, make_ble
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_nothing_written(
-    model_uri, export_base, tmp_path, args, message
+    model_uri, export_base, tmp_path, args, message, tally
 ):
     empty = tmp_path / 'empty'
     empty.mkdir()
@@ -107,6 +107,7 @@ def test_bad_input_exits_2_with_one_line_and_nothing_written(
     assert len(lines) == 1, run.stderr
     assert message in lines[0]
     assert_nothing_written(export_base)
+    tally['bad_inputs_refused'] += 1
 
 
 def test_verify_passes_then_names_changed_missing_and_extra_files(

@@ -12,9 +12,12 @@ from final_exporter import keys
 from final_exporter.config import ExportConfig, validate_assets_extra_dest, validate_export_name
 from final_exporter.errors import InvalidInputError
 
+from conftest import _TALLY
+
 
 @given(st.text(min_size=1, max_size=80))
 def test_any_accepted_destination_stays_inside_assets_extra(dest):
+    _TALLY['fuzzed_paths'] += 1
     try:
         clean = validate_assets_extra_dest(dest)
     except InvalidInputError:
@@ -27,6 +30,7 @@ def test_any_accepted_destination_stays_inside_assets_extra(dest):
 
 @given(st.text(max_size=300))
 def test_any_accepted_name_is_exactly_one_folder(name):
+    _TALLY['fuzzed_names'] += 1
     try:
         validate_export_name(name)
     except InvalidInputError:

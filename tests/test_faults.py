@@ -50,7 +50,7 @@ def export_cmd(model: str, base: str, *extra: str) -> list[str]:
             '--no-require-blessing', '--no-smoke-test', '--json', *extra]  # fmt: skip
 
 
-def assert_only_complete_versions(model_base: str) -> None:
+def assert_only_complete_versions(model_base: str, tally=None) -> None:
     """Every version a server could load is complete: all local ones verify; on object
     stores every version holding saved_model.pb verifies (one without it is not loadable)."""
     remote = model_base.startswith(('gs://', 's3://'))
@@ -60,16 +60,19 @@ def assert_only_complete_versions(model_base: str) -> None:
             continue
         report = verify_export(export_dir)
         assert report.ok, f'version {v} is visible but incomplete: {report.problems()}'
+        if tally is not None:
+            tally['version_checks_after_faults'] += 1
 
 
-def kill_during_exports(cmd, env, model_base, kills: int, span: float) -> None:
+def kill_during_exports(cmd, env, model_base, kills: int, span: float, tally) -> None:
     """Starts the export `kills` times, each killed (SIGKILL) at a different moment."""
     for i in range(kills):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         time.sleep(span * (i + 0.5) / kills)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        assert_only_complete_versions(model_base)
+        tally['sigkills' + ('_object_store' if '://' in model_base else '_local')] += 1
+        assert_only_complete_versions(model_base, tally)
 
 
 def timed_run(cmd, env) -> tuple[float, dict]:
@@ -78,13 +81,15 @@ def timed_run(cmd, env) -> tuple[float, dict]:
     return time.monotonic() - start, json.loads(out)
 
 
-def test_sigkill_at_any_moment_leaves_only_complete_versions_locally(medium_model, tmp_path):
+def test_sigkill_at_any_moment_leaves_only_complete_versions_locally(medium_model, tmp_path, tally):
     base = str(tmp_path / 'serving')
     model_base = f'{base}/m'
     cmd = export_cmd(medium_model, base)
     span, _ = timed_run(cmd, dict(os.environ))
 
-    kill_during_exports(cmd, dict(os.environ), model_base, kills=8 * SOAK, span=span * 1.2)
+    kill_during_exports(
+        cmd, dict(os.environ), model_base, kills=8 * SOAK, span=span * 1.2, tally=tally
+    )
 
     before = published_versions(model_base)
     _, result = timed_run(cmd, dict(os.environ))
@@ -94,18 +99,19 @@ def test_sigkill_at_any_moment_leaves_only_complete_versions_locally(medium_mode
     assert [n for n in os.listdir(model_base) if n.startswith(STAGING_PREFIX)] == []
 
 
-def test_sigkill_then_retry_on_object_stores(bucket_base, medium_model):
+def test_sigkill_then_retry_on_object_stores(bucket_base, medium_model, tally):
     base, server_env = bucket_base
     env = {**os.environ, **server_env}
     model_base = f'{base}/m'
     cmd = export_cmd(medium_model, base, '--idempotency-key', 'pipeline/run-1/FinalExporter')
     span, first = timed_run(export_cmd(medium_model, base), env)
 
-    kill_during_exports(cmd, env, model_base, kills=4 * SOAK, span=span * 1.2)
+    kill_during_exports(cmd, env, model_base, kills=4 * SOAK, span=span * 1.2, tally=tally)
     _, retried = timed_run(cmd, env)
     _, again = timed_run(cmd, env)
 
     assert again['version'] == retried['version'], 'a retry published a second version'
+    tally['retries_deduplicated'] += 1
     versions = list_versions(model_base)
     assert versions[0] == first['version'] and retried['version'] in versions
     for v in versions:
@@ -124,7 +130,9 @@ def test_retry_after_a_completed_export_publishes_nothing_new(medium_model, tmp_
     assert published_versions(f'{base}/m') == [str(first['version'])]
 
 
-def test_eight_racing_exporters_and_a_lister_never_see_a_partial_version(medium_model, tmp_path):
+def test_eight_racing_exporters_and_a_lister_never_see_a_partial_version(
+    medium_model, tmp_path, tally
+):
     base = str(tmp_path / 'serving')
     model_base = f'{base}/m'
     seen: list[int] = []
@@ -147,9 +155,11 @@ def test_eight_racing_exporters_and_a_lister_never_see_a_partial_version(medium_
     assert len(set(versions)) == 8
     assert list_versions(model_base) == sorted(versions)
     assert seen, 'the lister never ran while versions were published'
+    tally['racing_exporters'] += 8
+    tally['listings_during_races'] += len(seen)
 
 
-def test_eight_racing_exporters_on_object_stores(bucket_base, model_uri):
+def test_eight_racing_exporters_on_object_stores(bucket_base, model_uri, tally):
     base, server_env = bucket_base
     env = {**os.environ, **server_env}
     procs = [
@@ -160,7 +170,8 @@ def test_eight_racing_exporters_on_object_stores(bucket_base, model_uri):
 
     assert len(set(versions)) == 8
     assert list_versions(f'{base}/m') == sorted(versions)
-    assert_only_complete_versions(f'{base}/m')
+    assert_only_complete_versions(f'{base}/m', tally)
+    tally['racing_exporters'] += 8
 
 
 class FaultyStore(ObjectStore):
@@ -209,7 +220,7 @@ class FaultyStore(ObjectStore):
 
 
 def test_failing_each_object_store_call_in_turn_never_publishes_a_partial_version(
-    bucket_base, model_uri
+    bucket_base, model_uri, tally
 ):
     base, _ = bucket_base
     scheme, _, _ = split_uri(base)
@@ -229,6 +240,7 @@ def test_failing_each_object_store_call_in_turn_never_publishes_a_partial_versio
             except OSError as e:
                 assert 'injected fault' in str(e)
                 failed += 1
+                tally['io_faults_injected'] += 1
                 with override_store(scheme, real):
                     assert list_versions(f'{base}/{name}') == [], f'a version after fault {fail_at}'
                 continue
@@ -289,37 +301,49 @@ def test_export_base_that_cannot_be_a_folder_is_refused(model_uri, tmp_path):
     assert 'cannot write to the export folder' in run.stderr
 
 
+LEAK_CHECK = """
+import contextlib, json, os, sys, threading
+from final_exporter import ExportConfig, ExportRequest, run_export
+request = ExportRequest(
+    config=ExportConfig(name='m', export_base=sys.argv[2], require_blessing=False,
+                        serving_fn=sys.argv[3]),
+    model_uri=sys.argv[1],
+)
+def failing_export():
+    with contextlib.suppress(RuntimeError):
+        run_export(request)
+failing_export()  # Warms up TensorFlow's own threads and handles once.
+before = (len(os.listdir('/proc/self/fd')), threading.active_count())
+for _ in range(5):
+    failing_export()
+print(json.dumps([before, (len(os.listdir('/proc/self/fd')), threading.active_count())]))
+"""
+
+
 def test_failed_exports_release_file_handles_and_threads(model_uri, tmp_path):
     bad = tmp_path / 'bad_serving.py'
     bad.write_text('def serving_fn(loaded):\n    raise RuntimeError("boom")\n')
-    request = ExportRequest(
-        config=ExportConfig(
-            name='m',
-            export_base=str(tmp_path / 's'),
-            require_blessing=False,
-            serving_fn=f'{bad}:serving_fn',
-        ),
-        model_uri=model_uri,
+
+    # A fresh process: no other test's clients or servers add threads meanwhile.
+    run = subprocess.run(
+        [sys.executable, '-c', LEAK_CHECK, model_uri, str(tmp_path / 's'), f'{bad}:serving_fn'],
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    with contextlib.suppress(RuntimeError):
-        run_export(request)  # Warm up TensorFlow's own threads and handles once.
-    fds, threads = len(os.listdir('/proc/self/fd')), threading.active_count()
 
-    for _ in range(5):
-        with pytest.raises(RuntimeError, match='boom'):
-            run_export(request)
-
-    assert len(os.listdir('/proc/self/fd')) == fds
-    assert threading.active_count() == threads
+    before, after = json.loads(run.stdout.strip().splitlines()[-1])
+    assert after == before, 'open files and threads grew over failed exports'
 
 
 @pytest.mark.parametrize(
     'name', ['', '.', '..', 'a/b', 'a\\b', 'a\x00b', 'x' * 256, 'tab\tname', 'new\nline']
 )
-def test_hostile_names_are_refused_before_anything_is_written(tmp_path, name):
+def test_hostile_names_are_refused_before_anything_is_written(tmp_path, name, tally):
     with pytest.raises(InvalidInputError):
         ExportConfig(name=name, export_base=str(tmp_path))
     assert os.listdir(tmp_path) == []
+    tally['bad_inputs_refused'] += 1
 
 
 def test_odd_but_valid_unicode_name_stays_one_folder(model_uri, tmp_path):
