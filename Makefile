@@ -3,7 +3,7 @@
 VENV := .venv/bin
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: venv demo test lint format constraints
+.PHONY: venv demo test soak benchmark lint format constraints
 
 venv:
 	bash scripts/bootstrap.sh
@@ -15,6 +15,15 @@ test: venv
 	$(VENV)/ruff check component pipelines tests
 	$(VENV)/ruff format --check component pipelines tests
 	$(VENV)/python -m pytest
+
+# The fault suite, five times longer, with its tally (README "What the exporter guarantees").
+soak: venv
+	FINAL_EXPORTER_SOAK=5 FINAL_EXPORTER_TALLY=benchmarks/out/fault_tally.json \
+		$(VENV)/python -m pytest -q tests/test_faults.py tests/test_config.py tests/test_cli.py
+	cat benchmarks/out/fault_tally.json
+
+benchmark: venv
+	$(VENV)/python benchmarks/export_benchmark.py
 
 lint: venv
 	$(VENV)/ruff check component pipelines tests
