@@ -203,7 +203,8 @@ def rename_via_claim(src: str, dst: str) -> None:
         raise
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """Makes a rename or removal in `path` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -227,7 +228,7 @@ def publish(
         except FileExistsError:
             logger.info('Version %s was taken by another export; trying the next one.', version)
             continue
-        _fsync_dir(model_base)
+        fsync_dir(model_base)
         _release(staging_dir)
         return version, final_dir
     raise RuntimeError(

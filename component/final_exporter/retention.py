@@ -33,6 +33,7 @@ from collections.abc import Collection
 from final_exporter import keys
 from final_exporter.errors import InvalidInputError
 from final_exporter.model_config import complete_versions, locked, pinned_versions
+from final_exporter.publish import fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def apply_retention(
                 continue
             trashed.append((version, trash))
         if trashed:
-            _fsync_dir(model_base)
+            fsync_dir(model_base)
     for version, trash in trashed:
         _remove_tree(trash)
         logger.info('Removed version %s of %s (keeping the newest %s).', version, model_base, keep)
@@ -105,11 +106,3 @@ def _remove_tree(path: str) -> None:
             logger.warning('Could not remove %s: %s', failed_path, exc_info[1])
 
     shutil.rmtree(path, onerror=on_error)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
