@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import importlib
 import importlib.metadata
 import json
@@ -80,6 +81,17 @@ BASELINE = 'fsspec put, 1 file at a time'
 FSSPEC_DEFAULT = 'fsspec put, defaults'
 METHODS = (CLI, CORE, BASELINE, FSSPEC_DEFAULT)
 EXPORTER_METHODS = (CLI, CORE)
+
+# run_export's object-store steps (final_exporter.remote_publish functions) -> phase name.
+PHASES = {
+    'upload_items': 'upload',
+    'upload_manifest': 'upload',
+    'verify_staging': 'verify staging',
+    'claim_version': 'claim',
+    'publish_copies': 'server-side copy',
+    'remove_prefix': 'delete staging',
+}
+OTHER_PHASE = 'other (plan, manifest)'
 
 # gcsfs only probes the bucket type over gRPC (which hangs against an emulator) in its
 # ExtendedGcsFileSystem, selected at import when this variable is true; force it off.
@@ -262,6 +274,7 @@ class Run:
     seconds: float
     export_dir: str | None = None
     max_rss_mib: float | None = None
+    phases: dict[str, float] | None = None
 
 
 def time_cli(model: Any, base: str, workers: int | None) -> Run:
@@ -296,12 +309,43 @@ def time_core(model: Any, base: str, workers: int | None) -> Run:
         ),
         model_uri=str(model.uri),
     )
-    start = time.perf_counter()
-    result = run_export(request, workers=workers)
-    seconds = time.perf_counter() - start
+    with phase_timer() as phases:
+        start = time.perf_counter()
+        result = run_export(request, workers=workers)
+        seconds = time.perf_counter() - start
     if not result.pushed or result.total_bytes != model.total_bytes:
         raise RuntimeError(f'{CORE}: unexpected result {result.summary()}')
-    return Run(seconds, result.export_dir)
+    phases[OTHER_PHASE] = seconds - sum(phases.values())
+    return Run(seconds, result.export_dir, phases=phases)
+
+
+@contextlib.contextmanager
+def phase_timer() -> Iterator[dict[str, float]]:
+    """Within the block, sums the time spent in each `remote_publish` step run_export calls."""
+    from final_exporter import remote_publish
+
+    totals: dict[str, float] = {}
+    originals = {name: getattr(remote_publish, name) for name in PHASES}
+
+    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                phase = PHASES[name]
+                totals[phase] = totals.get(phase, 0.0) + time.perf_counter() - start
+
+        return wrapper
+
+    for name, fn in originals.items():
+        setattr(remote_publish, name, timed(name, fn))
+    try:
+        yield totals
+    finally:
+        for name, fn in originals.items():
+            setattr(remote_publish, name, fn)
 
 
 def time_fsspec(backend: Backend, model: Any, base: str, **put_kwargs: Any) -> Run:
@@ -349,6 +393,7 @@ def bench(backend: Backend, model: Any, repeats: int, workers: int | None) -> di
     seconds: dict[str, list[float]] = {m: [] for m in METHODS}
     rss: dict[str, list[float]] = {m: [] for m in METHODS}
     verify_s: list[float] = []
+    phases: list[dict[str, float]] = []
     load_before = os.getloadavg()
     for repeat in range(repeats):
         shift = repeat % len(METHODS)
@@ -363,6 +408,8 @@ def bench(backend: Backend, model: Any, repeats: int, workers: int | None) -> di
             finally:
                 backend.clear(base)
             seconds[method].append(run.seconds)
+            if run.phases is not None:
+                phases.append(run.phases)
             if run.max_rss_mib is not None:
                 rss[method].append(run.max_rss_mib)
         print(
@@ -382,6 +429,9 @@ def bench(backend: Backend, model: Any, repeats: int, workers: int | None) -> di
             'x_baseline': median / baseline,
             'peak_rss_mib': max(rss[method]) if rss[method] else None,
         }
+    methods[CORE]['phases_median_s'] = {
+        p: statistics.median([run.get(p, 0.0) for run in phases]) for p in phases[0]
+    }
     return {
         'backend': backend.scheme,
         'model': model.shape.name,
@@ -408,6 +458,10 @@ def format_table(results: list[dict[str, Any]]) -> str:
                 f'{r["file_count"]:>5} {method:<30} {s["median_s"]:>8.2f} '
                 f'{s["mb_per_s"]:>7.1f} {s["x_baseline"]:>10.2f}'
             )
+    lines += ['', f'{CORE}, median seconds per step:']
+    for r in results:
+        steps = ', '.join(f'{p} {s:.2f}' for p, s in r['methods'][CORE]['phases_median_s'].items())
+        lines.append(f'  {r["backend"]} {r["model"]}: {steps}')
     return '\n'.join(lines)
 
 
@@ -539,6 +593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             'Exporter runs: upload to staging with SHA-256 + MD5, verify listing and checksums, '
             'claim, server-side copy, delete staging. verify_export (re-reads every object) '
             'runs after the timing.',
+            f'{CORE} phases: time inside each final_exporter.remote_publish step (wrapped '
+            'in-process); "other" is the rest (model inspection, planning, manifest).',
             'MB/s = total_bytes / 1e6 / median seconds; x_baseline = median / median of '
             f'{BASELINE}.',
             'Other processes may share the machine: see loadavg_before/after.',
