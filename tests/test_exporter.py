@@ -362,3 +362,13 @@ def test_manifest_records_every_file_and_the_lineage(model_uri, export_base, mak
     assert props[keys.PUSHED_DESTINATION_KEY] == result.export_dir
     assert props[keys.EVAL_RESULT_KEY] == '{"accuracy": 0.9}'
     assert props[keys.FILE_COUNT_KEY] == 3
+
+
+def test_beam_runs_only_when_the_args_ask_for_a_runner():
+    from final_exporter.exporter import beam_requested
+
+    assert beam_requested(['--runner=DataflowRunner', '--project=p'])
+    assert beam_requested(['--direct_running_mode=multi_processing'])
+    assert not beam_requested([])
+    # What TFX and the KFP v2 entrypoint add on their own.
+    assert not beam_requested(['--extra_package=/tmp/tfx.tar.gz', '/path/to/entrypoint.py'])

@@ -75,17 +75,27 @@ def parse_blessed(value: Any, *, kind: str, uri: str) -> bool:
 
 
 def normalize_id(value: Any) -> str | None:
-    """MLMD ids as strings; Vertex AI may hand back 12.0 for 12. 0 means unknown."""
+    """MLMD ids as strings; Vertex AI may hand back 12.0 for 12. 0 means unknown.
+
+    Integers and integer strings are kept exact: on Kubeflow Pipelines v2 the
+    TFX entrypoint's artifact ids are 63-bit hashes, which a float would round.
+    """
     if value is None or value == '':
         return None
-    text = str(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return None if value == 0 else str(value)
+    text = str(value).strip()
     try:
-        number = float(text)
+        number = int(text)
     except ValueError:
-        return text
-    if number.is_integer():
-        return None if number == 0 else str(int(number))
-    return text
+        try:
+            as_float = float(text)
+        except ValueError:
+            return text
+        if not as_float.is_integer():
+            return text
+        number = int(as_float)
+    return None if number == 0 else str(number)
 
 
 def blessing_from_folder(kind: str, path: str) -> Blessing:

@@ -7,7 +7,10 @@ result back into the PushedModel artifact.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import os
 from typing import Any
 
 from absl import logging
@@ -55,12 +58,16 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         self, input_dict: dict[str, list[types.Artifact]], config: ExportConfig
     ) -> ExportRequest:
         model = artifact_utils.get_single_instance(input_dict[keys.MODEL_KEY])
+        model_id = normalize_id(model.id)
         blessings = [
-            blessing_from_artifact(kind, artifact_utils.get_single_instance(input_dict[kind]))
+            same_model_by_runtime_name(
+                blessing_from_artifact(kind, artifact_utils.get_single_instance(input_dict[kind])),
+                model_id,
+            )
             for kind in (keys.MODEL_BLESSING_KEY, keys.INFRA_BLESSING_KEY)
             if input_dict.get(kind)
         ]
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {keys.SOURCE_MODEL_URI_KEY: model.uri}
         if input_dict.get(keys.MODEL_EVALUATION_KEY):
             from final_exporter.evaluation import overall_metrics
 
@@ -81,10 +88,12 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                 idempotency_key = f'{pipeline_name}/{self._context.pipeline_run_id}/{node_id}'
         examples = input_dict.get(keys.EXAMPLES_KEY)
         return ExportRequest(
-            examples_uri=artifact_utils.get_single_uri(examples) if examples else None,
+            examples_uri=container_path(artifact_utils.get_single_uri(examples))
+            if examples
+            else None,
             config=config,
-            model_uri=model.uri,
-            model_id=normalize_id(model.id),
+            model_uri=container_path(model.uri),
+            model_id=model_id,
             blessings=blessings,
             extra_lineage=extra,
             beam_pipeline_args=self._beam_pipeline_args,
@@ -105,13 +114,58 @@ def blessing_from_artifact(kind: str, artifact: types.Artifact) -> Blessing:
         model_id=normalize_id(_property(artifact, keys.CURRENT_MODEL_ID_PROPERTY))
         if keys.CURRENT_MODEL_ID_PROPERTY in props
         else None,
-        model_uri=_property(artifact, keys.CURRENT_MODEL_PROPERTY) or None,
+        model_uri=container_path(_property(artifact, keys.CURRENT_MODEL_PROPERTY) or '') or None,
     )
+
+
+# Kubeflow Pipelines v2 and Vertex AI make input artifacts visible in the
+# container under these folders (Cloud Storage FUSE on Vertex AI; the launcher's
+# downloads on Kubeflow Pipelines), as `kfp.dsl.Artifact.path` maps them.
+_CONTAINER_MOUNTS = {'gs://': '/gcs/', 's3://': '/s3/', 'minio://': '/minio/'}
+
+
+def container_path(uri: str) -> str:
+    """`uri` as a local path where the KFP v2 / Vertex AI container has it mounted, else `uri`."""
+    for scheme, mount in _CONTAINER_MOUNTS.items():
+        if uri.startswith(scheme):
+            local = mount + uri[len(scheme) :]
+            return local if os.path.exists(local) else uri
+    return uri
+
+
+def kfp_v2_artifact_id(runtime_name: str) -> str:
+    """The id the TFX KFP v2 entrypoint gives an artifact with this runtime name.
+
+    Same as `kubeflow_v2_entrypoint_utils._get_hashed_id`: sha256 of the name, mod 2**63.
+    """
+    digest = hashlib.sha256(runtime_name.encode('utf-8')).hexdigest()
+    return str(int(digest, 16) % (1 << 63))
+
+
+def same_model_by_runtime_name(blessing: Blessing, model_id: str | None) -> Blessing:
+    """Reads a KFP v2 / Vertex AI `current_model_id` (the model's runtime name) as its id.
+
+    There, the TFX entrypoint replaces the Evaluator's `current_model_id` by the
+    model's runtime artifact name (`"12"`, or `projects/.../artifacts/12` on
+    Vertex AI) and gives each input artifact the id `kfp_v2_artifact_id(name)`.
+    """
+    if (
+        blessing.model_id is not None
+        and model_id is not None
+        and blessing.model_id != model_id
+        and kfp_v2_artifact_id(blessing.model_id) == model_id
+    ):
+        return dataclasses.replace(blessing, model_id=model_id)
+    return blessing
 
 
 def _property(artifact: types.Artifact, key: str) -> Any:
     if not artifact.has_custom_property(key):
         return None
+    if artifact.mlmd_artifact.custom_properties[key].HasField('struct_value'):
+        # Kubeflow Pipelines v2 / Vertex AI hand artifact metadata back as JSON
+        # values, and `get_custom_property` reads a falsy one (blessed: 0.0) as None.
+        return artifact.get_json_value_custom_property(key)
     return artifact.get_custom_property(key)
 
 

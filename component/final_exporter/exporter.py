@@ -49,8 +49,9 @@ class ExportRequest:
         blessings: The wired blessings.
         extra_lineage: Lineage only the caller knows: evaluation metrics, pipeline
             name and run id.
-        beam_pipeline_args: When not empty, the copy (and the parity check) fan out
-            as Apache Beam pipelines with these options instead of a thread pool.
+        beam_pipeline_args: When they name a runner (`--runner=...`) or direct-runner
+            parallelism, the copy (and the parity check) fan out as Apache Beam
+            pipelines with these options instead of a thread pool.
         examples_uri: A TFX Examples artifact folder: real inputs for the smoke
             test, parity and warmup requests.
         idempotency_key: Identifies the execution (pipeline, run, node). A retry
@@ -373,6 +374,17 @@ def _previous_export(model_base: str, idempotency_key: str) -> ExportResult | No
     return None
 
 
+# Flags that ask Beam for a runner or for parallelism. TFX hands every Beam component
+# its dependency flags (and the KFP v2 entrypoint its leftover arguments), which alone
+# are no reason to start a Beam pipeline for a copy a thread pool does faster.
+_BEAM_RUNNER_FLAGS = ('--runner', '--direct_running_mode', '--direct_num_workers')
+
+
+def beam_requested(beam_pipeline_args: Sequence[str]) -> bool:
+    """True when the Beam args name a runner or direct-runner parallelism."""
+    return any(a.startswith(_BEAM_RUNNER_FLAGS) for a in beam_pipeline_args)
+
+
 def _check_serving_inputs(
     config: ExportConfig, request: ExportRequest, items: list[CopyItem]
 ) -> None:
@@ -433,7 +445,11 @@ def _serving_checks(
             config.signature_name,
             atol=config.parity_tolerance,
             rtol=config.parity_tolerance,
-            beam_pipeline_args=list(request.beam_pipeline_args) or None,
+            beam_pipeline_args=(
+                list(request.beam_pipeline_args)
+                if beam_requested(request.beam_pipeline_args)
+                else None
+            ),
         )
         serving_check.require_parity(parity)
         checks.update(parity.to_lineage())
@@ -536,7 +552,7 @@ def _copier(
 ) -> Callable[[list[CopyItem], str], dict[str, FileEntry]]:
     """The copy-and-hash function for this request: threads, or a Beam fan-out."""
     method = request.config.copy_method
-    if request.beam_pipeline_args:
+    if beam_requested(request.beam_pipeline_args):
         from final_exporter.beam_copy import copy_and_hash_beam
 
         return lambda items, dest: copy_and_hash_beam(
