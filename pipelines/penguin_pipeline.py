@@ -73,7 +73,7 @@ def create_pipeline(
         metadata_path: SQLite file for ML Metadata; None leaves the connection to the runner.
         beam_pipeline_args: Beam options for the Beam-powered components.
         accuracy_threshold: Minimum eval accuracy for the Evaluator to bless the model.
-        exporter_kwargs: Extra keyword arguments for FinalExporter.
+        exporter_kwargs: FinalExporter arguments that add to or override the demo's.
         with_exporter: Whether to add FinalExporter; False builds the pipeline without it.
         enable_cache: Whether to reuse the outputs of earlier identical component runs.
         train_steps: Number of training steps.
@@ -113,22 +113,20 @@ def create_pipeline(
     if with_exporter:
         from final_exporter import FinalExporter
 
-        components.append(
-            FinalExporter(
-                model=trainer.outputs['model'],
-                model_blessing=evaluator.outputs['blessing'],
-                model_evaluation=evaluator.outputs['evaluation'],
-                examples=example_gen.outputs['examples'],
-                name='penguin',
-                export_base=export_base,
-                serving_fn=f'{SERVING_FN_MODULE_FILE}:serving_fn',
-                assets_extra={'labels/classes.txt': classes_file},
-                parity_sample_size=50,
-                warmup_requests=100,
-                exports_to_keep=3,
-                **(exporter_kwargs or {}),
-            )
-        )
+        exporter_args = {
+            'model': trainer.outputs['model'],
+            'model_blessing': evaluator.outputs['blessing'],
+            'model_evaluation': evaluator.outputs['evaluation'],
+            'examples': example_gen.outputs['examples'],
+            'name': 'penguin',
+            'export_base': export_base,
+            'serving_fn': f'{SERVING_FN_MODULE_FILE}:serving_fn',
+            'assets_extra': {'labels/classes.txt': classes_file},
+            'parity_sample_size': 50,
+            'warmup_requests': 100,
+            'exports_to_keep': 3,
+        }
+        components.append(FinalExporter(**{**exporter_args, **(exporter_kwargs or {})}))
 
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,

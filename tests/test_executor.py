@@ -269,3 +269,15 @@ def test_retry_of_the_same_execution_reports_its_export_instead_of_a_second(
         assert 'already exported by this execution' in json.load(f)['reason']
     assert other_run.get_string_custom_property(keys.PUSHED_VERSION_KEY) != version
     assert len(published_versions(os.path.join(export_base, 'penguin'))) == 2
+
+
+def test_bucket_uris_are_read_through_the_container_mount(monkeypatch, tmp_path):
+    from final_exporter import executor
+
+    mount = tmp_path / 'gcs'
+    (mount / 'bucket' / 'model').mkdir(parents=True)
+    monkeypatch.setitem(executor._CONTAINER_MOUNTS, 'gs://', f'{mount}/')
+
+    assert executor.container_path('gs://bucket/model') == f'{mount}/bucket/model'
+    assert executor.container_path('gs://bucket/missing') == 'gs://bucket/missing'
+    assert executor.container_path('/local/model') == '/local/model'
