@@ -31,7 +31,9 @@ server's MD5/ETag, claims a version and publishes by server-side copy; the
 fsspec baselines only upload. Each exporter run is checked with
 `final_exporter.verify_export(export_dir).ok` (every object re-read and hashed)
 and each fsspec upload by listing sizes, outside the timing; every run writes to
-a fresh prefix, deleted after it (untimed).
+a fresh prefix, deleted after it (untimed). For the in-process runs the time
+spent in each `final_exporter.remote_publish` step (upload, verify staging,
+claim, server-side copy, delete staging) is also recorded and printed.
 
 `tf.io.gfile` is probed against the GCS emulator in a subprocess and timed
 only if that works. With TensorFlow 2.16 it does not: TensorFlow's built-in GCS
