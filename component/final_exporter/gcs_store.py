@@ -12,6 +12,7 @@ from typing import BinaryIO
 from final_exporter.errors import IntegrityError
 from final_exporter.objectstore import (
     PART_BYTES,
+    UPLOAD_PART_BYTES,
     HashingReader,
     ObjectInfo,
     ObjectStore,
@@ -39,7 +40,7 @@ class GCSStore(ObjectStore):
 
     def _blob(self, uri: str):
         _, bucket, key = split_uri(uri)
-        return self._client().bucket(bucket).blob(key, chunk_size=PART_BYTES)
+        return self._client().bucket(bucket).blob(key, chunk_size=UPLOAD_PART_BYTES)
 
     def put_if_absent(self, uri: str, data: bytes) -> bool:
         from google.api_core import exceptions

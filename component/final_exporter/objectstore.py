@@ -28,6 +28,10 @@ from final_exporter.progress import Progress
 
 SCHEMES = ('gs', 's3')
 PART_BYTES = 8 * 1024 * 1024
+# Uploads: one request for files up to this size, parts of this size above it. Each
+# upload thread holds at most one such buffer; fewer, larger requests beat many small
+# ones on every backend measured (benchmarks/object_store_benchmark.py).
+UPLOAD_PART_BYTES = 32 * 1024 * 1024
 
 
 def is_object_store_uri(path: str) -> bool:

@@ -10,7 +10,7 @@ from typing import BinaryIO
 
 from final_exporter.errors import IntegrityError
 from final_exporter.objectstore import (
-    PART_BYTES,
+    UPLOAD_PART_BYTES,
     ObjectInfo,
     ObjectStore,
     Uploaded,
@@ -48,8 +48,8 @@ class S3Store(ObjectStore):
         part_md5s: list[bytes] = []
         read = 0
         with open(local_path, 'rb') as f:
-            first = f.read(PART_BYTES)
-            if len(first) < PART_BYTES:
+            first = f.read(UPLOAD_PART_BYTES + 1)
+            if len(first) <= UPLOAD_PART_BYTES:
                 sha.update(first)
                 read = len(first)
                 md5 = hashlib.md5(first).digest()
@@ -59,7 +59,9 @@ class S3Store(ObjectStore):
                 upload_id = self._s3.create_multipart_upload(Bucket=bucket, Key=key)['UploadId']
                 try:
                     parts = []
-                    chunk = first
+                    first = b''  # Parts are read again one at a time: bounded memory.
+                    f.seek(0)
+                    chunk = f.read(UPLOAD_PART_BYTES)
                     while chunk:
                         sha.update(chunk)
                         read += len(chunk)
@@ -76,7 +78,7 @@ class S3Store(ObjectStore):
                         parts.append({'ETag': response['ETag'], 'PartNumber': len(part_md5s)})
                         if progress is not None:
                             progress.add_bytes(len(chunk))
-                        chunk = f.read(PART_BYTES)
+                        chunk = f.read(UPLOAD_PART_BYTES)
                     etag = self._s3.complete_multipart_upload(
                         Bucket=bucket,
                         Key=key,
