@@ -111,6 +111,7 @@ def test_sigkill_then_retry_on_object_stores(bucket_base, medium_model, tally):
     _, again = timed_run(cmd, env)
 
     assert again['version'] == retried['version'], 'a retry published a second version'
+    assert not any('staging' in o for o in store_for(model_base).list(model_base))
     tally['retries_deduplicated'] += 1
     versions = list_versions(model_base)
     assert versions[0] == first['version'] and retried['version'] in versions

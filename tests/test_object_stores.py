@@ -226,3 +226,5 @@ def test_interrupted_upload_leaves_no_version_and_a_rerun_succeeds(bucket_base, 
     rerun = json.loads(subprocess.run(args, capture_output=True, text=True, env={**os.environ, **env}, check=True).stdout)  # fmt: skip
     assert list_versions(model_base) == [rerun['version']]
     assert verify_export(rerun['export_dir']).ok
+    # The rerun (same host) proved the killed exporter dead and removed its staging upload.
+    assert not any('staging' in rel for rel in objects(model_base))

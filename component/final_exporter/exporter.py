@@ -276,6 +276,7 @@ def _export_to_object_store(
     """Claim, upload to a hidden prefix, verify, publish by server-side copy (remote_publish)."""
     config = request.config
     store = store_for(config.model_base)
+    remote_publish.remove_abandoned_staging(store, config.model_base)
     staging = remote_publish.new_staging_uri(config.model_base)
     local_build = tempfile.mkdtemp(prefix='final-exporter-build-')
     try:

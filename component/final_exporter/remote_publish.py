@@ -49,8 +49,48 @@ CLAIMS_DIR = '.final-exporter-claims'
 _MAX_CLAIM_ATTEMPTS = 1000
 
 
+# The staging prefix names its owner: `<STAGING_PREFIX><id>~<host>~<pid>~<start>`,
+# where <start> is the process's start time in clock ticks since boot. A later run on
+# the same host can then prove the owner dead (no such pid, or a pid reused by a
+# process that started at another time) and remove the leftovers. Nothing can be
+# proved about another host's exporter, so its leftovers are never touched.
+_OWNER_SEP = '~'
+
+
+def _process_start(pid: int) -> str | None:
+    try:
+        with open(f'/proc/{pid}/stat', encoding='ascii') as f:
+            # Field 22; the command name (field 2) may hold spaces, so split after ')'.
+            return f.read().rsplit(')', 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 def new_staging_uri(model_base: str) -> str:
-    return join(model_base, f'{STAGING_PREFIX}{uuid.uuid4().hex}')
+    owner = _OWNER_SEP.join(
+        [socket.gethostname(), str(os.getpid()), _process_start(os.getpid()) or '?']
+    )
+    return join(model_base, f'{STAGING_PREFIX}{uuid.uuid4().hex}{_OWNER_SEP}{owner}')
+
+
+def remove_abandoned_staging(store: ObjectStore, model_base: str) -> list[str]:
+    """Removes staging prefixes this host's dead exporters left; returns their names."""
+    removed = []
+    for name in store.children(model_base):
+        if not name.startswith(STAGING_PREFIX):
+            continue
+        try:
+            _, host, pid, start = name.split(_OWNER_SEP)
+        except ValueError:
+            continue
+        if host != socket.gethostname() or start == '?':
+            continue
+        if _process_start(int(pid)) == start:
+            continue  # Alive.
+        remove_prefix(store, join(model_base, name))
+        removed.append(name)
+        logger.info('Removed abandoned staging prefix %s/%s.', model_base, name)
+    return removed
 
 
 def upload_items(
