@@ -196,6 +196,7 @@ def run_export(
             lineage=make_lineage(source.signature_names, planned, {}),
         )
 
+    _remove_abandoned_staging(config.model_base)
     if request.idempotency_key:
         previous = _previous_export(config.model_base, request.idempotency_key)
         if previous is not None:
@@ -241,7 +242,6 @@ def _export_local(
 ) -> Outcome:
     """Stage in a hidden folder beside the versions, verify, publish with one rename."""
     config = request.config
-    publish.remove_abandoned_staging(config.model_base)
     staging = publish.make_staging_dir(config.model_base)
     try:
         copy = _copier(request, report_progress, workers, total=items)
@@ -276,7 +276,6 @@ def _export_to_object_store(
     """Claim, upload to a hidden prefix, verify, publish by server-side copy (remote_publish)."""
     config = request.config
     store = store_for(config.model_base)
-    remote_publish.remove_abandoned_staging(store, config.model_base)
     staging = remote_publish.new_staging_uri(config.model_base)
     local_build = tempfile.mkdtemp(prefix='final-exporter-build-')
     try:
@@ -335,6 +334,14 @@ def _check_assets_extra_sources(assets_extra: Mapping[str, str]) -> list[CopyIte
             CopyItem(src=src, dest=f'{keys.ASSETS_EXTRA_DIR}/{dest}', size=os.path.getsize(src))
         )
     return items
+
+
+def _remove_abandoned_staging(model_base: str) -> None:
+    """Every blessed run first clears what dead exporters left (never a live one's)."""
+    if is_object_store_uri(model_base):
+        remote_publish.remove_abandoned_staging(store_for(model_base), model_base)
+    else:
+        publish.remove_abandoned_staging(model_base)
 
 
 # Retries come soon after the failed attempt; looking further back costs reads for nothing.
