@@ -30,5 +30,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade 'pip<27'
 # -c pins every transitive package to the set this project is tested with.
-.venv/bin/python -m pip install --quiet -c constraints.txt -e '.[test]'
+.venv/bin/python -m pip install --quiet -c constraints.txt -e '.[test,bench]'
 echo "$want" > "$stamp"
