@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import hashlib
 import os
+import threading
 from collections.abc import Iterable
 from typing import BinaryIO
 
@@ -18,6 +20,11 @@ from final_exporter.objectstore import (
     split_uri,
 )
 from final_exporter.progress import Progress
+
+# Parts of one large file in flight at once, and across all files: each holds an
+# UPLOAD_PART_BYTES buffer, so this bounds the upload memory (8 x 32 MiB).
+_PARTS_PER_FILE = 4
+_PART_SLOTS = threading.BoundedSemaphore(8)
 
 
 class S3Store(ObjectStore):
@@ -56,29 +63,35 @@ class S3Store(ObjectStore):
                 etag = self._put(bucket, key, first, md5)
                 expected = md5.hex()
             else:
+                first = b''  # Parts are read again one at a time: bounded memory.
+                f.seek(0)
                 upload_id = self._s3.create_multipart_upload(Bucket=bucket, Key=key)['UploadId']
                 try:
-                    parts = []
-                    first = b''  # Parts are read again one at a time: bounded memory.
-                    f.seek(0)
-                    chunk = f.read(UPLOAD_PART_BYTES)
-                    while chunk:
-                        sha.update(chunk)
-                        read += len(chunk)
-                        md5 = hashlib.md5(chunk).digest()
-                        part_md5s.append(md5)
-                        response = self._s3.upload_part(
-                            Bucket=bucket,
-                            Key=key,
-                            UploadId=upload_id,
-                            PartNumber=len(part_md5s),
-                            Body=chunk,
-                            ContentMD5=base64.b64encode(md5).decode(),
-                        )
-                        parts.append({'ETag': response['ETag'], 'PartNumber': len(part_md5s)})
-                        if progress is not None:
-                            progress.add_bytes(len(chunk))
-                        chunk = f.read(UPLOAD_PART_BYTES)
+                    futures = []
+                    # Parts are read (and hashed) in order, and uploaded in parallel.
+                    with concurrent.futures.ThreadPoolExecutor(_PARTS_PER_FILE) as pool:
+                        while chunk := f.read(UPLOAD_PART_BYTES):
+                            sha.update(chunk)
+                            read += len(chunk)
+                            md5 = hashlib.md5(chunk).digest()
+                            part_md5s.append(md5)
+                            _PART_SLOTS.acquire()
+                            futures.append(
+                                pool.submit(
+                                    self._upload_part,
+                                    bucket,
+                                    key,
+                                    upload_id,
+                                    len(part_md5s),
+                                    chunk,
+                                    md5,
+                                    progress,
+                                )
+                            )
+                    parts = [
+                        {'ETag': fut.result(), 'PartNumber': number}
+                        for number, fut in enumerate(futures, start=1)
+                    ]
                     etag = self._s3.complete_multipart_upload(
                         Bucket=bucket,
                         Key=key,
@@ -95,6 +108,31 @@ class S3Store(ObjectStore):
         if etag.strip('"') != expected:
             raise IntegrityError(f'{uri} was stored with ETag {etag}, but {expected} was expected')
         return Uploaded(read, sha.hexdigest(), expected)
+
+    def _upload_part(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        data: bytes,
+        md5: bytes,
+        progress: Progress | None,
+    ) -> str:
+        try:
+            etag = self._s3.upload_part(
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data,
+                ContentMD5=base64.b64encode(md5).decode(),
+            )['ETag']
+        finally:
+            _PART_SLOTS.release()
+        if progress is not None:
+            progress.add_bytes(len(data))
+        return etag
 
     def _put(self, bucket: str, key: str, data: bytes, md5: bytes) -> str:
         return self._s3.put_object(
