@@ -68,9 +68,8 @@ def assert_pushed_remote(result: ExportResult, base: str) -> None:
     assert report.ok, report.problems()
     assert report.manifest_sha256 == result.manifest_sha256
     names = {rel.split('/')[0] for rel in objects(model_base)}
-    assert names == {str(result.version), CLAIMS_DIR} | {
-        str(v) for v in list_versions(model_base)
-    }, 'staging objects were left behind'
+    # Only versions remain: the staging upload is gone, and so is the claim once published.
+    assert names == {str(v) for v in list_versions(model_base)}, 'staging or claims left behind'
 
 
 def test_blessed_export_is_an_exact_copy(bucket_base, model_uri, make_blessing, tmp_path):
@@ -228,3 +227,26 @@ def test_interrupted_upload_leaves_no_version_and_a_rerun_succeeds(bucket_base, 
     assert verify_export(rerun['export_dir']).ok
     # The rerun (same host) proved the killed exporter dead and removed its staging upload.
     assert not any('staging' in rel for rel in objects(model_base))
+
+
+def test_next_run_removes_a_half_published_version_of_a_dead_exporter(bucket_base, model_uri):
+    base, _ = bucket_base
+    model_base = f'{base}/penguin'
+    store = store_for(base)
+    complete = export(model_uri, base, require_blessing=False, smoke_test=False)
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    import socket
+
+    owner = f'~{socket.gethostname()}~{dead.stdout.strip()}~1'  # A pid that no longer runs.
+    half = complete.version + 10
+    store.upload_bytes(b'x', f'{model_base}/{half}/variables/variables.index')
+    for version in (half, complete.version):
+        record = json.dumps({'staging': f'{model_base}/.final-exporter-staging-dead{owner}'})
+        store.upload_bytes(record.encode(), f'{model_base}/{CLAIMS_DIR}/{version}')
+
+    newest = export(model_uri, base, require_blessing=False, smoke_test=False)
+
+    assert list_versions(model_base) == [complete.version, newest.version]
+    assert verify_export(complete.export_dir).ok
+    assert not [rel for rel in objects(model_base) if rel.startswith(CLAIMS_DIR)]

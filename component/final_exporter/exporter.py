@@ -305,7 +305,11 @@ def _export_to_object_store(
         remote_publish.verify_staging(store, staging, expected)
         version = remote_publish.claim_version(store, config.model_base, staging, clock)
         export_dir = objectstore.join(config.model_base, str(version))
-        remote_publish.publish_copies(store, staging, export_dir, sorted(expected), workers)
+        try:
+            remote_publish.publish_copies(store, staging, export_dir, sorted(expected), workers)
+        finally:
+            # Published, or failed with its copies removed: the claim has done its job.
+            remote_publish.release_claim(store, config.model_base, version)
     finally:
         remote_publish.remove_prefix(store, staging)
         shutil.rmtree(local_build, ignore_errors=True)

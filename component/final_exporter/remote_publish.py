@@ -17,12 +17,14 @@ lists, so on `gs://` and `s3://` an export goes through these steps:
    through the exporter), every object but `saved_model.pb` first, in
    parallel, then `saved_model.pb` alone: a server that lists the version
    before it is complete finds no `saved_model.pb` and does not load it.
-5. **Clean up** the staging prefix. The claim stays as the record of who took
-   the version.
+5. **Clean up** the staging prefix and the claim: the version prefix now holds
+   the number. A claim that remains names an exporter that died after claiming;
+   `remove_abandoned_staging` clears its half-published version.
 
-On failure before step 4 nothing numeric exists (at most a claim); on failure during step 4 the
-objects copied so far are deleted again (best effort; a killed process leaves
-them, but without `saved_model.pb`).
+On failure before step 4 nothing numeric exists; on failure during step 4 the
+objects copied so far are deleted again. A killed process leaves them (without
+`saved_model.pb`, so never loadable) and its claim, which the next run on the
+same host clears.
 """
 
 from __future__ import annotations
@@ -77,20 +79,42 @@ def remove_abandoned_staging(store: ObjectStore, model_base: str) -> list[str]:
     """Removes staging prefixes this host's dead exporters left; returns their names."""
     removed = []
     for name in store.children(model_base):
-        if not name.startswith(STAGING_PREFIX):
+        if name.startswith(STAGING_PREFIX) and _owner_is_dead(name):
+            remove_prefix(store, join(model_base, name))
+            removed.append(name)
+            logger.info('Removed abandoned staging prefix %s/%s.', model_base, name)
+    # A claim left behind names an exporter that died after claiming, perhaps halfway
+    # through its copies: its <version>/ prefix has no saved_model.pb and never will.
+    for name in store.children(join(model_base, CLAIMS_DIR)):
+        if not is_version_name(name):
             continue
+        claim = claim_uri(model_base, int(name))
         try:
-            _, host, pid, start = name.split(_OWNER_SEP)
-        except ValueError:
+            staging = json.loads(store.read_bytes(claim))['staging']
+        except Exception:  # Gone meanwhile (its owner finished) or unreadable: leave it.
             continue
-        if host != socket.gethostname() or start == '?':
-            continue
-        if _process_start(int(pid)) == start:
-            continue  # Alive.
-        remove_prefix(store, join(model_base, name))
-        removed.append(name)
-        logger.info('Removed abandoned staging prefix %s/%s.', model_base, name)
+        if _owner_is_dead(staging.rstrip('/').rsplit('/', 1)[-1]):
+            version_dir = join(model_base, name)
+            if not any(store.exists(join(version_dir, f)) for f in PUBLISH_LAST):
+                # saved_model.pb goes last: without it the publish never finished.
+                remove_prefix(store, version_dir)
+            store.delete([claim])
+            removed.append(name)
+            logger.info(
+                'Removed version %s/%s, left half-published by a dead exporter.', model_base, name
+            )
     return removed
+
+
+def _owner_is_dead(staging_name: str) -> bool:
+    """True only when the staging name's owner provably died (same host, pid gone or reused)."""
+    try:
+        _, host, pid, start = staging_name.split(_OWNER_SEP)
+    except ValueError:
+        return False
+    if host != socket.gethostname() or start == '?':
+        return False
+    return _process_start(int(pid)) != start
 
 
 def upload_items(
@@ -151,12 +175,25 @@ def claim_version(
         taken = [int(n) for n in store.children(model_base) if is_version_name(n)]
         taken += [int(n) for n in store.children(claims) if is_version_name(n)]
         version = max(int(clock()), max(taken) + 1) if taken else int(clock())
-        if store.put_if_absent(join(claims, str(version)), record):
+        if store.put_if_absent(claim_uri(model_base, version), record):
             return version
         logger.info('Version %s was claimed by another export; trying the next one.', version)
     raise RuntimeError(
         f'could not claim a version under {model_base} after {_MAX_CLAIM_ATTEMPTS} tries'
     )
+
+
+def claim_uri(model_base: str, version: int) -> str:
+    return join(model_base, CLAIMS_DIR, str(version))
+
+
+def release_claim(store: ObjectStore, model_base: str, version: int) -> None:
+    """Deletes a claim once its version is published (the prefix now holds the number) or
+    abandoned with its copies removed. Only claims of exporters that died remain."""
+    try:
+        store.delete([claim_uri(model_base, version)])
+    except Exception:  # The claim is only bookkeeping; a later run removes it.
+        logger.warning('Could not remove the claim of version %s.', version, exc_info=True)
 
 
 def publish_copies(
