@@ -760,13 +760,15 @@ def parse_sizes(text: str) -> list[Shape]:
     return shapes
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_model_arguments(
+    parser: argparse.ArgumentParser, default_sizes: str, workers_help: str
+) -> None:
+    """The options both benchmarks share: which models, how often, where."""
     parser.add_argument(
         '--sizes',
         type=parse_sizes,
-        default=parse_sizes(DEFAULT_SIZES),
-        help=f'comma-separated models from {", ".join(SHAPES)}, or "all" (default: {DEFAULT_SIZES})',
+        default=parse_sizes(default_sizes),
+        help=f'comma-separated models from {", ".join(SHAPES)}, or "all" (default: {default_sizes})',
     )
     parser.add_argument('--repeats', type=int, default=3, help='runs per method (default: 3)')
     parser.add_argument(
@@ -775,8 +777,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         '--work-dir', type=Path, help='generated-model cache (default: <out>/models)'
     )
-    parser.add_argument(
-        '--workers', type=int, help="copy threads for FinalExporter (default: the exporter's)"
+    parser.add_argument('--workers', type=int, help=workers_help)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(
+        parser, DEFAULT_SIZES, "copy threads for FinalExporter (default: the exporter's)"
     )
     parser.add_argument(
         '--component',

