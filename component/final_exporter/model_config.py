@@ -58,7 +58,7 @@ from final_exporter import keys
 from final_exporter.config import LABEL_PATTERN
 from final_exporter.errors import IntegrityError, InvalidInputError
 from final_exporter.manifest import verify_export
-from final_exporter.publish import is_version_name
+from final_exporter.publish import fsync_dir, is_version_name
 
 if TYPE_CHECKING:
     from tensorflow_serving.config import model_server_config_pb2
@@ -493,11 +493,7 @@ def _write_config(model_base: str, config: Any) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
-    dir_fd = os.open(model_base, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(model_base)
 
 
 def _version_dir(model_base: str, version: int) -> str:

@@ -7,10 +7,16 @@ step: a rename to `<version>/` that refuses to replace anything
 (`renameat2(RENAME_NOREPLACE)` on Linux). If another exporter took that
 version first, the next free version is tried; nothing is ever overwritten or
 silently skipped.
+
+Before the rename, every file and folder of the staging folder is flushed to
+disk (`flush_tree`): a rename can reach the disk before the file data it
+points at, and after a power loss or host crash a published version would
+then hold empty or truncated files.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import ctypes
 import ctypes.util
@@ -205,6 +211,38 @@ def rename_via_claim(src: str, dst: str) -> None:
 
 def fsync_dir(path: str) -> None:
     """Makes a rename or removal in `path` durable."""
+    _fsync_path(path)
+
+
+# fsync mostly waits for the disk; a few in flight let the filesystem batch them.
+_FLUSH_THREADS = 8
+
+
+def flush_tree(root: str) -> int:
+    """Makes every file and folder under `root` durable: files first, then folders deepest first.
+
+    Returns:
+        The number of files flushed.
+    """
+    files: list[str] = []
+    folders: list[str] = []
+    for dirpath, _, filenames in os.walk(root):
+        folders.append(dirpath)
+        files.extend(os.path.join(dirpath, n) for n in filenames)
+    if len(files) > 1:
+        with concurrent.futures.ThreadPoolExecutor(
+            max_workers=min(_FLUSH_THREADS, len(files)), thread_name_prefix='final-exporter-fsync'
+        ) as pool:
+            list(pool.map(_fsync_path, files))
+    else:
+        for path in files:
+            _fsync_path(path)
+    for folder in reversed(folders):
+        fsync_dir(folder)
+    return len(files)
+
+
+def _fsync_path(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -215,11 +253,12 @@ def fsync_dir(path: str) -> None:
 def publish(
     staging_dir: str, model_base: str, clock: Callable[[], float] = time.time
 ) -> tuple[int, str]:
-    """Moves a complete staging folder into place as the next free version.
+    """Flushes a complete staging folder to disk and moves it into place as the next free version.
 
     Returns:
         (version, final path).
     """
+    flush_tree(staging_dir)
     for _ in range(_MAX_PUBLISH_ATTEMPTS):
         version = next_version(model_base, clock)
         final_dir = os.path.join(model_base, str(version))

@@ -13,11 +13,17 @@ that another process truncates mid-copy makes the kernel raise SIGBUS, which
 ends the process (nothing is published: the export is still in staging);
 `copy` (plain read, hash, write) turns that case into an IntegrityError.
 `hardlink` links the immutable source files and only reads them to hash.
+
+Copied bytes are handed to the disk as they are written (`start_writeback`),
+so the flush before publishing (`publish.flush_tree`) waits for little: the
+disk writes while the next bytes are hashed.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
+import ctypes.util
 import dataclasses
 import errno
 import fcntl
@@ -47,8 +53,15 @@ logger = logging.getLogger(__name__)
 
 
 def default_workers() -> int:
-    # I/O bound: more threads than cores keeps the disk queue full.
+    """Threads for object-store transfers: network bound, so many more than cores."""
     return min(16, 4 * (os.cpu_count() or 1))
+
+
+def local_copy_workers() -> int:
+    """Threads for a local copy: hashing keeps a core busy and the disk writes in the
+    background (`start_writeback`), so two per core cover page faults and waits;
+    more only contend (measured: 4 threads on 2 cores beat 2 and 8)."""
+    return min(16, 2 * (os.cpu_count() or 1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +143,7 @@ def copy_and_hash(
         method: `auto` (reflink where the filesystem can, else copy), `copy`, or
             `hardlink` (link the source files; for immutable sources such as TFX
             artifacts; falls back to a copy across filesystems).
-        workers: Copy threads; `default_workers()` when None.
+        workers: Copy threads; `local_copy_workers()` when None.
         progress: Counts bytes and files.
         last: Destinations copied only after every other file is complete.
 
@@ -149,7 +162,7 @@ def copy_and_hash(
     final = [i for i in items if i.dest in last]
     results: dict[str, FileEntry] = {}
     with concurrent.futures.ThreadPoolExecutor(
-        max_workers=workers or default_workers(), thread_name_prefix='final-exporter-copy'
+        max_workers=workers or local_copy_workers(), thread_name_prefix='final-exporter-copy'
     ) as pool:
         for batch in (first, final):
             futures = [
@@ -259,6 +272,7 @@ def _mapped_copy(item: CopyItem, out, progress: Progress | None) -> FileEntry | 
                     failure = _write_mapped(out, view)
                     if failure is not None:
                         raise failure
+            start_writeback(out.fileno(), done, length)
             done += length
             if progress is not None:
                 progress.add_bytes(length)
@@ -298,6 +312,7 @@ def _hash_unchanged(item: CopyItem, progress: Progress | None, out) -> FileEntry
             digest.update(chunk)
             if out is not None:
                 _write_all(out, chunk)
+                start_writeback(out.fileno(), size, n)
             size += n
             if progress is not None:
                 progress.add_bytes(n)
@@ -337,6 +352,32 @@ def _write_all(out, chunk: memoryview) -> None:
     while chunk:
         n = out.write(chunk)
         chunk = chunk[n:]
+
+
+def _load_sync_file_range():
+    if sys.platform != 'linux':
+        return None
+    fn = getattr(ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True), 'sync_file_range', None)
+    if fn is not None:
+        fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h: start writeback of dirty pages, do not wait.
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Starts writing [offset, offset+length) of `fd` to disk, without waiting for it.
+
+    Left to the kernel, dirty pages are written only once they pile up or age
+    (or at the fsync before publishing), after the copy; started now, the disk
+    writes while the copy goes on. Best effort: the fsync before publishing is
+    what makes the bytes durable, so a failure here (or no such call) is ignored.
+    """
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 # Errors meaning "this filesystem (pair) cannot do that": fall back to a copy.
@@ -387,5 +428,5 @@ def hash_tree(
     def one(item: CopyItem) -> FileEntry:
         return _hash_unchanged(item, None, out=None)
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers or local_copy_workers()) as pool:
         return {e.path: e for e in pool.map(one, items)}
