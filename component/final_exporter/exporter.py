@@ -6,6 +6,7 @@ all of them export the same way.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -202,8 +203,12 @@ def run_export(
         if previous is not None:
             return previous
     export = _export_to_object_store if is_object_store_uri(config.model_base) else _export_local
-    with tempfile.TemporaryDirectory(prefix='final-exporter-assets-') as downloads:
-        items = [_local_copy_of(i, downloads) for i in items]
+    with contextlib.ExitStack() as cleanup:
+        if any(is_object_store_uri(i.src) for i in items):
+            downloads = cleanup.enter_context(
+                tempfile.TemporaryDirectory(prefix='final-exporter-assets-')
+            )
+            items = [_local_copy_of(i, downloads) for i in items]
         version, export_dir, manifest, digest = export(
             request, source, items, make_lineage, report_progress, workers, clock
         )

@@ -215,7 +215,9 @@ def fsync_dir(path: str) -> None:
 
 
 # fsync mostly waits for the disk; a few in flight let the filesystem batch them.
+# A handful of files is flushed inline: threads would cost more than they overlap.
 _FLUSH_THREADS = 8
+_FLUSH_INLINE_FILES = 16
 
 
 def flush_tree(root: str) -> int:
@@ -229,7 +231,7 @@ def flush_tree(root: str) -> int:
     for dirpath, _, filenames in os.walk(root):
         folders.append(dirpath)
         files.extend(os.path.join(dirpath, n) for n in filenames)
-    if len(files) > 1:
+    if len(files) > _FLUSH_INLINE_FILES:
         with concurrent.futures.ThreadPoolExecutor(
             max_workers=min(_FLUSH_THREADS, len(files)), thread_name_prefix='final-exporter-fsync'
         ) as pool:

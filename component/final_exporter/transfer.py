@@ -42,6 +42,14 @@ from final_exporter.progress import Progress
 
 CHUNK_BYTES = 8 * 1024 * 1024
 MAP_WINDOW_BYTES = 64 * 1024 * 1024
+# Smaller files are read and written: setting up a mapping costs more than the
+# copy it saves (measured on a 1 MiB variables file).
+MAP_MIN_BYTES = 4 * 1024 * 1024
+# Smaller writes are left for the fsync before publishing: nothing to overlap with.
+WRITEBACK_MIN_BYTES = 1024 * 1024
+# A thread per this many bytes at most: starting one costs about as much as copying
+# and hashing 100 KiB, so a small model (or one big file) is copied inline.
+PARALLEL_MIN_BYTES = 8 * 1024 * 1024
 _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, 'MAP_POPULATE', 0)
 COPY_AUTO, COPY_PLAIN, COPY_HARDLINK = 'auto', 'copy', 'hardlink'
 COPY_METHODS = (COPY_AUTO, COPY_PLAIN, COPY_HARDLINK)
@@ -161,8 +169,18 @@ def copy_and_hash(
     first = [i for i in items if i.dest not in last]
     final = [i for i in items if i.dest in last]
     results: dict[str, FileEntry] = {}
+    threads = min(
+        workers or local_copy_workers(),
+        len(items),
+        max(1, -(-sum(i.size for i in items) // PARALLEL_MIN_BYTES)),
+    )
+    if threads <= 1:
+        for item in first + final:
+            entry = copy_file(item, dest_root, method=method, progress=progress)
+            results[entry.path] = entry
+        return results
     with concurrent.futures.ThreadPoolExecutor(
-        max_workers=workers or local_copy_workers(), thread_name_prefix='final-exporter-copy'
+        max_workers=threads, thread_name_prefix='final-exporter-copy'
     ) as pool:
         for batch in (first, final):
             futures = [
@@ -230,7 +248,8 @@ def copy_file(
         entry = _hash_unchanged(item, progress, out=None)
     else:
         with open(dest, 'xb', buffering=0) as out:
-            entry = (method == COPY_AUTO and _mapped_copy(item, out, progress)) or (
+            mapped = method == COPY_AUTO and item.size >= MAP_MIN_BYTES
+            entry = (mapped and _mapped_copy(item, out, progress)) or (
                 _hash_unchanged(item, progress, out=out)
             )
     if progress is not None:
@@ -312,7 +331,8 @@ def _hash_unchanged(item: CopyItem, progress: Progress | None, out) -> FileEntry
             digest.update(chunk)
             if out is not None:
                 _write_all(out, chunk)
-                start_writeback(out.fileno(), size, n)
+                if n >= WRITEBACK_MIN_BYTES:
+                    start_writeback(out.fileno(), size, n)
             size += n
             if progress is not None:
                 progress.add_bytes(n)
@@ -357,7 +377,9 @@ def _write_all(out, chunk: memoryview) -> None:
 def _load_sync_file_range():
     if sys.platform != 'linux':
         return None
-    fn = getattr(ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True), 'sync_file_range', None)
+    fn = getattr(
+        ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True), 'sync_file_range', None
+    )
     if fn is not None:
         fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
         fn.restype = ctypes.c_int
