@@ -6,12 +6,15 @@ import json
 import os
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 
+from final_exporter import publish as publish_module
 from final_exporter.manifest import verify_export
 from final_exporter.publish import (
     STAGING_PREFIX,
+    flush_tree,
     list_versions,
     make_staging_dir,
     next_version,
@@ -90,3 +93,77 @@ def test_staging_folder_is_hidden_from_model_servers(tmp_path):
 
     assert not os.path.basename(staging).isdigit()
     assert list_versions(str(tmp_path / 'm')) == []
+
+
+class FsyncRecorder:
+    """Records, in order, the paths fsync'ed and the renames that publish a version."""
+
+    def __init__(self):
+        self.events: list[tuple[str, str]] = []
+
+    def fsync(self, fd: int) -> None:
+        self.events.append(('fsync', os.readlink(f'/proc/self/fd/{fd}')))
+        real_fsync(fd)
+
+    def rename(self, src: str, dst: str) -> None:
+        self.events.append(('rename', dst))
+        real_rename_no_replace(src, dst)
+
+
+real_fsync = os.fsync
+real_rename_no_replace = rename_no_replace
+
+
+def test_every_staged_file_and_folder_is_on_disk_before_the_rename(tmp_path):
+    # A power loss cannot be staged here; what makes a version survive one is
+    # that each of its files and folders was fsync'ed before the rename.
+    base = str(tmp_path / 'model')
+    staging = staged(base)
+    os.makedirs(os.path.join(staging, 'variables', 'deep'))
+    for rel in ('variables/variables.index', 'variables/deep/shard', 'fingerprint.pb'):
+        with open(os.path.join(staging, rel), 'wb') as f:
+            f.write(os.urandom(3000))
+    recorder = FsyncRecorder()
+
+    with (
+        mock.patch.object(os, 'fsync', autospec=True, side_effect=recorder.fsync),
+        mock.patch.object(
+            publish_module, 'rename_no_replace', autospec=True, side_effect=recorder.rename
+        ),
+    ):
+        _, final_dir = publish(staging, base)
+
+    renamed_at = recorder.events.index(('rename', final_dir))
+    flushed_before = {path for kind, path in recorder.events[:renamed_at] if kind == 'fsync'}
+    staged_paths = {staging} | {
+        os.path.join(staging, rel)
+        for rel in (
+            'saved_model.pb',
+            'fingerprint.pb',
+            'variables',
+            'variables/variables.index',
+            'variables/deep',
+            'variables/deep/shard',
+        )
+    }
+    assert staged_paths <= flushed_before
+    assert ('fsync', base) in recorder.events[renamed_at:]
+
+
+@pytest.mark.parametrize('files', [3, 40])
+def test_flush_tree_flushes_files_before_their_folders(tmp_path, files):
+    root = tmp_path / 'staging'
+    for i in range(files):
+        path = root / f'd{i % 3}' / f'f{i}'
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b'x' * i)
+    recorder = FsyncRecorder()
+
+    with mock.patch.object(os, 'fsync', autospec=True, side_effect=recorder.fsync):
+        flushed = flush_tree(str(root))
+
+    order = [path for _, path in recorder.events]
+    assert flushed == files
+    assert sorted(order[:files]) == sorted(str(p) for p in root.rglob('f*'))
+    assert set(order[files:]) == {str(root), *(str(root / f'd{i}') for i in range(3))}
+    assert order[-1] == str(root)

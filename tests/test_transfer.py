@@ -5,13 +5,25 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import threading
+from unittest import mock
 
 import pytest
 
+from final_exporter import transfer
 from final_exporter.beam_copy import copy_and_hash_beam
 from final_exporter.errors import IntegrityError, InvalidInputError
+from final_exporter.manifest import FileEntry
 from final_exporter.progress import Progress
-from final_exporter.transfer import CHUNK_BYTES, MAP_WINDOW_BYTES, copy_and_hash, plan_tree
+from final_exporter.transfer import (
+    CHUNK_BYTES,
+    MAP_MIN_BYTES,
+    MAP_WINDOW_BYTES,
+    SPLIT_CHUNK_BYTES,
+    SPLIT_MIN_BYTES,
+    copy_and_hash,
+    plan_tree,
+)
 
 from conftest import tree_files
 
@@ -89,12 +101,13 @@ def test_saved_model_pb_is_written_after_every_other_file(tmp_path):
     assert progress.bytes_done == sum(i.size for i in items)
 
 
+@pytest.mark.parametrize('size', [1000, MAP_MIN_BYTES])  # read and write; mapped
 @pytest.mark.parametrize('method', ['auto', 'copy'])
-def test_source_that_changes_during_copy_is_detected(tmp_path, method):
+def test_source_that_changes_during_copy_is_detected(tmp_path, method, size):
     src, dst = tmp_path / 'src', tmp_path / 'dst'
     src.mkdir()
     dst.mkdir()
-    (src / 'saved_model.pb').write_bytes(b'x' * 1000)
+    (src / 'saved_model.pb').write_bytes(b'x' * size)
 
     with pytest.raises(IntegrityError, match='changed while it was copied'):
         copy_and_hash(
@@ -214,3 +227,95 @@ def test_file_larger_than_one_mapping_window_is_copied_exactly(tmp_path):
 
     assert (dst / 'variables.data-00000-of-00001').read_bytes() == data
     assert entries['variables.data-00000-of-00001'].sha256 == hashlib.sha256(data).hexdigest()
+
+
+class RecordingIncrements(Progress):
+    """Records each byte count the copy reports: one per window, chunk or piece."""
+
+    def __init__(self):
+        super().__init__(0, 0)
+        self.increments: list[int] = []
+
+    def add_bytes(self, n: int) -> None:
+        super().add_bytes(n)
+        self.increments.append(n)
+
+
+def write_random(path, size: int, seed: int = 3) -> bytes:
+    data = random.Random(seed).randbytes(size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return data
+
+
+@pytest.mark.parametrize('method', ['auto', 'copy'])
+def test_large_file_is_hashed_while_its_pieces_are_copied_in_parallel(tmp_path, method):
+    src, dst = tmp_path / 'src', tmp_path / 'dst'
+    size = SPLIT_MIN_BYTES + SPLIT_CHUNK_BYTES // 2 + 11
+    data = write_random(src / 'variables' / 'variables.data-00000-of-00001', size)
+    pb = write_random(src / 'saved_model.pb', 4000, seed=4)
+    dst.mkdir()
+    progress = RecordingIncrements()
+
+    entries = copy_and_hash(
+        plan_tree(str(src)), str(dst), workers=4, method=method, progress=progress
+    )
+
+    shard = 'variables/variables.data-00000-of-00001'
+    assert (dst / shard).read_bytes() == data
+    assert entries[shard] == FileEntry(shard, size, hashlib.sha256(data).hexdigest())
+    assert entries['saved_model.pb'].sha256 == hashlib.sha256(pb).hexdigest()
+    pieces = [SPLIT_CHUNK_BYTES] * (size // SPLIT_CHUNK_BYTES) + [size % SPLIT_CHUNK_BYTES]
+    assert sorted(progress.increments[:-1]) == sorted(pieces)  # the last is saved_model.pb
+
+
+def test_large_file_written_to_during_a_split_copy_is_detected(tmp_path):
+    src, dst = tmp_path / 'src', tmp_path / 'dst'
+    write_random(src / 'variables.data-00000-of-00001', SPLIT_MIN_BYTES + 5)
+    dst.mkdir()
+
+    with pytest.raises(IntegrityError, match='changed while it was copied'):
+        copy_and_hash(
+            plan_tree(str(src)),
+            str(dst),
+            workers=4,
+            progress=GrowsSourceOnFirstChunk(str(src / 'variables.data-00000-of-00001')),
+        )
+
+
+@pytest.mark.parametrize(
+    'size', [MAP_MIN_BYTES - 1, MAP_MIN_BYTES, 3 * CHUNK_BYTES + 5, SPLIT_MIN_BYTES + 7]
+)
+@pytest.mark.parametrize('workers', [1, 4])
+def test_writeback_is_started_for_every_byte_of_a_large_copy(tmp_path, size, workers):
+    src, dst = tmp_path / 'src', tmp_path / 'dst'
+    data = write_random(src / 'variables.data-00000-of-00001', size)
+    dst.mkdir()
+
+    with mock.patch.object(
+        transfer, 'start_writeback', autospec=True, side_effect=transfer.start_writeback
+    ) as writeback:
+        copy_and_hash(plan_tree(str(src)), str(dst), workers=workers)
+
+    ranges = sorted((c.args[1], c.args[1] + c.args[2]) for c in writeback.call_args_list)
+    covered = 0
+    for start, end in ranges:
+        assert start == covered
+        covered = end
+    assert covered == len(data)
+
+
+def test_small_model_is_copied_inline_with_saved_model_pb_last(tmp_path):
+    src, dst = tmp_path / 'src', tmp_path / 'dst'
+    files = make_model_tree(src, n_files=3, seed=5)
+    dst.mkdir()
+    items = [i for i in plan_tree(str(src)) if i.size < CHUNK_BYTES]
+    progress = RecordingProgress(items)
+    before = threading.active_count()
+
+    entries = copy_and_hash(items, str(dst), progress=progress)
+
+    assert threading.active_count() == before
+    assert progress.order[-1] == 'saved_model.pb'
+    for item in items:
+        assert entries[item.dest].sha256 == hashlib.sha256(files[item.dest]).hexdigest()

@@ -33,7 +33,7 @@ import mmap
 import os
 import sys
 import threading
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 from final_exporter import keys
 from final_exporter.errors import IntegrityError, InvalidInputError
@@ -47,6 +47,9 @@ MAP_WINDOW_BYTES = 64 * 1024 * 1024
 MAP_MIN_BYTES = 4 * 1024 * 1024
 # Smaller writes are left for the fsync before publishing: nothing to overlap with.
 WRITEBACK_MIN_BYTES = 1024 * 1024
+# Files this large are hashed by one task while others copy their pieces.
+SPLIT_CHUNK_BYTES = 32 * 1024 * 1024
+SPLIT_MIN_BYTES = 2 * SPLIT_CHUNK_BYTES
 # A thread per this many bytes at most: starting one costs about as much as copying
 # and hashing 100 KiB, so a small model (or one big file) is copied inline.
 PARALLEL_MIN_BYTES = 8 * 1024 * 1024
@@ -183,11 +186,20 @@ def copy_and_hash(
         max_workers=threads, thread_name_prefix='final-exporter-copy'
     ) as pool:
         for batch in (first, final):
-            futures = [
-                pool.submit(copy_file, i, dest_root, method=method, progress=progress)
-                for i in batch
-            ]
-            done, pending = concurrent.futures.wait(
+            futures: list[concurrent.futures.Future] = []
+            finishers = []
+            for item in batch:
+                if item.size >= SPLIT_MIN_BYTES and method != COPY_HARDLINK:
+                    finishers.append(
+                        _submit_split(pool, futures, item, dest_root, method, progress)
+                    )
+                else:
+                    future = pool.submit(
+                        copy_file, item, dest_root, method=method, progress=progress
+                    )
+                    futures.append(future)
+                    finishers.append(future.result)
+            _, pending = concurrent.futures.wait(
                 futures, return_when=concurrent.futures.FIRST_EXCEPTION
             )
             for f in pending:
@@ -195,10 +207,89 @@ def copy_and_hash(
             for f in futures:
                 if f.done() and not f.cancelled() and f.exception() is not None:
                     raise f.exception()
-            for f in done:
-                entry = f.result()
+            for finish in finishers:
+                entry = finish()
                 results[entry.path] = entry
     return results
+
+
+def _submit_split(
+    pool: concurrent.futures.ThreadPoolExecutor,
+    futures: list[concurrent.futures.Future],
+    item: CopyItem,
+    dest_root: str,
+    method: str,
+    progress: Progress | None,
+) -> Callable[[], FileEntry]:
+    """Submits one large file as parallel pieces; returns what gives its entry once they are done.
+
+    SHA-256 of a file is one sequential pass, but its copy is not: one task
+    hashes the whole file while others copy its ranges in the kernel, so a
+    large file takes about the time of its hash, not hash plus copy. The
+    source is stat'ed before the first piece and after the last, as for a
+    whole-file copy: a file written to meanwhile is an IntegrityError.
+    """
+    dest = os.path.join(dest_root, item.dest)
+    before = os.stat(item.src)
+    if method == COPY_AUTO and _try_reflink(item.src, dest):
+        hashed = pool.submit(_hash_unchanged, item, progress, out=None)
+        futures.append(hashed)
+    else:
+        with open(dest, 'xb'):
+            pass
+        hashed = pool.submit(_hash_only, item, method)
+        futures.append(hashed)
+        for offset in range(0, before.st_size, SPLIT_CHUNK_BYTES):
+            length = min(SPLIT_CHUNK_BYTES, before.st_size - offset)
+            futures.append(pool.submit(_copy_piece, item, dest, offset, length, progress))
+
+    def finish() -> FileEntry:
+        entry = hashed.result()
+        _check_same(item, before, os.stat(item.src), entry.size)
+        written = os.path.getsize(dest)
+        if written != entry.size:
+            raise IntegrityError(
+                f'{dest!r} holds {written} bytes after the copy of {item.src!r}, expected {entry.size}'
+            )
+        if progress is not None:
+            progress.file_done(item.dest)
+        return entry
+
+    return finish
+
+
+def _hash_only(item: CopyItem, method: str) -> FileEntry:
+    if method == COPY_AUTO and item.size >= MAP_MIN_BYTES:
+        entry = _mapped_copy(item, None, None)
+        if entry is not None:
+            return entry
+    return _hash_unchanged(item, None, out=None)
+
+
+def _copy_piece(
+    item: CopyItem, dest: str, offset: int, length: int, progress: Progress | None
+) -> None:
+    """Copies [offset, offset+length) of `item.src` into the existing `dest`, in the kernel if it can."""
+    with open(item.src, 'rb', buffering=0) as src, open(dest, 'r+b', buffering=0) as out:
+        if not _copy_range(src.fileno(), out.fileno(), offset, length):
+            buf = _buffer()
+            done = 0
+            while done < length:
+                n = os.preadv(src.fileno(), [memoryview(buf)[: min(len(buf), length - done)]],
+                              offset + done)  # fmt: skip
+                if n == 0:
+                    raise IntegrityError(f'source file {item.src!r} shrank while it was copied')
+                _pwrite_all(out.fileno(), memoryview(buf)[:n], offset + done)
+                done += n
+        start_writeback(out.fileno(), offset, length)
+    if progress is not None:
+        progress.add_bytes(length)
+
+
+def _pwrite_all(fd: int, chunk: memoryview, offset: int) -> None:
+    while chunk:
+        n = os.pwrite(fd, chunk, offset)
+        chunk, offset = chunk[n:], offset + n
 
 
 def check_method(method: str) -> None:
@@ -258,7 +349,7 @@ def copy_file(
 
 
 def _mapped_copy(item: CopyItem, out, progress: Progress | None) -> FileEntry | None:
-    """Hashes the source through a read-only mapping and copies it in the kernel.
+    """Hashes the source through a read-only mapping and copies it in the kernel (if `out`).
 
     Each byte is touched once in user space (by SHA-256, straight from the page
     cache) and once by the kernel's copy (`copy_file_range`, or a write from
@@ -284,14 +375,15 @@ def _mapped_copy(item: CopyItem, out, progress: Progress | None) -> FileEntry | 
                 memoryview(window) as view,
             ):
                 digest.update(view)
-                if in_kernel:
+                if out is not None and in_kernel:
                     in_kernel = _copy_range(src.fileno(), out.fileno(), done, length)
-                if not in_kernel:
+                if out is not None and not in_kernel:
                     os.lseek(out.fileno(), done, os.SEEK_SET)
                     failure = _write_mapped(out, view)
                     if failure is not None:
                         raise failure
-            start_writeback(out.fileno(), done, length)
+            if out is not None:
+                start_writeback(out.fileno(), done, length)
             done += length
             if progress is not None:
                 progress.add_bytes(length)
