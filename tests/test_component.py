@@ -55,6 +55,7 @@ def test_spec_declares_inputs_outputs_and_parameters():
         keys.WARMUP_REQUESTS_KEY,
         keys.EXPORTS_TO_KEEP_KEY,
         keys.LABEL_KEY,
+        keys.PARANOID_VERIFY_KEY,
     }
 
 

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 
 from final_exporter import keys
 from final_exporter.blessing import Blessing, blessing_from_folder
 from final_exporter.config import ExportConfig
-from final_exporter.errors import BlessingMismatchError, InvalidInputError
-from final_exporter.exporter import ExportRequest, ExportResult, run_export
-from final_exporter.manifest import verify_export
+from final_exporter.errors import BlessingMismatchError, IntegrityError, InvalidInputError
+from final_exporter.exporter import ExportRequest, ExportResult, reread_staging, run_export
+from final_exporter.manifest import FileEntry, build_manifest, verify_export
 
 from conftest import (
     ESTIMATOR_MODEL,
@@ -372,3 +375,38 @@ def test_beam_runs_only_when_the_args_ask_for_a_runner():
     assert not beam_requested([])
     # What TFX and the KFP v2 entrypoint add on their own.
     assert not beam_requested(['--extra_package=/tmp/tfx.tar.gz', '/path/to/entrypoint.py'])
+
+
+def test_paranoid_verify_reads_every_staged_file_back_from_disk(
+    model_uri, export_base, make_blessing, caplog
+):
+    caplog.set_level(logging.INFO, logger='final_exporter.exporter')
+    with mock.patch.object(
+        os, 'posix_fadvise', autospec=True, side_effect=os.posix_fadvise
+    ) as fadvise:
+        result = export(
+            model_uri, export_base, [blessed(make_blessing)], paranoid_verify=True, smoke_test=False
+        )
+
+    assert_pushed(result, export_base)
+    dropped = [c.args for c in fadvise.call_args_list if c.args[3] == os.POSIX_FADV_DONTNEED]
+    assert len(dropped) == result.file_count + 1  # and the manifest
+    read_back = [r.getMessage() for r in caplog.records if 'Paranoid verify' in r.getMessage()]
+    assert len(read_back) == 1
+    assert f'read back {result.file_count} files ({result.total_bytes} bytes)' in read_back[0]
+
+
+def test_paranoid_verify_names_a_file_that_reads_back_different(tmp_path):
+    staging = tmp_path / 'staging'
+    (staging / 'variables').mkdir(parents=True)
+    data = {'saved_model.pb': b'graph' * 100, 'variables/variables.index': b'index' * 7}
+    for rel, content in data.items():
+        (staging / rel).write_bytes(content)
+    manifest = build_manifest(
+        [FileEntry(rel, len(c), hashlib.sha256(c).hexdigest()) for rel, c in data.items()], {}
+    )
+    with open(staging / 'variables' / 'variables.index', 'r+b') as f:
+        f.write(b'X')  # what a bad disk or a stray writer would do between write and publish
+
+    with pytest.raises(IntegrityError, match=r'paranoid verify.*variables/variables\.index'):
+        reread_staging(str(staging), manifest)

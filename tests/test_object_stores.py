@@ -7,6 +7,7 @@ S3: moto's server. Both started and stopped by the fixtures in conftest.py.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -81,6 +82,20 @@ def test_blessed_export_is_an_exact_copy(bucket_base, model_uri, make_blessing, 
     got = tree_files(download(result.export_dir, tmp_path / 'dl'))
     got.pop(os.path.join('assets.extra', 'export_manifest.json'))
     assert got == tree_files(os.path.join(KERAS_MODEL, 'Format-Serving'))
+
+
+def test_paranoid_verify_downloads_the_staged_objects_and_publishes(
+    bucket_base, model_uri, make_blessing, caplog
+):
+    base, _ = bucket_base
+    caplog.set_level(logging.INFO, logger='final_exporter.exporter')
+
+    result = export(model_uri, base, blessed(make_blessing), paranoid_verify=True)
+
+    assert_pushed_remote(result, base)
+    read_back = [r.getMessage() for r in caplog.records if 'Paranoid verify' in r.getMessage()]
+    assert len(read_back) == 1
+    assert f'read back {result.file_count} files ({result.total_bytes} bytes)' in read_back[0]
 
 
 def test_not_blessed_writes_no_object(bucket_base, model_uri, make_blessing):

@@ -153,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
         flag(keys.LABEL_KEY), default='', help='point this version label at the new version'
     )
     export.add_argument(
+        flag(keys.PARANOID_VERIFY_KEY),
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help='before publishing, read every staged byte back (from disk) and check it '
+        'against the manifest; off by default: the copy hashed every byte it wrote',
+    )
+    export.add_argument(
         '--beam-pipeline-args',
         metavar='ARGS',
         type=shlex.split,

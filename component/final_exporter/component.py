@@ -71,6 +71,7 @@ class FinalExporter(base_beam_component.BaseBeamComponent):
         warmup_requests: int = 0,
         exports_to_keep: int = 0,
         label: str = '',
+        paranoid_verify: bool = False,
     ):
         """Constructs a FinalExporter.
 
@@ -113,6 +114,9 @@ class FinalExporter(base_beam_component.BaseBeamComponent):
                 beyond this many (never labelled ones, never the new one); 0 keeps all.
             label: Point this TensorFlow Serving version label at the new version in
                 `<export_base>/<name>/models.config`.
+            paranoid_verify: Before publishing, read every staged byte back (from
+                disk, not the page cache, where the OS allows) and check it against
+                the manifest. Off by default: the copy hashed every byte it wrote.
 
         Raises:
             ValueError: for a parameter that cannot work, saying how to fix it.
@@ -143,6 +147,7 @@ class FinalExporter(base_beam_component.BaseBeamComponent):
                 warmup_requests=warmup_requests,
                 exports_to_keep=exports_to_keep,
                 label=label,
+                paranoid_verify=paranoid_verify,
             )
         except InvalidInputError as e:
             raise ValueError(f'FinalExporter: {e}') from None

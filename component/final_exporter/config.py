@@ -204,6 +204,9 @@ class ExportConfig:
             publish (never labelled ones); 0 keeps all.
         label: Point this TensorFlow Serving version label (e.g. `canary`) at the new
             version in `<export_base>/<name>/models.config`; empty: no label.
+        paranoid_verify: Before publishing, read every staged byte back (locally from
+            disk: the flushed pages are dropped from the cache first) and check it
+            against the manifest. Off by default: the copy hashed every byte it wrote.
     """
 
     name: str = _param(_STR)
@@ -221,6 +224,7 @@ class ExportConfig:
     warmup_requests: int = _param(_INT, 0)
     exports_to_keep: int = _param(_INT, 0)
     label: str = _param(_STR, '')
+    paranoid_verify: bool = _param(_FLAG, False)
 
     def __post_init__(self) -> None:
         validate_export_name(self.name)
@@ -246,7 +250,7 @@ class ExportConfig:
                 )
             normalised[clean] = src
         set_('assets_extra', dict(sorted(normalised.items())))
-        for key in ('as_text', 'require_blessing', 'smoke_test'):
+        for key in ('as_text', 'require_blessing', 'smoke_test', 'paranoid_verify'):
             set_(key, _as_flag(getattr(self, key), key))
         check_method(self.copy_method)
         set_('parity_sample_size', _as_count(self.parity_sample_size, 'parity_sample_size'))

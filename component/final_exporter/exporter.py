@@ -262,6 +262,8 @@ def _export_local(
             raise IntegrityError(
                 f'staged export {staging!r} does not match its manifest: {"; ".join(check.problems())}'
             )
+        if config.paranoid_verify:
+            reread_staging(staging, manifest)
         version, export_dir = publish.publish(staging, config.model_base, clock)
     except BaseException:
         publish.remove_staging_dir(staging)
@@ -308,6 +310,8 @@ def _export_to_object_store(
         expected = {path: up for path, (_, up) in uploaded.items()}
         expected[keys.MANIFEST_RELPATH] = manifest_upload
         remote_publish.verify_staging(store, staging, expected)
+        if config.paranoid_verify:
+            reread_staging(staging, manifest)
         version = remote_publish.claim_version(store, config.model_base, staging, clock)
         export_dir = objectstore.join(config.model_base, str(version))
         try:
@@ -319,6 +323,32 @@ def _export_to_object_store(
         remote_publish.remove_prefix(store, staging)
         shutil.rmtree(local_build, ignore_errors=True)
     return version, export_dir, manifest, digest
+
+
+def reread_staging(staging: str, manifest: Mapping[str, Any]) -> None:
+    """The paranoid verify: reads every staged byte back and checks it against the manifest.
+
+    A local staging folder is flushed and dropped from the page cache first, so
+    the bytes come back from the disk rather than from the memory they were
+    written from; a bucket's are downloaded.
+
+    Raises:
+        IntegrityError: naming the files that differ; nothing was published.
+    """
+    if not is_object_store_uri(staging):
+        publish.flush_tree(staging, drop_cache=True)
+    check = verify_export(staging, manifest, rehash=True)
+    if not check.ok:
+        raise IntegrityError(
+            f'paranoid verify: staged export {staging!r} read back differs from its manifest: '
+            f'{"; ".join(check.problems())}'
+        )
+    logger.info(
+        'Paranoid verify: read back %s files (%s bytes) of %s; all match the manifest.',
+        check.files_checked,
+        check.bytes_checked,
+        staging,
+    )
 
 
 def _check_assets_extra_sources(assets_extra: Mapping[str, str]) -> list[CopyItem]:

@@ -31,6 +31,7 @@ PARITY_TOLERANCE_KEY = 'parity_tolerance'
 WARMUP_REQUESTS_KEY = 'warmup_requests'
 EXPORTS_TO_KEEP_KEY = 'exports_to_keep'
 LABEL_KEY = 'label'
+PARANOID_VERIFY_KEY = 'paranoid_verify'
 
 # PushedModel custom properties. The first three are the TFX Pusher's, so tools
 # that read Pusher output keep working.

@@ -290,6 +290,7 @@ def final_export(
     warmup_requests: int = 0,
     exports_to_keep: int = 0,
     label: str = '',
+    paranoid_verify: bool = False,
 ) -> NamedTuple('Outputs', [('pushed', bool), ('version', str), ('destination', str)]):
     """Exports a blessed model once, as a SavedModel a model server can load (FinalExporter).
 
@@ -321,6 +322,7 @@ def final_export(
         warmup_requests: TensorFlow Serving warmup requests to write (at most 1000).
         exports_to_keep: Keep this many newest versions; 0 keeps all.
         label: TensorFlow Serving version label to point at the new version; empty: none.
+        paranoid_verify: Read every staged byte back and check it before publishing.
     """
     arguments = dict(locals())
     from final_exporter.kfp import export_for_kfp
@@ -349,6 +351,7 @@ def final_export_from_uri(
     warmup_requests: int = 0,
     exports_to_keep: int = 0,
     label: str = '',
+    paranoid_verify: bool = False,
 ) -> NamedTuple('Outputs', [('pushed', bool), ('version', str), ('destination', str)]):
     """Exports a blessed model given by its path once (FinalExporter, model as a parameter).
 
@@ -377,6 +380,7 @@ def final_export_from_uri(
         warmup_requests: TensorFlow Serving warmup requests to write (at most 1000).
         exports_to_keep: Keep this many newest versions; 0 keeps all.
         label: TensorFlow Serving version label to point at the new version; empty: none.
+        paranoid_verify: Read every staged byte back and check it before publishing.
     """
     arguments = dict(locals())
     from final_exporter.kfp import export_for_kfp
