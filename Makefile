@@ -23,7 +23,7 @@ soak: venv
 	cat benchmarks/out/fault_tally.json
 
 benchmark: venv
-	$(VENV)/python benchmarks/export_benchmark.py
+	$(VENV)/python benchmarks/export_benchmark.py --sizes all --repeats 5
 
 lint: venv
 	$(VENV)/ruff check component pipelines tests
