@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import random
 import threading
@@ -195,22 +196,36 @@ def test_unknown_copy_method_is_refused(tmp_path):
         copy_and_hash([], str(tmp_path), method='teleport')
 
 
-def test_beam_multiprocess_copy_is_byte_identical_to_the_threaded_copy(tmp_path):
+@pytest.mark.parametrize('method', ['auto', 'copy'])
+def test_beam_multiprocess_copy_of_files_and_pieces_is_byte_identical_to_the_threaded_copy(
+    tmp_path, caplog, method
+):
     src = tmp_path / 'src'
     make_model_tree(src, n_files=12)
     threaded, beamed = tmp_path / 'threaded', tmp_path / 'beam'
     threaded.mkdir()
     beamed.mkdir()
+    # Small pieces so that this tree's larger files are split into elements.
+    split_min, piece = CHUNK_BYTES, 3 * 1024 * 1024 + 1
+    items = plan_tree(str(src))
+    fanned = [i for i in items if i.dest != 'saved_model.pb']
+    n_split = sum(1 for i in fanned if i.size >= split_min)
+    n_elements = sum(1 + -(-i.size // piece) if i.size >= split_min else 1 for i in fanned)
 
-    want = copy_and_hash(plan_tree(str(src)), str(threaded), method='copy')
-    got = copy_and_hash_beam(
-        plan_tree(str(src)),
-        str(beamed),
-        ['--runner=DirectRunner', '--direct_running_mode=multi_processing',
-         '--direct_num_workers=2'],
-        method='copy',
-    )  # fmt: skip
+    want = copy_and_hash(items, str(threaded), method=method)
+    with caplog.at_level(logging.INFO, logger='final_exporter.beam_copy'):
+        got = copy_and_hash_beam(
+            plan_tree(str(src)),
+            str(beamed),
+            ['--runner=DirectRunner', '--direct_running_mode=multi_processing',
+             '--direct_num_workers=2'],
+            method=method,
+            split_min_bytes=split_min,
+            piece_bytes=piece,
+        )  # fmt: skip
 
+    assert n_split >= 2
+    assert f'Copying {len(fanned)} files ({n_elements} elements) with Beam' in caplog.text
     assert got == want
     assert tree_files(str(beamed)) == tree_files(str(threaded))
     assert not os.path.exists(f'{beamed}.beam-results')

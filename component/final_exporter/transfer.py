@@ -237,20 +237,13 @@ def _submit_split(
     else:
         with open(dest, 'xb'):
             pass
-        hashed = pool.submit(_hash_only, item, method)
+        hashed = pool.submit(hash_only, item, method)
         futures.append(hashed)
-        for offset in range(0, before.st_size, SPLIT_CHUNK_BYTES):
-            length = min(SPLIT_CHUNK_BYTES, before.st_size - offset)
-            futures.append(pool.submit(_copy_piece, item, dest, offset, length, progress))
+        for offset, length in split_pieces(before.st_size):
+            futures.append(pool.submit(copy_piece, item, dest, offset, length, progress))
 
     def finish() -> FileEntry:
-        entry = hashed.result()
-        _check_same(item, before, os.stat(item.src), entry.size)
-        written = os.path.getsize(dest)
-        if written != entry.size:
-            raise IntegrityError(
-                f'{dest!r} holds {written} bytes after the copy of {item.src!r}, expected {entry.size}'
-            )
+        entry = finish_split(item, dest, before, hashed.result())
         if progress is not None:
             progress.file_done(item.dest)
         return entry
@@ -258,7 +251,24 @@ def _submit_split(
     return finish
 
 
-def _hash_only(item: CopyItem, method: str) -> FileEntry:
+def split_pieces(size: int, piece_bytes: int = SPLIT_CHUNK_BYTES) -> list[tuple[int, int]]:
+    """The (offset, length) pieces a large file is copied in."""
+    return [(o, min(piece_bytes, size - o)) for o in range(0, size, piece_bytes)]
+
+
+def finish_split(item: CopyItem, dest: str, before: os.stat_result, entry: FileEntry) -> FileEntry:
+    """Checks a file copied in pieces: the source unchanged since `before`, `dest` its full size."""
+    _check_same(item, before, os.stat(item.src), entry.size)
+    written = os.path.getsize(dest)
+    if written != entry.size:
+        raise IntegrityError(
+            f'{dest!r} holds {written} bytes after the copy of {item.src!r}, expected {entry.size}'
+        )
+    return entry
+
+
+def hash_only(item: CopyItem, method: str) -> FileEntry:
+    """Hashes `item.src` (the entry it would have as a copy) without writing anything."""
     if method == COPY_AUTO and item.size >= MAP_MIN_BYTES:
         entry = _mapped_copy(item, None, None)
         if entry is not None:
@@ -266,8 +276,8 @@ def _hash_only(item: CopyItem, method: str) -> FileEntry:
     return _hash_unchanged(item, None, out=None)
 
 
-def _copy_piece(
-    item: CopyItem, dest: str, offset: int, length: int, progress: Progress | None
+def copy_piece(
+    item: CopyItem, dest: str, offset: int, length: int, progress: Progress | None = None
 ) -> None:
     """Copies [offset, offset+length) of `item.src` into the existing `dest`, in the kernel if it can."""
     with open(item.src, 'rb', buffering=0) as src, open(dest, 'r+b', buffering=0) as out:
