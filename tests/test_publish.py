@@ -14,6 +14,7 @@ from final_exporter import publish as publish_module
 from final_exporter.manifest import verify_export
 from final_exporter.publish import (
     STAGING_PREFIX,
+    SYNCFS_MIN_FILES,
     flush_tree,
     list_versions,
     make_staging_dir,
@@ -109,9 +110,14 @@ class FsyncRecorder:
         self.events.append(('rename', dst))
         real_rename_no_replace(src, dst)
 
+    def syncfs(self, path: str) -> bool:
+        self.events.append(('syncfs', path))
+        return real_syncfs(path)
+
 
 real_fsync = os.fsync
 real_rename_no_replace = rename_no_replace
+real_syncfs = publish_module.syncfs
 
 
 def test_every_staged_file_and_folder_is_on_disk_before_the_rename(tmp_path):
@@ -148,6 +154,35 @@ def test_every_staged_file_and_folder_is_on_disk_before_the_rename(tmp_path):
     }
     assert staged_paths <= flushed_before
     assert ('fsync', base) in recorder.events[renamed_at:]
+
+
+def test_a_many_file_tree_is_flushed_with_one_syncfs_before_the_rename(tmp_path):
+    base = str(tmp_path / 'model')
+    staging = staged(base)
+    os.makedirs(os.path.join(staging, 'assets'))
+    for i in range(SYNCFS_MIN_FILES):
+        with open(os.path.join(staging, 'assets', f'vocab_{i:04d}.txt'), 'wb') as f:
+            f.write(b'token\n' * 100)
+    recorder = FsyncRecorder()
+
+    with (
+        mock.patch.object(os, 'fsync', autospec=True, side_effect=recorder.fsync),
+        mock.patch.object(
+            publish_module, 'syncfs', autospec=True, side_effect=recorder.syncfs
+        ) as syncfs,
+        mock.patch.object(
+            publish_module, 'rename_no_replace', autospec=True, side_effect=recorder.rename
+        ),
+    ):
+        _, final_dir = publish(staging, base)
+
+    syncfs.assert_called_once_with(staging)
+    assert recorder.events[:2] == [('syncfs', staging), ('rename', final_dir)]
+    assert recorder.events[2:] == [('fsync', base)]
+    assert (
+        sorted(os.listdir(os.path.join(final_dir, 'assets')))[-1]
+        == f'vocab_{SYNCFS_MIN_FILES - 1:04d}.txt'
+    )
 
 
 @pytest.mark.parametrize('files', [3, 40])

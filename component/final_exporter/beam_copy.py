@@ -15,7 +15,6 @@ is unchanged and each copy complete, and copies the files in `last` itself, so
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import json
 import logging
@@ -142,4 +141,4 @@ def _run_element(
         entry = hash_only(item, method)
     else:
         entry = copy_file(item, dest_root, method=method, replace=True)
-    return [json.dumps(dataclasses.asdict(entry))]
+    return [json.dumps(entry.as_dict())]

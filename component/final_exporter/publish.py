@@ -158,18 +158,21 @@ def remove_abandoned_staging(model_base: str) -> list[str]:
     return removed
 
 
-def _load_renameat2():
+def _load_libc(name: str, argtypes: list):
     libc_name = ctypes.util.find_library('c')
     if not libc_name:
         return None
-    fn = getattr(ctypes.CDLL(libc_name, use_errno=True), 'renameat2', None)
+    fn = getattr(ctypes.CDLL(libc_name, use_errno=True), name, None)
     if fn is not None:
-        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        fn.argtypes = argtypes
         fn.restype = ctypes.c_int
     return fn
 
 
-_renameat2 = _load_renameat2()
+_renameat2 = _load_libc(
+    'renameat2', [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+)
+_syncfs = _load_libc('syncfs', [ctypes.c_int])
 
 
 def rename_no_replace(src: str, dst: str) -> None:
@@ -219,10 +222,35 @@ def fsync_dir(path: str) -> None:
 # A handful of files is flushed inline: threads would cost more than they overlap.
 _FLUSH_THREADS = 8
 _FLUSH_INLINE_FILES = 16
+# From this many files, one syncfs (every dirty file and folder of the
+# filesystem, one journal commit) costs far less than a fsync each: 2004 files
+# of 9 KiB took 0.02 s against 0.15 s on ext4 here. Below it, fsync per file
+# flushes only the export and not whatever else the filesystem holds.
+SYNCFS_MIN_FILES = 256
+
+
+def syncfs(path: str) -> bool:
+    """Writes the filesystem holding `path` to disk; False where syncfs(2) is missing.
+
+    Linux reports (since 5.8) a writeback error of any file on the filesystem
+    not yet seen by anyone, as fsync does for one file.
+    """
+    if _syncfs is None:
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+    finally:
+        os.close(fd)
+    return True
 
 
 def flush_tree(root: str, *, drop_cache: bool = False) -> int:
     """Makes every file and folder under `root` durable: files first, then folders deepest first.
+
+    A tree of `SYNCFS_MIN_FILES` files or more is flushed with one `syncfs`.
 
     Args:
         root: The folder to flush.
@@ -237,6 +265,8 @@ def flush_tree(root: str, *, drop_cache: bool = False) -> int:
     for dirpath, _, filenames in os.walk(root):
         folders.append(dirpath)
         files.extend(os.path.join(dirpath, n) for n in filenames)
+    if len(files) >= SYNCFS_MIN_FILES and not drop_cache and syncfs(root):
+        return len(files)
     flush = functools.partial(_fsync_path, drop_cache=drop_cache)
     if len(files) > _FLUSH_INLINE_FILES:
         with concurrent.futures.ThreadPoolExecutor(
