@@ -745,9 +745,14 @@ def machine_info(dest: Path) -> dict[str, Any]:
         for line in f:
             if line.startswith('MemTotal:'):
                 mem_kib = int(line.split()[1])
-    fs_type = subprocess.run(
-        ['stat', '-f', '-c', '%T', str(dest)], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    fs_type = (
+        subprocess.run(
+            ['findmnt', '-n', '-o', 'FSTYPE', '--target', str(dest)], capture_output=True, text=True
+        ).stdout.strip()
+        or subprocess.run(  # `stat -f` names ext4 "ext2/ext3" (one magic number)
+            ['stat', '-f', '-c', '%T', str(dest)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
     from final_exporter import __version__
 
     return {
