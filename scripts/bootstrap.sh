@@ -4,6 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The reflink test formats a small XFS image (tests/test_transfer.py). As root on
+# Debian, install mkfs.xfs when it is missing; elsewhere that test says what is missing.
+if ! command -v mkfs.xfs >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  apt-get install -y -q xfsprogs >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q xfsprogs >/dev/null 2>&1; } \
+    || echo "bootstrap: could not install xfsprogs (mkfs.xfs)" >&2
+fi
+
 stamp=.venv/.installed
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

@@ -6,6 +6,8 @@ import hashlib
 import logging
 import os
 import random
+import shutil
+import subprocess
 import threading
 from unittest import mock
 
@@ -334,3 +336,61 @@ def test_small_model_is_copied_inline_with_saved_model_pb_last(tmp_path):
     assert progress.order[-1] == 'saved_model.pb'
     for item in items:
         assert entries[item.dest].sha256 == hashlib.sha256(files[item.dest]).hexdigest()
+
+
+@pytest.fixture(scope='module')
+def xfs_dir(tmp_path_factory):
+    """A folder on a real XFS filesystem with reflink, in a loop-mounted image file.
+
+    Needs root, loop devices and mkfs.xfs (scripts/bootstrap.sh installs
+    xfsprogs on Debian as root).
+    """
+    mkfs = shutil.which('mkfs.xfs')
+    if mkfs is None:
+        pytest.fail('mkfs.xfs not found: install xfsprogs to test the reflink path')
+    root = tmp_path_factory.mktemp('xfs')
+    image, mount_point = root / 'xfs.img', root / 'mnt'
+    mount_point.mkdir()
+    with open(image, 'wb') as f:
+        f.truncate(320 * 1024 * 1024)  # sparse; XFS's minimum is 300 MB
+    subprocess.run([mkfs, '-q', '-m', 'reflink=1', str(image)], check=True)
+    mounted = subprocess.run(
+        ['mount', '-o', 'loop', str(image), str(mount_point)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.fail(f'cannot loop-mount an XFS image (root needed): {mounted.stderr.strip()}')
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(['umount', str(mount_point)], check=True)
+
+
+def free_bytes(path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+@pytest.mark.parametrize('workers', [1, 4])
+def test_auto_reflinks_on_xfs_sharing_blocks_and_hashing_every_file(xfs_dir, workers):
+    src, dst = xfs_dir / f'src-{workers}', xfs_dir / f'dst-{workers}'
+    files = make_model_tree(src, n_files=6)
+    big = 'variables/variables.data-big'
+    files[big] = write_random(src / big, SPLIT_MIN_BYTES + 3)  # the split path's reflink branch
+    dst.mkdir()
+    items = plan_tree(str(src))
+    progress = RecordingProgress(items)
+    os.sync()
+    free_before = free_bytes(xfs_dir)
+
+    entries = copy_and_hash(items, str(dst), method='auto', workers=workers, progress=progress)
+    os.sync()
+
+    copied = sum(len(d) for d in files.values())
+    # Reflinked files share the source's blocks: the copy takes (almost) no space.
+    assert free_before - free_bytes(xfs_dir) < copied // 10
+    assert tree_files(str(dst)) == tree_files(str(src))
+    for rel, data in files.items():
+        assert entries[rel] == FileEntry(rel, len(data), hashlib.sha256(data).hexdigest())
+    assert progress.order[-1] == 'saved_model.pb'
+    shutil.rmtree(src)
+    shutil.rmtree(dst)
