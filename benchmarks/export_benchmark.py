@@ -436,27 +436,15 @@ def warm_read(root: Path) -> int:
     return total
 
 
-def _load_syncfs():
-    import ctypes
-    import ctypes.util
-
-    fn = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True).syncfs
-    fn.argtypes = [ctypes.c_int]
-    return fn
-
-
-_syncfs = _load_syncfs()
-
-
 def flush_seconds(path: Path) -> float:
     """Writes the filesystem holding `path` to disk (`syncfs`); returns how long that took."""
+    from final_exporter.publish import syncfs
+
     start = time.perf_counter()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if _syncfs(fd) != 0:
-            raise OSError(f'syncfs({path}) failed')
-    finally:
-        os.close(fd)
+    if not syncfs(str(path)):
+        raise OSError(
+            'syncfs(2) is not available: this benchmark times until the bytes are on disk'
+        )
     return time.perf_counter() - start
 
 

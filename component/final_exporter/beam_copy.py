@@ -24,7 +24,6 @@ from collections.abc import Iterable, Sequence
 
 from final_exporter.manifest import FileEntry
 from final_exporter.transfer import (
-    COPY_HARDLINK,
     PUBLISH_LAST,
     SPLIT_CHUNK_BYTES,
     SPLIT_MIN_BYTES,
@@ -35,6 +34,7 @@ from final_exporter.transfer import (
     copy_piece,
     finish_split,
     hash_only,
+    is_split,
     make_dest_folders,
     split_pieces,
 )
@@ -83,7 +83,7 @@ def copy_and_hash_beam(
     elements: list[tuple[str, str, str, int, int, int]] = []
     split: dict[str, tuple[CopyItem, os.stat_result]] = {}
     for item in fan_out:
-        if item.size >= split_min_bytes and method != COPY_HARDLINK:
+        if is_split(item, method, split_min_bytes):
             # The driver creates the file; the piece elements write into it.
             with open(os.path.join(dest_root, item.dest), 'xb'):
                 pass

@@ -19,7 +19,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import functools
@@ -30,6 +29,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from final_exporter import libc
 from final_exporter.errors import InvalidInputError
 from final_exporter.objectstore import is_object_store_uri, store_for
 
@@ -158,21 +158,10 @@ def remove_abandoned_staging(model_base: str) -> list[str]:
     return removed
 
 
-def _load_libc(name: str, argtypes: list):
-    libc_name = ctypes.util.find_library('c')
-    if not libc_name:
-        return None
-    fn = getattr(ctypes.CDLL(libc_name, use_errno=True), name, None)
-    if fn is not None:
-        fn.argtypes = argtypes
-        fn.restype = ctypes.c_int
-    return fn
-
-
-_renameat2 = _load_libc(
+_renameat2 = libc.function(
     'renameat2', [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 )
-_syncfs = _load_libc('syncfs', [ctypes.c_int])
+_syncfs = libc.function('syncfs', [ctypes.c_int])
 
 
 def rename_no_replace(src: str, dst: str) -> None:
@@ -240,8 +229,7 @@ def syncfs(path: str) -> bool:
     fd = os.open(path, os.O_RDONLY)
     try:
         if _syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), path)
+            libc.raise_errno(path)
     finally:
         os.close(fd)
     return True

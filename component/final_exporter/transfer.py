@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
-import ctypes.util
 import dataclasses
 import errno
 import fcntl
@@ -35,7 +34,7 @@ import sys
 import threading
 from collections.abc import Callable, Collection, Iterable, Sequence
 
-from final_exporter import keys
+from final_exporter import keys, libc
 from final_exporter.errors import IntegrityError, InvalidInputError
 from final_exporter.manifest import FileEntry
 from final_exporter.progress import Progress
@@ -189,7 +188,7 @@ def copy_and_hash(
             futures: list[concurrent.futures.Future] = []
             finishers = []
             for item in batch:
-                if item.size >= SPLIT_MIN_BYTES and method != COPY_HARDLINK:
+                if is_split(item, method):
                     finishers.append(
                         _submit_split(pool, futures, item, dest_root, method, progress)
                     )
@@ -249,6 +248,11 @@ def _submit_split(
         return entry
 
     return finish
+
+
+def is_split(item: CopyItem, method: str, min_bytes: int = SPLIT_MIN_BYTES) -> bool:
+    """Whether `item` is copied in pieces (never when linked: nothing is copied)."""
+    return item.size >= min_bytes and method != COPY_HARDLINK
 
 
 def split_pieces(size: int, piece_bytes: int = SPLIT_CHUNK_BYTES) -> list[tuple[int, int]]:
@@ -476,19 +480,11 @@ def _write_all(out, chunk: memoryview) -> None:
         chunk = chunk[n:]
 
 
-def _load_sync_file_range():
-    if sys.platform != 'linux':
-        return None
-    fn = getattr(
-        ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True), 'sync_file_range', None
-    )
-    if fn is not None:
-        fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-        fn.restype = ctypes.c_int
-    return fn
-
-
-_sync_file_range = _load_sync_file_range()
+_sync_file_range = (
+    libc.function('sync_file_range', [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
+    if sys.platform == 'linux'
+    else None
+)
 _SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h: start writeback of dirty pages, do not wait.
 
 
