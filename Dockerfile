@@ -1,6 +1,6 @@
 # The FinalExporter component image: the TFX image of the pinned TFX version with
 # this package installed, so the executor class path the compiled pipeline names
-# (final_exporter.executor.Executor) and final_exporter.kfp import in the container.
+# (final_exporter.adapters.tfx.executor.Executor) and final_exporter.adapters.kfp import in the container.
 #
 #   docker build -t "$SKAFFOLD_DEFAULT_REPO/tfx-final-exporter:$IMAGE_TAG" . && docker push ...
 #   or: skaffold build -f build.yaml
@@ -16,7 +16,7 @@ COPY ./ ./
 # The same pins as the tested environment; then a smoke check that the class
 # path in the compiled spec imports.
 RUN python -m pip install --no-cache-dir -c constraints.txt . \
-    && python -c "import final_exporter.executor, final_exporter.kfp"
+    && python -c "import final_exporter.adapters.tfx.executor, final_exporter.adapters.kfp"
 
 # Demo data for pipelines/kubeflow_v2_runner.py: the penguin examples the tfx
 # package ships, at the fixed path the runner compiles into the pipeline.

@@ -325,7 +325,7 @@ def _timed_do(kind: str, seconds: list[float]) -> Iterator[None]:
     noise here is larger than the difference between the two executors.
     """
     if kind == COMPONENT_FINAL:
-        from final_exporter.executor import Executor
+        from final_exporter.adapters.tfx.executor import Executor
     else:
         from tfx.components.pusher.executor import Executor
     original = Executor.Do
@@ -438,7 +438,7 @@ def warm_read(root: Path) -> int:
 
 def flush_seconds(path: Path) -> float:
     """Writes the filesystem holding `path` to disk (`syncfs`); returns how long that took."""
-    from final_exporter.publish import syncfs
+    from final_exporter.common.fs import syncfs
 
     start = time.perf_counter()
     if not syncfs(str(path)):

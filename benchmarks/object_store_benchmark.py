@@ -32,7 +32,7 @@ fsspec baselines only upload. Each exporter run is checked with
 `final_exporter.verify_export(export_dir).ok` (every object re-read and hashed)
 and each fsspec upload by listing sizes, outside the timing; every run writes to
 a fresh prefix, deleted after it (untimed). For the in-process runs the time
-spent in each `final_exporter.remote_publish` step (upload, verify staging,
+spent in each `final_exporter.storage.remote` step (upload, verify staging,
 claim, server-side copy, delete staging) is also recorded and printed.
 
 `tf.io.gfile` is probed against the GCS emulator in a subprocess and timed
@@ -85,7 +85,7 @@ FSSPEC_DEFAULT = 'fsspec put, defaults'
 METHODS = (CLI, CORE, BASELINE, FSSPEC_DEFAULT)
 EXPORTER_METHODS = (CLI, CORE)
 
-# run_export's object-store steps (final_exporter.remote_publish functions) -> phase name.
+# run_export's object-store steps (final_exporter.storage.remote functions) -> phase name.
 PHASES = {
     'upload_items': 'upload',
     'upload_manifest': 'upload',
@@ -140,7 +140,7 @@ class Backend:
 
     def clear(self, prefix: str) -> None:
         """Deletes every object under `prefix` (untimed) with the exporter's own client."""
-        from final_exporter.objectstore import store_for
+        from final_exporter.storage.stores import store_for
 
         store = store_for(prefix)
         store.delete(store.list(prefix))
@@ -208,7 +208,7 @@ def probe_tf_gfile(endpoint: str, timeout: float = 120.0) -> dict[str, str]:
         else:
             errors = [ln for ln in proc.stderr.splitlines() if 'Error' in ln or 'error' in ln]
             outcomes[name] = f'failed: {(errors or ["exit " + str(proc.returncode)])[-1][:200]}'
-    from final_exporter.objectstore import store_for
+    from final_exporter.storage.stores import store_for
 
     store_for(uri).delete([uri])
     return outcomes
@@ -272,7 +272,7 @@ def time_core(model: Any, base: str, workers: int | None) -> Run:
 @contextlib.contextmanager
 def phase_timer() -> Iterator[dict[str, float]]:
     """Within the block, sums the time spent in each `remote_publish` step run_export calls."""
-    from final_exporter import remote_publish
+    from final_exporter.storage import remote as remote_publish
 
     totals: dict[str, float] = {}
     originals = {name: getattr(remote_publish, name) for name in PHASES}
@@ -470,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     os.environ[GCSFS_HNS_ENV] = 'false'
-    from final_exporter.objectstore import reset_stores
+    from final_exporter.storage.stores import reset_stores
 
     started = time.monotonic()
     results: list[dict[str, Any]] = []
@@ -530,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             'Exporter runs: upload to staging with SHA-256 + MD5, verify listing and checksums, '
             'claim, server-side copy, delete staging. verify_export (re-reads every object) '
             'runs after the timing.',
-            f'{CORE} phases: time inside each final_exporter.remote_publish step (wrapped '
+            f'{CORE} phases: time inside each final_exporter.storage.remote step (wrapped '
             'in-process); "other" is the rest (model inspection, planning, manifest).',
             'MB/s = total_bytes / 1e6 / median seconds; x_baseline = median / median of '
             f'{BASELINE}.',

@@ -22,9 +22,9 @@ from typing import Any
 
 from absl import logging
 
-from final_exporter.config import ExportConfig
-from final_exporter.kfp import component_image
-from final_exporter.objectstore import is_object_store_uri
+from final_exporter.adapters.kfp import component_image
+from final_exporter.core.config import ExportConfig
+from final_exporter.storage.objectstore import is_object_store_uri
 from pipelines import penguin_pipeline
 
 PIPELINE_NAME = 'penguin-final-exporter'
@@ -124,7 +124,7 @@ def set_exporter_for_image(pipeline: Any, export_base: str) -> None:
     local or mounted export base. The result is validated as `ExportConfig`
     validates any FinalExporter's parameters.
     """
-    from final_exporter.component import FinalExporter
+    from final_exporter.adapters.tfx.component import FinalExporter
 
     (exporter,) = [c for c in pipeline.components if isinstance(c, FinalExporter)]
     config = ExportConfig.from_exec_properties(exporter.exec_properties)

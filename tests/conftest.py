@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import pytest
 
-from final_exporter import keys
-from final_exporter.objectstore import reset_stores
+from final_exporter.common import keys
+from final_exporter.storage.stores import reset_stores
 
 from loopback_servers import fake_gcs_server, moto_s3_server
 

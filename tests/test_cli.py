@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from final_exporter import FinalExporterSpec
-from final_exporter.cli import build_parser, flag
+from final_exporter.adapters.cli import build_parser, flag
 
 from conftest import assert_nothing_written, published_versions
 
@@ -155,7 +155,7 @@ def test_list_shows_versions_newest_first_with_lineage(model_uri, export_base):
 def test_plain_copy_export_imports_neither_tensorflow_nor_tfx(model_uri, export_base):
     code = (
         'import sys\n'
-        'from final_exporter.cli import main\n'
+        'from final_exporter.adapters.cli import main\n'
         f'rc = main({export_args(model_uri, export_base, "--no-require-blessing", "--no-smoke-test")!r})\n'
         'heavy = sorted(m for m in ("tensorflow", "tfx", "apache_beam") if m in sys.modules)\n'
         'print(rc, heavy)\n'

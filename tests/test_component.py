@@ -8,7 +8,8 @@ import pytest
 from tfx import types
 from tfx.types import standard_artifacts
 
-from final_exporter import FinalExporter, FinalExporterSpec, keys
+from final_exporter import FinalExporter, FinalExporterSpec
+from final_exporter.common import keys
 
 
 def channel(artifact_type) -> types.Channel:

@@ -8,9 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from final_exporter import keys
-from final_exporter.config import ExportConfig, validate_assets_extra_dest, validate_export_name
-from final_exporter.errors import InvalidInputError
+from final_exporter.common import keys
+from final_exporter.common.errors import InvalidInputError
+from final_exporter.core.config import (
+    ExportConfig,
+    validate_assets_extra_dest,
+    validate_export_name,
+)
 
 from conftest import _TALLY
 

@@ -11,8 +11,8 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
 
-from final_exporter import keys
-from final_exporter.manifest import verify_export
+from final_exporter.common import keys
+from final_exporter.storage.manifest import verify_export
 from pipelines import local_runner
 
 from conftest import penguin_examples

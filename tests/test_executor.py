@@ -10,11 +10,11 @@ from tfx.dsl.components.base import base_beam_executor
 from tfx.proto.orchestration import pipeline_pb2
 from tfx.types import standard_artifacts
 
-from final_exporter import keys
-from final_exporter.config import ExportConfig
-from final_exporter.errors import BlessingMismatchError, InvalidInputError
-from final_exporter.executor import Executor
-from final_exporter.manifest import verify_export
+from final_exporter.adapters.tfx.executor import Executor
+from final_exporter.common import keys
+from final_exporter.common.errors import BlessingMismatchError, InvalidInputError
+from final_exporter.core.config import ExportConfig
+from final_exporter.storage.manifest import verify_export
 
 from conftest import assert_exported_copy, assert_nothing_written, published_versions
 
@@ -272,7 +272,7 @@ def test_retry_of_the_same_execution_reports_its_export_instead_of_a_second(
 
 
 def test_bucket_uris_are_read_through_the_container_mount(monkeypatch, tmp_path):
-    from final_exporter import executor
+    from final_exporter.adapters.tfx import executor
 
     mount = tmp_path / 'gcs'
     (mount / 'bucket' / 'model').mkdir(parents=True)

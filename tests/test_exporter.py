@@ -14,12 +14,12 @@ from unittest import mock
 
 import pytest
 
-from final_exporter import keys
-from final_exporter.blessing import Blessing, blessing_from_folder
-from final_exporter.config import ExportConfig
-from final_exporter.errors import BlessingMismatchError, IntegrityError, InvalidInputError
-from final_exporter.exporter import ExportRequest, ExportResult, reread_staging, run_export
-from final_exporter.manifest import FileEntry, build_manifest, verify_export
+from final_exporter.common import keys
+from final_exporter.common.errors import BlessingMismatchError, IntegrityError, InvalidInputError
+from final_exporter.core.blessing import Blessing, blessing_from_folder
+from final_exporter.core.config import ExportConfig
+from final_exporter.core.exporter import ExportRequest, ExportResult, reread_staging, run_export
+from final_exporter.storage.manifest import FileEntry, build_manifest, verify_export
 
 from conftest import (
     ESTIMATOR_MODEL,
@@ -368,7 +368,7 @@ def test_manifest_records_every_file_and_the_lineage(model_uri, export_base, mak
 
 
 def test_beam_runs_only_when_the_args_ask_for_a_runner():
-    from final_exporter.exporter import beam_requested
+    from final_exporter.core.exporter import beam_requested
 
     assert beam_requested(['--runner=DataflowRunner', '--project=p'])
     assert beam_requested(['--direct_running_mode=multi_processing'])
@@ -380,7 +380,7 @@ def test_beam_runs_only_when_the_args_ask_for_a_runner():
 def test_paranoid_verify_reads_every_staged_file_back_from_disk(
     model_uri, export_base, make_blessing, caplog
 ):
-    caplog.set_level(logging.INFO, logger='final_exporter.exporter')
+    caplog.set_level(logging.INFO, logger='final_exporter.core.exporter')
     with mock.patch.object(
         os, 'posix_fadvise', autospec=True, side_effect=os.posix_fadvise
     ) as fadvise:

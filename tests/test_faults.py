@@ -19,13 +19,14 @@ import time
 
 import pytest
 
-from final_exporter import keys
-from final_exporter.config import ExportConfig
-from final_exporter.errors import InvalidInputError
-from final_exporter.exporter import ExportRequest, run_export
-from final_exporter.manifest import verify_export
-from final_exporter.objectstore import ObjectStore, override_store, split_uri, store_for
-from final_exporter.publish import STAGING_PREFIX, list_versions
+from final_exporter.common import keys
+from final_exporter.common.errors import InvalidInputError
+from final_exporter.core.config import ExportConfig
+from final_exporter.core.exporter import ExportRequest, run_export
+from final_exporter.storage.local import STAGING_PREFIX, list_versions
+from final_exporter.storage.manifest import verify_export
+from final_exporter.storage.objectstore import ObjectStore, split_uri
+from final_exporter.storage.stores import override_store, store_for
 
 from conftest import KERAS_MODEL, published_versions
 

@@ -5,7 +5,7 @@ The demo pipeline is compiled with `KubeflowV2DagRunner`; each test builds the
 model and a blessing on local disk, output URIs, the parameters the compiled
 spec holds) and runs the step's exact command line from the compiled JSON
 (`python -m tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor
---executor_class_path final_exporter.executor.Executor ...`) in a subprocess.
+--executor_class_path final_exporter.adapters.tfx.executor.Executor ...`) in a subprocess.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import shutil
 
 import pytest
 
-from final_exporter import keys
-from final_exporter.manifest import verify_export
+from final_exporter.common import keys
+from final_exporter.storage.manifest import verify_export
 from kfp_support import launcher
 from pipelines import kubeflow_v2_runner
 

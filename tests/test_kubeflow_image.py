@@ -22,8 +22,8 @@ import tfx
 import yaml
 from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
-from final_exporter import kfp as final_exporter_kfp
-from final_exporter.component import FinalExporter
+from final_exporter.adapters import kfp as final_exporter_kfp
+from final_exporter.adapters.tfx.component import FinalExporter
 from kfp_support import docker_context, launcher
 from pipelines import kubeflow_v2_runner
 
@@ -146,8 +146,8 @@ def test_build_context_holds_what_the_image_needs_and_nothing_else(build_context
         'pyproject.toml',
         'README.md',
         'constraints.txt',
-        'component/final_exporter/executor.py',
-        'component/final_exporter/kfp.py',
+        'component/final_exporter/adapters/tfx/executor.py',
+        'component/final_exporter/adapters/kfp.py',
         *(path.removeprefix(prefix) for path in named),
     ):
         assert needed in files
@@ -207,10 +207,10 @@ def test_package_installs_from_the_build_context_as_the_dockerfile_does(
             '-c',
             'import json, sys\n'
             'from tfx.utils import import_utils\n'
-            'import final_exporter, final_exporter.kfp\n'
+            'import final_exporter, final_exporter.adapters.kfp\n'
             'import_utils.import_class_by_path(sys.argv[1])\n'
             'print(json.dumps({"package": final_exporter.__file__, '
-            '"kfp": final_exporter.kfp.__file__}))',
+            '"kfp": final_exporter.adapters.kfp.__file__}))',
             class_path,
         ],
         cwd=str(tmp_path),

@@ -1,4 +1,4 @@
-"""`final_exporter.kfp`: the export as Kubeflow Pipelines v2 components, for kfp-only pipelines.
+"""`final_exporter.adapters.kfp`: the export as Kubeflow Pipelines v2 components, for kfp-only pipelines.
 
 `kfp.local` (2.5, SubprocessRunner) runs single components whose inputs are
 parameters only, so it runs `final_export_from_uri` on a real model. The
@@ -22,13 +22,13 @@ from kfp.local import config as local_config
 from tfx.dsl.components.base import base_beam_executor
 from tfx.types import standard_artifacts
 
-from final_exporter import keys
-from final_exporter import kfp as final_exporter_kfp
-from final_exporter.config import ExportConfig
-from final_exporter.executor import Executor
-from final_exporter.kfp import final_export, final_export_from_uri
-from final_exporter.manifest import verify_export
-from final_exporter.spec import FinalExporterSpec
+from final_exporter.adapters import kfp as final_exporter_kfp
+from final_exporter.adapters.kfp import final_export, final_export_from_uri
+from final_exporter.adapters.tfx.executor import Executor
+from final_exporter.adapters.tfx.spec import FinalExporterSpec
+from final_exporter.common import keys
+from final_exporter.core.config import ExportConfig
+from final_exporter.storage.manifest import verify_export
 from kfp_support import launcher
 
 from conftest import KERAS_MODEL, PENGUIN_EVAL, assert_nothing_written

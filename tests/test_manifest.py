@@ -7,8 +7,8 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from final_exporter import keys
-from final_exporter.manifest import (
+from final_exporter.common import keys
+from final_exporter.storage.manifest import (
     FileEntry,
     build_manifest,
     hash_file,

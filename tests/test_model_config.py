@@ -13,15 +13,21 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from final_exporter.errors import InvalidInputError
-from final_exporter.manifest import FileEntry, build_manifest, hash_file, list_files, write_manifest
-from final_exporter.model_config import (
+from final_exporter.common.errors import InvalidInputError
+from final_exporter.lifecycle.model_config import (
     CONFIG_FILENAME,
     labels,
     refresh,
     rollback,
     served_versions,
     set_label,
+)
+from final_exporter.storage.manifest import (
+    FileEntry,
+    build_manifest,
+    hash_file,
+    list_files,
+    write_manifest,
 )
 
 from conftest import KERAS_MODEL
@@ -240,7 +246,7 @@ def test_config_file_is_readable_by_a_server_running_as_another_user(model_base)
 def test_eight_concurrent_label_processes_lose_no_update(model_base):
     code = (
         'import sys\n'
-        'from final_exporter.model_config import set_label\n'
+        'from final_exporter.lifecycle.model_config import set_label\n'
         'set_label(sys.argv[1], int(sys.argv[2]), sys.argv[3])\n'
     )
     procs = [

@@ -16,15 +16,15 @@ import time
 
 import pytest
 
-from final_exporter import keys
-from final_exporter.blessing import blessing_from_folder
-from final_exporter.config import ExportConfig
-from final_exporter.errors import InvalidInputError
-from final_exporter.exporter import ExportRequest, ExportResult, run_export
-from final_exporter.manifest import verify_export
-from final_exporter.objectstore import store_for
-from final_exporter.publish import list_versions
-from final_exporter.remote_publish import CLAIMS_DIR
+from final_exporter.common import keys
+from final_exporter.common.errors import InvalidInputError
+from final_exporter.core.blessing import blessing_from_folder
+from final_exporter.core.config import ExportConfig
+from final_exporter.core.exporter import ExportRequest, ExportResult, run_export
+from final_exporter.storage.local import list_versions
+from final_exporter.storage.manifest import verify_export
+from final_exporter.storage.remote import CLAIMS_DIR
+from final_exporter.storage.stores import store_for
 
 from conftest import KERAS_MODEL, penguin_examples, tree_files
 
@@ -88,7 +88,7 @@ def test_paranoid_verify_downloads_the_staged_objects_and_publishes(
     bucket_base, model_uri, make_blessing, caplog
 ):
     base, _ = bucket_base
-    caplog.set_level(logging.INFO, logger='final_exporter.exporter')
+    caplog.set_level(logging.INFO, logger='final_exporter.core.exporter')
 
     result = export(model_uri, base, blessed(make_blessing), paranoid_verify=True)
 

@@ -10,19 +10,22 @@ from unittest import mock
 
 import pytest
 
-from final_exporter import publish as publish_module
-from final_exporter.manifest import verify_export
-from final_exporter.publish import (
-    STAGING_PREFIX,
+from final_exporter.common import fs as fs_module
+from final_exporter.common.fs import (
     SYNCFS_MIN_FILES,
     flush_tree,
+    rename_no_replace,
+    rename_via_claim,
+)
+from final_exporter.storage import local as publish_module
+from final_exporter.storage.local import (
+    STAGING_PREFIX,
     list_versions,
     make_staging_dir,
     next_version,
     publish,
-    rename_no_replace,
-    rename_via_claim,
 )
+from final_exporter.storage.manifest import verify_export
 
 from conftest import published_versions
 
@@ -117,7 +120,7 @@ class FsyncRecorder:
 
 real_fsync = os.fsync
 real_rename_no_replace = rename_no_replace
-real_syncfs = publish_module.syncfs
+real_syncfs = fs_module.syncfs
 
 
 def test_every_staged_file_and_folder_is_on_disk_before_the_rename(tmp_path):
@@ -168,7 +171,7 @@ def test_a_many_file_tree_is_flushed_with_one_syncfs_before_the_rename(tmp_path)
     with (
         mock.patch.object(os, 'fsync', autospec=True, side_effect=recorder.fsync),
         mock.patch.object(
-            publish_module, 'syncfs', autospec=True, side_effect=recorder.syncfs
+            fs_module, 'syncfs', autospec=True, side_effect=recorder.syncfs
         ) as syncfs,
         mock.patch.object(
             publish_module, 'rename_no_replace', autospec=True, side_effect=recorder.rename

@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from final_exporter import keys
-from final_exporter.config import ExportConfig
-from final_exporter.errors import InvalidInputError
-from final_exporter.exporter import ExportRequest, ExportResult, run_export
-from final_exporter.manifest import verify_export
+from final_exporter.common import keys
+from final_exporter.common.errors import InvalidInputError
+from final_exporter.core.config import ExportConfig
+from final_exporter.core.exporter import ExportRequest, ExportResult, run_export
+from final_exporter.storage.manifest import verify_export
 
 from conftest import TFX_TESTDATA, assert_no_staging_left, published_versions
 
@@ -91,7 +91,7 @@ def test_parity_passes_for_an_as_text_export_and_is_recorded(model_uri, export_b
 
 
 def test_warmup_requests_are_written_and_listed_in_the_manifest(model_uri, export_base):
-    from final_exporter.warmup import validate_warmup_requests
+    from final_exporter.checks.warmup import validate_warmup_requests
 
     result = export(model_uri, export_base, warmup_requests=25)
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from final_exporter import keys
-from final_exporter.exporter import ExportResult
-from final_exporter.report import escape, render_report
+from final_exporter.common import keys
+from final_exporter.core.exporter import ExportResult
+from final_exporter.core.report import escape, render_report
 
 
 def result(**lineage) -> ExportResult:

@@ -11,12 +11,18 @@ import threading
 
 import pytest
 
-from final_exporter import keys
-from final_exporter.errors import InvalidInputError
-from final_exporter.manifest import FileEntry, build_manifest, hash_file, list_files, write_manifest
-from final_exporter.model_config import CONFIG_FILENAME, labels, set_label
-from final_exporter.publish import STAGING_PREFIX
-from final_exporter.retention import TRASH_PREFIX, apply_retention
+from final_exporter.common import keys
+from final_exporter.common.errors import InvalidInputError
+from final_exporter.lifecycle.model_config import CONFIG_FILENAME, labels, set_label
+from final_exporter.lifecycle.retention import TRASH_PREFIX, apply_retention
+from final_exporter.storage.local import STAGING_PREFIX
+from final_exporter.storage.manifest import (
+    FileEntry,
+    build_manifest,
+    hash_file,
+    list_files,
+    write_manifest,
+)
 
 from conftest import KERAS_MODEL
 
@@ -149,7 +155,7 @@ def test_concurrent_retention_processes_do_not_fail_or_remove_twice(model_base):
     make_versions(model_base, range(1, 16))
     code = (
         'import json, sys\n'
-        'from final_exporter.retention import apply_retention\n'
+        'from final_exporter.lifecycle.retention import apply_retention\n'
         'print(json.dumps(apply_retention(sys.argv[1], 2, just_published=int(sys.argv[2]))))\n'
     )
     procs = [

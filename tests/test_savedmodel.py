@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from final_exporter.errors import InvalidInputError
-from final_exporter.savedmodel import inspect_saved_model, resolve_saved_model_dir
+from final_exporter.checks.savedmodel import inspect_saved_model, resolve_saved_model_dir
+from final_exporter.common.errors import InvalidInputError
 
 from conftest import ESTIMATOR_MODEL, KERAS_MODEL
 

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from final_exporter import keys
-from final_exporter.errors import InvalidInputError
-from final_exporter.serving_check import (
+from final_exporter.checks.parity_beam import beam_comparer
+from final_exporter.checks.serving_check import (
     compare_outputs,
     merge_summaries,
     prediction_parity,
@@ -22,7 +21,9 @@ from final_exporter.serving_check import (
     smoke_test,
     synthetic_inputs,
 )
-from final_exporter.tf_export import write_pbtxt
+from final_exporter.common import keys
+from final_exporter.common.errors import InvalidInputError
+from final_exporter.core.tf_export import write_pbtxt
 
 from conftest import ESTIMATOR_MODEL, KERAS_MODEL, PENGUIN_EVAL, penguin_examples
 
@@ -325,7 +326,11 @@ def test_beam_comparison_gives_the_in_process_figures(models, beam_args):
     local = prediction_parity(models['source'], models['scaled'], examples, batch_size=5)
 
     beam = prediction_parity(
-        models['source'], models['scaled'], examples, beam_pipeline_args=beam_args, batch_size=5
+        models['source'],
+        models['scaled'],
+        examples,
+        compare_batches=beam_comparer(beam_args),
+        batch_size=5,
     )
 
     assert (local.runner, beam.runner) == ('in_process', 'beam')
@@ -346,7 +351,7 @@ def test_beam_worker_failure_is_reported_as_invalid_input(models, beam_args):
             models['source'],
             models['copy'],
             [*penguin_examples(2), b'not a tf.Example'],
-            beam_pipeline_args=beam_args,
+            compare_batches=beam_comparer(beam_args),
             batch_size=1,
         )
     assert 'while running' not in str(e.value)

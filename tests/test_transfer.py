@@ -13,12 +13,12 @@ from unittest import mock
 
 import pytest
 
-from final_exporter import transfer
-from final_exporter.beam_copy import copy_and_hash_beam
-from final_exporter.errors import IntegrityError, InvalidInputError
-from final_exporter.manifest import FileEntry
-from final_exporter.progress import Progress
-from final_exporter.transfer import (
+from final_exporter.common.errors import IntegrityError, InvalidInputError
+from final_exporter.common.progress import Progress
+from final_exporter.storage import transfer
+from final_exporter.storage.beam_copy import copy_and_hash_beam
+from final_exporter.storage.manifest import FileEntry
+from final_exporter.storage.transfer import (
     CHUNK_BYTES,
     MAP_MIN_BYTES,
     MAP_WINDOW_BYTES,
@@ -215,7 +215,7 @@ def test_beam_multiprocess_copy_of_files_and_pieces_is_byte_identical_to_the_thr
     n_elements = sum(1 + -(-i.size // piece) if i.size >= split_min else 1 for i in fanned)
 
     want = copy_and_hash(items, str(threaded), method=method)
-    with caplog.at_level(logging.INFO, logger='final_exporter.beam_copy'):
+    with caplog.at_level(logging.INFO, logger='final_exporter.storage.beam_copy'):
         got = copy_and_hash_beam(
             plan_tree(str(src)),
             str(beamed),

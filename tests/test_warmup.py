@@ -15,15 +15,15 @@ from tensorflow_serving.apis import (
     prediction_log_pb2,
 )
 
-from final_exporter.errors import InvalidInputError
-from final_exporter.serving_check import synthetic_example
-from final_exporter.warmup import (
+from final_exporter.checks.serving_check import synthetic_example
+from final_exporter.checks.warmup import (
     WARMUP_RELPATH,
     read_warmup_requests,
     replay_warmup_requests,
     validate_warmup_requests,
     write_warmup_requests,
 )
+from final_exporter.common.errors import InvalidInputError
 
 from conftest import ESTIMATOR_MODEL, penguin_examples
 

@@ -10,23 +10,28 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from final_exporter.blessing import Blessing, GateDecision, blessing_from_folder, check_blessings
-from final_exporter.config import ExportConfig
-from final_exporter.errors import (
+from final_exporter.common.errors import (
     BlessingMismatchError,
     FinalExporterError,
     IntegrityError,
     InvalidInputError,
 )
-from final_exporter.exporter import ExportRequest, ExportResult, run_export
-from final_exporter.manifest import VerifyReport, read_manifest, verify_export
-from final_exporter.publish import list_versions
+from final_exporter.core.blessing import (
+    Blessing,
+    GateDecision,
+    blessing_from_folder,
+    check_blessings,
+)
+from final_exporter.core.config import ExportConfig
+from final_exporter.core.exporter import ExportRequest, ExportResult, run_export
+from final_exporter.storage.local import list_versions
+from final_exporter.storage.manifest import VerifyReport, read_manifest, verify_export
 from final_exporter.version import __version__
 
 _LAZY = {
-    'FinalExporter': 'final_exporter.component',
-    'FinalExporterSpec': 'final_exporter.spec',
-    'Executor': 'final_exporter.executor',
+    'FinalExporter': 'final_exporter.adapters.tfx.component',
+    'FinalExporterSpec': 'final_exporter.adapters.tfx.spec',
+    'Executor': 'final_exporter.adapters.tfx.executor',
 }
 
 __all__ = [

@@ -1,0 +1,397 @@
+"""`final-exporter`: the export, verify and list commands outside a pipeline.
+
+The plain-copy export imports neither TensorFlow nor TFX; they are imported
+only for `--serving-fn`, `--as-text` and `--model-evaluation`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from final_exporter.common import keys
+from final_exporter.common.errors import FinalExporterError, InvalidInputError
+from final_exporter.common.progress import human_bytes
+from final_exporter.core.blessing import blessing_from_folder
+from final_exporter.core.config import ExportConfig
+from final_exporter.core.exporter import ExportRequest, ExportResult, run_export
+from final_exporter.storage.local import list_versions
+from final_exporter.storage.manifest import read_manifest, verify_export
+from final_exporter.storage.objectstore import is_object_store_uri
+from final_exporter.storage.transfer import COPY_AUTO, COPY_METHODS
+from final_exporter.version import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def flag(key: str) -> str:
+    """The CLI flag of a component parameter or input: `export_base` -> `--export-base`."""
+    return '--' + key.replace('_', '-')
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, not argparse's usage block: scripts and pipelines log it whole.
+        self.exit(EXIT_BAD_INPUT, f'{self.prog}: error: {message} (see --help)\n')
+
+
+def _assets_extra_pair(text: str) -> tuple[str, str]:
+    dest, sep, src = text.partition('=')
+    if not sep or not dest or not src:
+        raise argparse.ArgumentTypeError(f'expected DEST=SRC, got {text!r}')
+    return dest, src
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog='final-exporter', description=__doc__.splitlines()[0])
+    parser.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
+    parser.add_argument('-v', '--verbose', action='store_true', help='log each step')
+    commands = parser.add_subparsers(dest='command', required=True, parser_class=_Parser)
+
+    export = commands.add_parser(
+        'export', help='export a blessed SavedModel to <export-base>/<name>/<version>/'
+    )
+    export.add_argument(
+        flag(keys.MODEL_KEY),
+        required=True,
+        metavar='PATH',
+        help='a TFX Model artifact folder (either layout) or a SavedModel folder',
+    )
+    export.add_argument(
+        flag(keys.MODEL_BLESSING_KEY), metavar='PATH', help='Evaluator blessing artifact folder'
+    )
+    export.add_argument(
+        flag(keys.INFRA_BLESSING_KEY),
+        metavar='PATH',
+        help='InfraValidator blessing artifact folder',
+    )
+    export.add_argument(
+        flag(keys.EXAMPLES_KEY),
+        metavar='PATH',
+        help='an Examples artifact folder (Split-*/ TFRecords): inputs for the smoke test, '
+        'parity and warmup requests',
+    )
+    export.add_argument(
+        flag(keys.MODEL_EVALUATION_KEY),
+        metavar='PATH',
+        help='Evaluator evaluation artifact folder; its overall metrics go into the lineage',
+    )
+    export.add_argument(flag(keys.NAME_KEY), required=True, help='model name (one folder)')
+    export.add_argument(
+        flag(keys.EXPORT_BASE_KEY), required=True, metavar='PATH', help='base export folder'
+    )
+    export.add_argument(
+        flag(keys.SERVING_FN_KEY),
+        metavar='MODULE:FUNC',
+        help='re-export with the signatures FUNC(loaded_model) returns',
+    )
+    export.add_argument(
+        flag(keys.ASSETS_EXTRA_KEY),
+        metavar='DEST=SRC',
+        nargs='+',
+        action='extend',
+        type=_assets_extra_pair,
+        default=[],
+        help='copy SRC to assets.extra/DEST (repeatable)',
+    )
+    export.add_argument(
+        flag(keys.AS_TEXT_KEY),
+        action='store_true',
+        help='write saved_model.pbtxt instead of saved_model.pb',
+    )
+    export.add_argument(
+        flag(keys.REQUIRE_BLESSING_KEY),
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help='refuse to export without a blessing (default); --no-require-blessing allows it',
+    )
+    export.add_argument(
+        flag(keys.COPY_METHOD_KEY),
+        choices=COPY_METHODS,
+        default=COPY_AUTO,
+        help='auto: reflink where possible, else copy; hardlink: link the (immutable) source files',
+    )
+    export.add_argument(
+        flag(keys.SMOKE_TEST_KEY),
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help='load the staged export and call its signature before publishing (default; '
+        'imports TensorFlow); --no-smoke-test skips it',
+    )
+    export.add_argument(flag(keys.SIGNATURE_NAME_KEY), default='serving_default')
+    export.add_argument(flag(keys.EXAMPLES_SPLIT_KEY), default='eval')
+    export.add_argument(
+        flag(keys.PARITY_SAMPLE_SIZE_KEY),
+        type=int,
+        default=100,
+        metavar='N',
+        help='with --examples and a re-export, compare N predictions with the source (0: off)',
+    )
+    export.add_argument(flag(keys.PARITY_TOLERANCE_KEY), type=float, default=1e-5, metavar='TOL')
+    export.add_argument(
+        flag(keys.WARMUP_REQUESTS_KEY),
+        type=int,
+        default=0,
+        metavar='N',
+        help='write N (<= 1000) warmup requests from --examples to assets.extra/',
+    )
+    export.add_argument(
+        flag(keys.EXPORTS_TO_KEEP_KEY),
+        type=int,
+        default=0,
+        metavar='N',
+        help='after publishing, keep only the N newest versions (never labelled ones; 0: all)',
+    )
+    export.add_argument(
+        flag(keys.LABEL_KEY), default='', help='point this version label at the new version'
+    )
+    export.add_argument(
+        flag(keys.PARANOID_VERIFY_KEY),
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help='before publishing, read every staged byte back (from disk) and check it '
+        'against the manifest; off by default: the copy hashed every byte it wrote',
+    )
+    export.add_argument(
+        '--beam-pipeline-args',
+        metavar='ARGS',
+        type=shlex.split,
+        default=[],
+        help='copy with an Apache Beam pipeline with these options, e.g. '
+        '"--runner=DirectRunner --direct_running_mode=multi_processing"',
+    )
+    export.add_argument(
+        '--idempotency-key',
+        metavar='KEY',
+        help='identifies this export job: a re-run with the same key that finds its own '
+        'complete export reports it instead of publishing another version',
+    )
+    export.add_argument('--workers', type=int, default=None, help='copy threads')
+    export.add_argument('--json', action='store_true', help='print the result as one JSON object')
+    export.set_defaults(func=_export)
+
+    verify = commands.add_parser('verify', help='check an export against its manifest')
+    verify.add_argument('export_dir', metavar='EXPORT_DIR')
+    verify.add_argument('--json', action='store_true')
+    verify.set_defaults(func=_verify)
+
+    label = commands.add_parser(
+        'label', help='point a TensorFlow Serving version label at a version (models.config)'
+    )
+    label.add_argument('model_base', metavar='BASE/NAME')
+    label.add_argument('version', type=int, metavar='VERSION')
+    label.add_argument('label', metavar='LABEL', help='e.g. stable or canary')
+    label.add_argument(
+        '--force',
+        action='store_true',
+        help='move the label even to a version the server was not yet asked to load',
+    )
+    label.add_argument('--json', action='store_true')
+    label.set_defaults(func=_label)
+
+    rollback = commands.add_parser(
+        'rollback', help='move a label (default: stable) to the previous verified version'
+    )
+    rollback.add_argument('model_base', metavar='BASE/NAME')
+    rollback.add_argument('--label', default='stable')
+    rollback.add_argument('--force', action='store_true')
+    rollback.add_argument('--json', action='store_true')
+    rollback.set_defaults(func=_rollback)
+
+    listing = commands.add_parser('list', help='list the versions under BASE/NAME, newest first')
+    listing.add_argument('model_base', metavar='BASE/NAME')
+    listing.add_argument('--json', action='store_true')
+    listing.set_defaults(func=_list)
+    return parser
+
+
+def _export(args: argparse.Namespace) -> int:
+    # Every ExportConfig field has the flag of the same name (test_cli checks it).
+    params = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExportConfig)}
+    params[keys.ASSETS_EXTRA_KEY] = _assets_extra_dict(args.assets_extra)
+    config = ExportConfig(**params)
+    blessings = [
+        blessing_from_folder(kind, path)
+        for kind, path in (
+            (keys.MODEL_BLESSING_KEY, args.model_blessing),
+            (keys.INFRA_BLESSING_KEY, args.infra_blessing),
+        )
+        if path
+    ]
+    extra: dict[str, Any] = {}
+    if args.model_evaluation:
+        from final_exporter.core.evaluation import overall_metrics
+
+        extra[keys.MODEL_EVALUATION_URI_KEY] = args.model_evaluation
+        extra[keys.EVAL_RESULT_KEY] = overall_metrics(args.model_evaluation)
+    request = ExportRequest(
+        config=config,
+        model_uri=args.model,
+        blessings=blessings,
+        extra_lineage=extra,
+        beam_pipeline_args=args.beam_pipeline_args,
+        examples_uri=args.examples,
+        idempotency_key=args.idempotency_key,
+    )
+    result = run_export(
+        request, report_progress=lambda line: print(line, file=sys.stderr), workers=args.workers
+    )
+    if args.json:
+        print(json.dumps(result.summary(), sort_keys=True))
+    else:
+        print(_describe(result))
+    return EXIT_OK
+
+
+def _assets_extra_dict(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for dest, src in pairs:
+        if dest in result:
+            raise InvalidInputError(f'{flag(keys.ASSETS_EXTRA_KEY)} names {dest!r} twice')
+        result[dest] = src
+    return result
+
+
+def _describe(result: ExportResult) -> str:
+    if not result.pushed:
+        return f'not exported: {result.reason}'
+    return (
+        f'exported version {result.version} to {result.export_dir} '
+        f'({result.file_count} files, {human_bytes(result.total_bytes)}, '
+        f'manifest sha256 {result.manifest_sha256})'
+    )
+
+
+def _verify(args: argparse.Namespace) -> int:
+    report = verify_export(args.export_dir)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    'ok': report.ok,
+                    'export_dir': report.export_dir,
+                    'manifest_sha256': report.manifest_sha256,
+                    'missing': report.missing,
+                    'extra': report.extra,
+                    'changed': report.changed,
+                    'files_checked': report.files_checked,
+                },
+                sort_keys=True,
+            )
+        )
+    elif report.ok:
+        print(
+            f'ok: {report.files_checked} files, {human_bytes(report.bytes_checked)} match '
+            f'the manifest (sha256 {report.manifest_sha256})'
+        )
+    else:
+        print(f'{report.export_dir} does not match its manifest:')
+        for line in report.problems():
+            print(f'  {line}')
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _label(args: argparse.Namespace) -> int:
+    from final_exporter.lifecycle import model_config
+
+    result = model_config.set_label(args.model_base, args.version, args.label, force=args.force)
+    return _print_label(result, args.json)
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from final_exporter.lifecycle import model_config
+
+    result = model_config.rollback(args.model_base, args.label, force=args.force)
+    return _print_label(result, args.json)
+
+
+def _print_label(result, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(result.to_lineage()[keys.LABELS_LINEAGE_KEY], sort_keys=True))
+    elif result.applied:
+        print(
+            f'{result.label} -> {result.version} (was {result.previous_version}) '
+            f'in {result.config_path}'
+        )
+    else:
+        print(
+            f'{result.label} stays at {result.previous_version}: version {result.version} was '
+            f'added to the versions the server loads ({result.config_path}); run the command '
+            'again once the server has loaded it, or pass --force'
+        )
+    return EXIT_OK
+
+
+def _list(args: argparse.Namespace) -> int:
+    remote = is_object_store_uri(args.model_base)
+    if not remote and not os.path.isdir(args.model_base):
+        raise InvalidInputError(f'{args.model_base!r} is not a folder')
+    rows = []
+    for version in reversed(list_versions(args.model_base)):
+        export_dir = f'{args.model_base.rstrip("/")}/{version}'
+        try:
+            manifest, digest = read_manifest(export_dir)
+        except FinalExporterError as e:
+            rows.append({'version': version, 'export_dir': export_dir, 'error': str(e)})
+            continue
+        rows.append(
+            {
+                'version': version,
+                'export_dir': export_dir,
+                'manifest_sha256': digest,
+                'file_count': manifest.get('file_count'),
+                'total_bytes': manifest.get('total_bytes'),
+                'lineage': manifest.get('lineage', {}),
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, sort_keys=True))
+        return EXIT_OK
+    if not rows:
+        print(f'no versions under {args.model_base}')
+    for row in rows:
+        if 'error' in row:
+            print(f'{row["version"]}  (no manifest: {row["error"]})')
+            continue
+        lin = row['lineage']
+        print(
+            f'{row["version"]}  {lin.get(keys.EXPORTED_AT_KEY, "?")}  '
+            f'{human_bytes(row["total_bytes"] or 0)}  {row["file_count"]} files  '
+            f'from {lin.get(keys.SOURCE_MODEL_URI_KEY, "?")}'
+            + (
+                f'  run {lin[keys.PIPELINE_RUN_ID_KEY]}'
+                if lin.get(keys.PIPELINE_RUN_ID_KEY)
+                else ''
+            )
+        )
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI; returns the exit code (0 ok or not blessed, 1 failed, 2 bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        stream=sys.stderr,
+        format='%(levelname)s %(name)s: %(message)s',
+    )
+    try:
+        return args.func(args)
+    except InvalidInputError as e:
+        print(f'{parser.prog}: error: {e}', file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (FinalExporterError, OSError) as e:
+        print(f'{parser.prog}: failed: {e}', file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The TFX component: spec, component class and executor."""

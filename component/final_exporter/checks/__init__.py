@@ -1,0 +1,1 @@
+"""The serving checks: SavedModel inspection, smoke test, prediction parity, warmup."""

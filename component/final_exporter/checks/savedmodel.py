@@ -1,0 +1,282 @@
+"""Finds and checks a SavedModel without importing TensorFlow.
+
+Importing TensorFlow costs seconds of start-up, and the plain-copy export needs
+none of it. This module resolves the SavedModel folder inside a TFX `Model`
+artifact (both layouts TFX produces) and checks the SavedModel's structure:
+the graph file is present and parses as a `SavedModel` protocol buffer (read at
+the wire level, which also catches truncation), and the variables checkpoint
+has its index and every data shard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import mmap
+import os
+import re
+
+from final_exporter.common import keys
+from final_exporter.common.errors import InvalidInputError
+
+# Folder names inside a TFX Model artifact (tfx/utils/path_constants.py and the
+# pre-0.21 name kept by tfx/utils/path_utils.py).
+SERVING_MODEL_DIRS = ('Format-Serving', 'serving_model_dir')
+ESTIMATOR_EXPORT_DIR = 'export'
+
+_VARIABLES_DIR = 'variables'
+_VARIABLES_INDEX = 'variables.index'
+_SHARD_RE = re.compile(r'^variables\.data-(\d{5})-of-(\d{5})$')
+_PBTXT_SIGNATURE_RE = re.compile(r'^\s*signature_def\s*\{\s*key:\s*"((?:[^"\\]|\\.)*)"', re.M)
+_PBTXT_TAG_RE = re.compile(r'^\s{2,4}tags:\s*"((?:[^"\\]|\\.)*)"', re.M)
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedModelInfo:
+    """What the structure check found.
+
+    Attributes:
+        path: The SavedModel folder.
+        graph_file: `saved_model.pb` or `saved_model.pbtxt`.
+        tags: Tags of the meta graphs, e.g. ['serve'].
+        signature_names: Signature keys of all meta graphs, sorted, without the
+            internal ones (`__saved_model_init_op`).
+    """
+
+    path: str
+    graph_file: str
+    tags: tuple[str, ...]
+    signature_names: tuple[str, ...]
+
+    @property
+    def export_format(self) -> str:
+        return 'pbtxt' if self.graph_file == keys.SAVED_MODEL_PBTXT else 'pb'
+
+
+def is_saved_model_dir(path: str) -> bool:
+    return any(
+        os.path.isfile(os.path.join(path, f)) for f in (keys.SAVED_MODEL_PB, keys.SAVED_MODEL_PBTXT)
+    )
+
+
+def resolve_saved_model_dir(path: str) -> str:
+    """Returns the SavedModel folder for a Model artifact folder or a SavedModel.
+
+    Accepts, like `tfx.utils.path_utils.serving_model_path`:
+      * a SavedModel folder itself;
+      * `<uri>/Format-Serving/` (TFX >= 0.21 layout) or `<uri>/serving_model_dir/`;
+      * the Estimator layout `<uri>/Format-Serving/export/<name>/<timestamp>/`, where
+        the newest numeric timestamp wins.
+
+    Raises:
+        InvalidInputError: naming the path and what is missing.
+    """
+    if path.startswith(('gs://', 's3://')):
+        raise InvalidInputError(
+            f'model path {path!r} is on an object store; reading the model from gs:// or s3:// '
+            'is not supported yet: export from a local or FUSE-mounted path (e.g. /gcs/...)'
+        )
+    if not os.path.isdir(path):
+        raise InvalidInputError(f'model path {path!r} does not exist or is not a folder')
+    if is_saved_model_dir(path):
+        return path
+    for name in SERVING_MODEL_DIRS:
+        serving_dir = os.path.join(path, name)
+        if os.path.isdir(serving_dir):
+            export_dir = os.path.join(serving_dir, ESTIMATOR_EXPORT_DIR)
+            if not is_saved_model_dir(serving_dir) and os.path.isdir(export_dir):
+                return _newest_estimator_export(export_dir)
+            return serving_dir
+    raise InvalidInputError(
+        f'model path {path!r} holds no SavedModel: expected {keys.SAVED_MODEL_PB} (or '
+        f'{keys.SAVED_MODEL_PBTXT}) in it or in its {SERVING_MODEL_DIRS[0]}/ subfolder, found '
+        f'{_listing(path)}'
+    )
+
+
+def _newest_estimator_export(export_dir: str) -> str:
+    names = [
+        n for n in sorted(os.listdir(export_dir)) if os.path.isdir(os.path.join(export_dir, n))
+    ]
+    if len(names) != 1:
+        raise InvalidInputError(
+            f'Estimator export folder {export_dir!r} must hold exactly one exporter folder, '
+            f'found {names or "none"}'
+        )
+    exporter_dir = os.path.join(export_dir, names[0])
+    stamps = [n for n in os.listdir(exporter_dir) if n.isdigit()]
+    if not stamps:
+        raise InvalidInputError(
+            f'Estimator exporter folder {exporter_dir!r} holds no numeric timestamp folder'
+        )
+    return os.path.join(exporter_dir, max(stamps, key=int))
+
+
+def inspect_saved_model(path: str) -> SavedModelInfo:
+    """Checks the SavedModel structure in `path` and returns what it holds.
+
+    Raises:
+        InvalidInputError: naming the file that is missing, truncated or corrupt.
+    """
+    pb = os.path.join(path, keys.SAVED_MODEL_PB)
+    pbtxt = os.path.join(path, keys.SAVED_MODEL_PBTXT)
+    if os.path.isfile(pb):
+        graph_file = keys.SAVED_MODEL_PB
+        tags, signatures = _parse_saved_model_pb(pb)
+    elif os.path.isfile(pbtxt):
+        graph_file = keys.SAVED_MODEL_PBTXT
+        tags, signatures = _parse_saved_model_pbtxt(pbtxt)
+    else:
+        raise InvalidInputError(
+            f'{path!r} is not a SavedModel: {keys.SAVED_MODEL_PB} is missing (found {_listing(path)})'
+        )
+    _check_variables(path)
+    return SavedModelInfo(
+        path=path,
+        graph_file=graph_file,
+        tags=tuple(sorted(set(tags))),
+        signature_names=tuple(sorted({s for s in signatures if not s.startswith('__')})),
+    )
+
+
+def _listing(path: str, limit: int = 8) -> str:
+    try:
+        names = sorted(os.listdir(path))
+    except OSError as e:
+        return f'an unreadable folder ({e.strerror})'
+    if not names:
+        return 'an empty folder'
+    shown = ', '.join(names[:limit])
+    return f'{shown}, ... ({len(names)} entries)' if len(names) > limit else shown
+
+
+def _check_variables(path: str) -> None:
+    var_dir = os.path.join(path, _VARIABLES_DIR)
+    if not os.path.isdir(var_dir):
+        return  # A SavedModel without variables (constants only) is valid.
+    names = set(os.listdir(var_dir))
+    shards = [m for m in map(_SHARD_RE.match, names) if m]
+    if not shards and _VARIABLES_INDEX not in names:
+        return  # TF writes an empty variables/ folder for variable-free models.
+    if _VARIABLES_INDEX not in names:
+        raise InvalidInputError(
+            f'SavedModel {path!r} is incomplete: {_VARIABLES_DIR}/{_VARIABLES_INDEX} is missing'
+        )
+    if not shards:
+        raise InvalidInputError(
+            f'SavedModel {path!r} is incomplete: {_VARIABLES_DIR}/ has {_VARIABLES_INDEX} but '
+            'no variables.data-00000-of-NNNNN shard'
+        )
+    counts = {int(m.group(2)) for m in shards}
+    if len(counts) > 1:
+        raise InvalidInputError(
+            f'SavedModel {path!r} mixes variable shard sets: {sorted(m.group(0) for m in shards)}'
+        )
+    total = counts.pop()
+    present = {int(m.group(1)) for m in shards}
+    missing = [f'variables.data-{i:05d}-of-{total:05d}' for i in range(total) if i not in present]
+    if missing:
+        raise InvalidInputError(
+            f'SavedModel {path!r} is incomplete: {_VARIABLES_DIR}/ is missing '
+            f'{", ".join(missing[:5])}'
+            + (f' and {len(missing) - 5} more' if len(missing) > 5 else '')
+        )
+
+
+# --- protobuf wire format -------------------------------------------------
+# SavedModel:   1 saved_model_schema_version (varint), 2 meta_graphs (MetaGraphDef)
+# MetaGraphDef: 1 meta_info_def (MetaInfoDef: 4 tags), 5 signature_def (map entry: 1 key)
+
+_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
+
+
+class _WireError(ValueError):
+    pass
+
+
+def _read_varint(buf: memoryview | bytes, pos: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= end:
+            raise _WireError('truncated varint')
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise _WireError('varint too long')
+
+
+def _fields(buf: memoryview | bytes, start: int, end: int):
+    """Yields (field_number, wire_type, value_start, value_end) of one message."""
+    pos = start
+    while pos < end:
+        tag, pos = _read_varint(buf, pos, end)
+        field, wire = tag >> 3, tag & 7
+        if field == 0:
+            raise _WireError('field number 0')
+        if wire == _VARINT:
+            value_start = pos
+            _, pos = _read_varint(buf, pos, end)
+        elif wire == _I64:
+            value_start, pos = pos, pos + 8
+        elif wire == _I32:
+            value_start, pos = pos, pos + 4
+        elif wire == _LEN:
+            length, value_start = _read_varint(buf, pos, end)
+            pos = value_start + length
+        else:
+            raise _WireError(f'unsupported wire type {wire}')
+        if pos > end:
+            raise _WireError('message truncated')
+        yield field, wire, value_start, pos
+
+
+def _parse_saved_model_pb(pb_path: str) -> tuple[list[str], list[str]]:
+    size = os.path.getsize(pb_path)
+    if size == 0:
+        raise InvalidInputError(f'{pb_path!r} is empty; the SavedModel is incomplete')
+    tags: list[str] = []
+    signatures: list[str] = []
+    meta_graphs = 0
+    with open(pb_path, 'rb') as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        buf = memoryview(mm)
+        try:
+            for field, wire, s, e in _fields(buf, 0, size):
+                if field == 2 and wire == _LEN:
+                    meta_graphs += 1
+                    _parse_meta_graph(buf, s, e, tags, signatures)
+        except (_WireError, UnicodeDecodeError) as err:
+            raise InvalidInputError(
+                f'{pb_path!r} is not a valid SavedModel protocol buffer ({err}); '
+                'the file is truncated or corrupt'
+            ) from None
+        finally:
+            buf.release()
+    if meta_graphs == 0:
+        raise InvalidInputError(f'{pb_path!r} holds no meta graph; it is not a SavedModel')
+    return tags, signatures
+
+
+def _parse_meta_graph(buf, start: int, end: int, tags: list[str], signatures: list[str]) -> None:
+    for field, wire, s, e in _fields(buf, start, end):
+        if field == 1 and wire == _LEN:
+            for f2, w2, s2, e2 in _fields(buf, s, e):
+                if f2 == 4 and w2 == _LEN:
+                    tags.append(bytes(buf[s2:e2]).decode('utf-8'))
+        elif field == 5 and wire == _LEN:
+            for f2, w2, s2, e2 in _fields(buf, s, e):
+                if f2 == 1 and w2 == _LEN:
+                    signatures.append(bytes(buf[s2:e2]).decode('utf-8'))
+
+
+def _parse_saved_model_pbtxt(pbtxt_path: str) -> tuple[list[str], list[str]]:
+    try:
+        with open(pbtxt_path, encoding='utf-8') as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise InvalidInputError(f'{pbtxt_path!r} is not a text protocol buffer') from None
+    if 'meta_graphs' not in text:
+        raise InvalidInputError(f'{pbtxt_path!r} holds no meta graph; it is not a SavedModel')
+    return _PBTXT_TAG_RE.findall(text), _PBTXT_SIGNATURE_RE.findall(text)

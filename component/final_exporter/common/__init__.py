@@ -1,0 +1,1 @@
+"""Pieces every layer shares: names, errors, progress, libc and filesystem primitives."""

@@ -1,0 +1,96 @@
+"""Names shared by the spec, the executor, the CLI and the export core.
+
+This module imports nothing heavy, so the CLI and the core can use the same
+names as the TFX component without importing TFX.
+"""
+
+# Input keys.
+MODEL_KEY = 'model'
+MODEL_BLESSING_KEY = 'model_blessing'
+INFRA_BLESSING_KEY = 'infra_blessing'
+MODEL_EVALUATION_KEY = 'model_evaluation'
+EXAMPLES_KEY = 'examples'
+
+# Output keys.
+PUSHED_MODEL_KEY = 'pushed_model'
+
+# Execution parameter keys. Every one has a CLI flag of the same name in
+# kebab-case (tests/test_cli.py checks it).
+NAME_KEY = 'name'
+EXPORT_BASE_KEY = 'export_base'
+SERVING_FN_KEY = 'serving_fn'
+ASSETS_EXTRA_KEY = 'assets_extra'
+AS_TEXT_KEY = 'as_text'
+REQUIRE_BLESSING_KEY = 'require_blessing'
+COPY_METHOD_KEY = 'copy_method'
+SMOKE_TEST_KEY = 'smoke_test'
+SIGNATURE_NAME_KEY = 'signature_name'
+EXAMPLES_SPLIT_KEY = 'examples_split'
+PARITY_SAMPLE_SIZE_KEY = 'parity_sample_size'
+PARITY_TOLERANCE_KEY = 'parity_tolerance'
+WARMUP_REQUESTS_KEY = 'warmup_requests'
+EXPORTS_TO_KEEP_KEY = 'exports_to_keep'
+LABEL_KEY = 'label'
+PARANOID_VERIFY_KEY = 'paranoid_verify'
+
+# PushedModel custom properties. The first three are the TFX Pusher's, so tools
+# that read Pusher output keep working.
+PUSHED_KEY = 'pushed'
+PUSHED_DESTINATION_KEY = 'pushed_destination'
+PUSHED_VERSION_KEY = 'pushed_version'
+NOT_PUSHED_REASON_KEY = 'not_pushed_reason'
+MANIFEST_SHA256_KEY = 'manifest_sha256'
+TOTAL_BYTES_KEY = 'total_bytes'
+FILE_COUNT_KEY = 'file_count'
+
+# Lineage keys: in the manifest's `lineage` object and, flattened, in the
+# PushedModel custom properties (lists and dicts as JSON strings).
+EXPORT_NAME_KEY = 'export_name'
+EXPORT_FORMAT_KEY = 'export_format'
+SIGNATURE_NAMES_KEY = 'signature_names'
+ASSETS_EXTRA_FILES_KEY = 'assets_extra_files'
+SOURCE_MODEL_URI_KEY = 'source_model_uri'
+SOURCE_MODEL_ID_KEY = 'source_model_id'
+SOURCE_SAVED_MODEL_DIR_KEY = 'source_saved_model_dir'
+MODEL_BLESSING_URI_KEY = 'model_blessing_uri'
+MODEL_BLESSING_ID_KEY = 'model_blessing_id'
+INFRA_BLESSING_URI_KEY = 'infra_blessing_uri'
+INFRA_BLESSING_ID_KEY = 'infra_blessing_id'
+MODEL_EVALUATION_URI_KEY = 'model_evaluation_uri'
+MODEL_EVALUATION_ID_KEY = 'model_evaluation_id'
+EVAL_RESULT_KEY = 'eval_result'
+SERVING_FN_LINEAGE_KEY = 'serving_fn'
+EXPORTER_VERSION_KEY = 'exporter_version'
+PIPELINE_NAME_KEY = 'pipeline_name'
+PIPELINE_RUN_ID_KEY = 'pipeline_run_id'
+EXPORTED_AT_KEY = 'exported_at'
+EXAMPLES_URI_KEY = 'examples_uri'
+IDEMPOTENCY_KEY_KEY = 'idempotency_key'
+SMOKE_TEST_LINEAGE_KEY = 'smoke_test'
+PARITY_LINEAGE_KEY = 'prediction_parity'
+WARMUP_LINEAGE_KEY = 'warmup_requests'
+# Recorded after publish (on the PushedModel and in the report, not in the sealed manifest).
+LABELS_LINEAGE_KEY = 'version_labels'
+RETENTION_LINEAGE_KEY = 'retention'
+POST_PUBLISH_ERROR_KEY = 'post_publish_error'
+
+# Properties the TFX Evaluator and InfraValidator set on their blessings.
+BLESSED_PROPERTY = 'blessed'
+CURRENT_MODEL_PROPERTY = 'current_model'
+CURRENT_MODEL_ID_PROPERTY = 'current_model_id'
+
+# Files and folders.
+ASSETS_EXTRA_DIR = 'assets.extra'
+MANIFEST_FILENAME = 'export_manifest.json'
+MANIFEST_RELPATH = f'{ASSETS_EXTRA_DIR}/{MANIFEST_FILENAME}'
+LINEAGE_FILENAME = 'lineage.json'
+REPORT_FILENAME = 'report.md'
+SAVED_MODEL_PB = 'saved_model.pb'
+SAVED_MODEL_PBTXT = 'saved_model.pbtxt'
+# TensorFlow Serving reads warmup requests from this file at load.
+WARMUP_FILENAME = 'tf_serving_warmup_requests'
+WARMUP_RELPATH = f'{ASSETS_EXTRA_DIR}/{WARMUP_FILENAME}'
+
+# TensorFlow Serving version labels (as lifecycle/model_config.py writes them): they
+# travel in REST paths (/v1/models/<name>/labels/<label>) and gRPC fields.
+LABEL_PATTERN = r'[A-Za-z][A-Za-z0-9_.-]{0,62}'

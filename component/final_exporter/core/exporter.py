@@ -1,0 +1,662 @@
+"""The export itself, with no TFX types: check, gate, stage, verify, publish.
+
+Used by the TFX executor, the CLI and (later) the Kubeflow-native component, so
+all of them export the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from final_exporter.checks.savedmodel import (
+    SavedModelInfo,
+    inspect_saved_model,
+    resolve_saved_model_dir,
+)
+from final_exporter.common import keys
+from final_exporter.common.errors import FinalExporterError, IntegrityError, InvalidInputError
+from final_exporter.common.fs import flush_tree
+from final_exporter.common.keys import WARMUP_FILENAME, WARMUP_RELPATH
+from final_exporter.common.progress import Progress
+from final_exporter.core import lineage
+from final_exporter.core.blessing import Blessing, check_blessings
+from final_exporter.core.config import ExportConfig
+from final_exporter.storage import local as publish
+from final_exporter.storage import objectstore
+from final_exporter.storage import remote as remote_publish
+from final_exporter.storage.manifest import (
+    FileEntry,
+    build_manifest,
+    read_manifest,
+    verify_export,
+    write_manifest,
+)
+from final_exporter.storage.objectstore import is_object_store_uri
+from final_exporter.storage.stores import store_for
+from final_exporter.storage.transfer import (
+    CHUNK_BYTES,
+    CopyItem,
+    copy_and_hash,
+    hash_tree,
+    plan_tree,
+)
+
+logger = logging.getLogger(__name__)
+
+# Rows fed to the smoke test: enough to show the batch dimension, quick to run.
+_SMOKE_EXAMPLES = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportRequest:
+    """What to export and what is known about it.
+
+    Attributes:
+        config: The export parameters.
+        model_uri: A TFX Model artifact folder (either layout) or a SavedModel folder.
+        model_id: MLMD id of the Model artifact, if known.
+        blessings: The wired blessings.
+        extra_lineage: Lineage only the caller knows: evaluation metrics, pipeline
+            name and run id.
+        beam_pipeline_args: When they name a runner (`--runner=...`) or direct-runner
+            parallelism, the copy (and the parity check) fan out as Apache Beam
+            pipelines with these options instead of a thread pool.
+        examples_uri: A TFX Examples artifact folder: real inputs for the smoke
+            test, parity and warmup requests.
+        idempotency_key: Identifies the execution (pipeline, run, node). A retry
+            with the same key that finds its own complete export reports it
+            instead of publishing a second version.
+    """
+
+    config: ExportConfig
+    model_uri: str
+    model_id: str | None = None
+    blessings: Sequence[Blessing] = ()
+    extra_lineage: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    beam_pipeline_args: Sequence[str] = ()
+    examples_uri: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """The outcome of an export; `pushed` False means gated, not failed."""
+
+    pushed: bool
+    reason: str
+    model_base: str
+    lineage: Mapping[str, Any]
+    version: int | None = None
+    export_dir: str | None = None
+    manifest: Mapping[str, Any] | None = None
+    manifest_sha256: str | None = None
+
+    @property
+    def total_bytes(self) -> int:
+        return self.manifest['total_bytes'] if self.manifest else 0
+
+    @property
+    def file_count(self) -> int:
+        return self.manifest['file_count'] if self.manifest else 0
+
+    def summary(self) -> dict[str, Any]:
+        """The outcome as the CLI's `--json` prints it."""
+        return {
+            'pushed': self.pushed,
+            'version': self.version,
+            'export_dir': self.export_dir,
+            'manifest_sha256': self.manifest_sha256,
+            'not_pushed_reason': None if self.pushed else self.reason,
+            'reason': self.reason,
+            'model_base': self.model_base,
+            'total_bytes': self.total_bytes,
+            'file_count': self.file_count,
+            'lineage': dict(self.lineage),
+        }
+
+    def properties(self) -> dict[str, int | float | str]:
+        """PushedModel custom properties: the Pusher's keys, then the lineage."""
+        props = lineage.to_properties(self.lineage)
+        props[keys.PUSHED_KEY] = int(self.pushed)
+        if self.pushed:
+            props[keys.PUSHED_DESTINATION_KEY] = self.export_dir
+            props[keys.PUSHED_VERSION_KEY] = str(self.version)
+            props[keys.MANIFEST_SHA256_KEY] = self.manifest_sha256
+            props[keys.TOTAL_BYTES_KEY] = self.total_bytes
+            props[keys.FILE_COUNT_KEY] = self.file_count
+        else:
+            props[keys.NOT_PUSHED_REASON_KEY] = self.reason
+        return props
+
+
+def run_export(
+    request: ExportRequest,
+    *,
+    report_progress: Callable[[str], None] | None = None,
+    workers: int | None = None,
+    clock: Callable[[], float] = time.time,
+) -> ExportResult:
+    """Checks the inputs, gates on the blessings, and exports atomically.
+
+    Everything the user can get wrong is checked before anything is written.
+    The export is built and verified in a staging folder under
+    `<export_base>/<name>/` and published with one rename; on any failure the
+    staging folder is removed and no version appears.
+
+    Args:
+        request: What to export.
+        report_progress: Called with one-line progress updates on long copies.
+        workers: Copy threads; a default sized for I/O when None.
+        clock: Time source for versions and the lineage timestamp.
+
+    Returns:
+        The ExportResult (pushed or gated).
+
+    Raises:
+        InvalidInputError: for bad input; nothing was written.
+        IntegrityError: if bytes changed under the copy; nothing was published.
+    """
+    config = request.config
+    source_dir = resolve_saved_model_dir(request.model_uri)
+    source = inspect_saved_model(source_dir)
+    assets = _check_assets_extra_sources(config.assets_extra)
+    items = _plan_copy(source, config, assets)
+    _check_serving_inputs(config, request, items)
+    decision = check_blessings(
+        request.blessings,
+        model_id=request.model_id,
+        model_uri=request.model_uri,
+        require_blessing=config.require_blessing,
+    )
+    logger.info('Gate: %s.', decision.reason)
+
+    def make_lineage(
+        signatures: Sequence[str], files: Mapping[str, FileEntry], checks: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        return lineage.build_lineage(
+            name=config.name,
+            export_format='pbtxt' if config.as_text else 'pb',
+            signature_names=signatures,
+            assets_extra_files=sorted(
+                p.removeprefix(keys.ASSETS_EXTRA_DIR + '/')
+                for p in files
+                if p.startswith(keys.ASSETS_EXTRA_DIR + '/')
+            ),
+            source_model_uri=request.model_uri,
+            source_model_id=request.model_id,
+            source_saved_model_dir=source_dir,
+            blessings=request.blessings,
+            serving_fn=config.serving_fn,
+            extra={
+                **request.extra_lineage,
+                keys.EXAMPLES_URI_KEY: request.examples_uri,
+                keys.IDEMPOTENCY_KEY_KEY: request.idempotency_key,
+                **checks,
+            },
+            clock=clock,
+        )
+
+    if not decision.export:
+        planned = {i.dest: FileEntry(i.dest, i.size, '') for i in items}
+        return ExportResult(
+            pushed=False,
+            reason=decision.reason,
+            model_base=config.model_base,
+            lineage=make_lineage(source.signature_names, planned, {}),
+        )
+
+    _remove_abandoned_staging(config.model_base)
+    if request.idempotency_key:
+        previous = _previous_export(config.model_base, request.idempotency_key)
+        if previous is not None:
+            return previous
+    export = _export_to_object_store if is_object_store_uri(config.model_base) else _export_local
+    with contextlib.ExitStack() as cleanup:
+        if any(is_object_store_uri(i.src) for i in items):
+            downloads = cleanup.enter_context(
+                tempfile.TemporaryDirectory(prefix='final-exporter-assets-')
+            )
+            items = [_local_copy_of(i, downloads) for i in items]
+        version, export_dir, manifest, digest = export(
+            request, source, items, make_lineage, report_progress, workers, clock
+        )
+    after = _after_publish(config, version)
+    logger.info(
+        'Exported %s files (%s bytes) to %s (manifest sha256 %s).',
+        manifest['file_count'],
+        manifest['total_bytes'],
+        export_dir,
+        digest,
+    )
+    return ExportResult(
+        pushed=True,
+        reason=decision.reason,
+        model_base=config.model_base,
+        lineage={**manifest['lineage'], **after},
+        version=version,
+        export_dir=export_dir,
+        manifest=manifest,
+        manifest_sha256=digest,
+    )
+
+
+LineageFn = Callable[[Sequence[str], Mapping[str, FileEntry], Mapping[str, Any]], dict[str, Any]]
+Outcome = tuple[int, str, dict[str, Any], str]
+
+
+def _export_local(
+    request: ExportRequest,
+    source: SavedModelInfo,
+    items: list[CopyItem],
+    make_lineage: LineageFn,
+    report_progress: Callable[[str], None] | None,
+    workers: int | None,
+    clock: Callable[[], float],
+) -> Outcome:
+    """Stage in a hidden folder beside the versions, verify, publish with one rename."""
+    config = request.config
+    staging = publish.make_staging_dir(config.model_base)
+    try:
+        copy = _copier(request, report_progress, workers, total=items)
+        files, signatures = _build(staging, source, config, items, copy)
+        warmup = os.path.join(staging, *WARMUP_RELPATH.split('/'))
+        checks = _serving_checks(staging, source.path, config, request, warmup)
+        if os.path.exists(warmup) and WARMUP_RELPATH not in files:
+            files.update(hash_tree(staging, skip=files))
+        manifest = build_manifest(files.values(), make_lineage(signatures, files, checks))
+        digest = write_manifest(staging, manifest)
+        check = verify_export(staging, manifest, rehash=False, known=files)
+        if not check.ok:
+            raise IntegrityError(
+                f'staged export {staging!r} does not match its manifest: {"; ".join(check.problems())}'
+            )
+        if config.paranoid_verify:
+            reread_staging(staging, manifest)
+        version, export_dir = publish.publish(staging, config.model_base, clock)
+    except BaseException:
+        publish.remove_staging_dir(staging)
+        raise
+    return version, export_dir, manifest, digest
+
+
+def _export_to_object_store(
+    request: ExportRequest,
+    source: SavedModelInfo,
+    items: list[CopyItem],
+    make_lineage: LineageFn,
+    report_progress: Callable[[str], None] | None,
+    workers: int | None,
+    clock: Callable[[], float],
+) -> Outcome:
+    """Claim, upload to a hidden prefix, verify, publish by server-side copy (remote_publish)."""
+    config = request.config
+    store = store_for(config.model_base)
+    staging = remote_publish.new_staging_uri(config.model_base)
+    local_build = tempfile.mkdtemp(prefix='final-exporter-build-')
+    try:
+        signatures = source.signature_names
+        checked_dir = source.path
+        if config.serving_fn or config.as_text:
+            # TensorFlow writes locally; the result is then uploaded like a source model.
+            copy = _copier(request, report_progress, workers, total=items)
+            _, signatures = _build(local_build, source, config, items, copy)
+            items = plan_tree(local_build)
+            checked_dir = local_build
+        # The uploads are hash-verified, so checking the local bytes checks the export.
+        warmup = os.path.join(local_build, '.warmup', WARMUP_FILENAME)
+        os.makedirs(os.path.dirname(warmup), exist_ok=True)
+        checks = _serving_checks(checked_dir, source.path, config, request, warmup)
+        if os.path.exists(warmup):
+            items = [*items, CopyItem(warmup, WARMUP_RELPATH, os.path.getsize(warmup))]
+        progress = Progress(sum(i.size for i in items), len(items), report=report_progress)
+        uploaded = remote_publish.upload_items(
+            store, items, staging, workers=workers, progress=progress
+        )
+        files = {path: entry for path, (entry, _) in uploaded.items()}
+        manifest = build_manifest(files.values(), make_lineage(signatures, files, checks))
+        digest, manifest_upload = remote_publish.upload_manifest(store, staging, manifest)
+        expected = {path: up for path, (_, up) in uploaded.items()}
+        expected[keys.MANIFEST_RELPATH] = manifest_upload
+        remote_publish.verify_staging(store, staging, expected)
+        if config.paranoid_verify:
+            reread_staging(staging, manifest)
+        version = remote_publish.claim_version(store, config.model_base, staging, clock)
+        export_dir = objectstore.join(config.model_base, str(version))
+        try:
+            remote_publish.publish_copies(store, staging, export_dir, sorted(expected), workers)
+        finally:
+            # Published, or failed with its copies removed: the claim has done its job.
+            remote_publish.release_claim(store, config.model_base, version)
+    finally:
+        remote_publish.remove_prefix(store, staging)
+        shutil.rmtree(local_build, ignore_errors=True)
+    return version, export_dir, manifest, digest
+
+
+def reread_staging(staging: str, manifest: Mapping[str, Any]) -> None:
+    """The paranoid verify: reads every staged byte back and checks it against the manifest.
+
+    A local staging folder is flushed and dropped from the page cache first, so
+    the bytes come back from the disk rather than from the memory they were
+    written from; a bucket's are downloaded.
+
+    Raises:
+        IntegrityError: naming the files that differ; nothing was published.
+    """
+    if not is_object_store_uri(staging):
+        flush_tree(staging, drop_cache=True)
+    check = verify_export(staging, manifest, rehash=True)
+    if not check.ok:
+        raise IntegrityError(
+            f'paranoid verify: staged export {staging!r} read back differs from its manifest: '
+            f'{"; ".join(check.problems())}'
+        )
+    logger.info(
+        'Paranoid verify: read back %s files (%s bytes) of %s; all match the manifest.',
+        check.files_checked,
+        check.bytes_checked,
+        staging,
+    )
+
+
+def _check_assets_extra_sources(assets_extra: Mapping[str, str]) -> list[CopyItem]:
+    items = []
+    for dest, src in assets_extra.items():
+        if is_object_store_uri(src):
+            info = store_for(src).stat(src)
+            if info is None:
+                raise InvalidInputError(
+                    f'assets_extra source for {dest!r} is missing: {src!r}; expected an object'
+                )
+            items.append(CopyItem(src=src, dest=f'{keys.ASSETS_EXTRA_DIR}/{dest}', size=info.size))
+            continue
+        if not os.path.isfile(src):
+            what = 'a folder' if os.path.isdir(src) else 'missing'
+            raise InvalidInputError(
+                f'assets_extra source for {dest!r} is {what}: {src!r}; expected a readable file'
+            )
+        if not os.access(src, os.R_OK):
+            raise InvalidInputError(f'assets_extra source for {dest!r} is not readable: {src!r}')
+        items.append(
+            CopyItem(src=src, dest=f'{keys.ASSETS_EXTRA_DIR}/{dest}', size=os.path.getsize(src))
+        )
+    return items
+
+
+def _remove_abandoned_staging(model_base: str) -> None:
+    """Every blessed run first clears what dead exporters left (never a live one's)."""
+    if is_object_store_uri(model_base):
+        remote_publish.remove_abandoned_staging(store_for(model_base), model_base)
+    else:
+        publish.remove_abandoned_staging(model_base)
+
+
+# Retries come soon after the failed attempt; looking further back costs reads for nothing.
+_RETRY_LOOKBACK_VERSIONS = 20
+
+
+def _previous_export(model_base: str, idempotency_key: str) -> ExportResult | None:
+    """The complete export an earlier attempt of this execution published, if any."""
+    for version in reversed(publish.list_versions(model_base)[-_RETRY_LOOKBACK_VERSIONS:]):
+        export_dir = f'{model_base.rstrip("/")}/{version}'
+        try:
+            manifest, digest = read_manifest(export_dir)
+        except FinalExporterError:
+            continue
+        if manifest.get('lineage', {}).get(keys.IDEMPOTENCY_KEY_KEY) != idempotency_key:
+            continue
+        if not verify_export(export_dir, manifest, rehash=False).ok:
+            if is_object_store_uri(export_dir):
+                # This execution's earlier attempt died mid-publish (server-side copies
+                # cut short, so no saved_model.pb): remove it and export again.
+                logger.warning('Removing incomplete version %s of an earlier attempt.', export_dir)
+                store = store_for(export_dir)
+                store.delete(store.list(export_dir))
+            continue
+        logger.info(
+            'Execution %s already exported version %s; reporting it.', idempotency_key, version
+        )
+        return ExportResult(
+            pushed=True,
+            reason=f'already exported by this execution (retry of {idempotency_key})',
+            model_base=model_base,
+            lineage=manifest['lineage'],
+            version=version,
+            export_dir=export_dir,
+            manifest=manifest,
+            manifest_sha256=digest,
+        )
+    return None
+
+
+# Flags that ask Beam for a runner or for parallelism. TFX hands every Beam component
+# its dependency flags (and the KFP v2 entrypoint its leftover arguments), which alone
+# are no reason to start a Beam pipeline for a copy a thread pool does faster.
+_BEAM_RUNNER_FLAGS = ('--runner', '--direct_running_mode', '--direct_num_workers')
+
+
+def beam_requested(beam_pipeline_args: Sequence[str]) -> bool:
+    """True when the Beam args name a runner or direct-runner parallelism."""
+    return any(a.startswith(_BEAM_RUNNER_FLAGS) for a in beam_pipeline_args)
+
+
+def _check_serving_inputs(
+    config: ExportConfig, request: ExportRequest, items: list[CopyItem]
+) -> None:
+    """Refuses, before anything is written, serving options that cannot work together."""
+    if request.examples_uri and not os.path.isdir(request.examples_uri):
+        raise InvalidInputError(f'examples folder {request.examples_uri!r} does not exist')
+    if config.warmup_requests and not request.examples_uri:
+        raise InvalidInputError(
+            f'warmup_requests={config.warmup_requests} needs the examples input '
+            '(an Examples artifact) to build the requests from'
+        )
+    if config.warmup_requests and any(i.dest == WARMUP_RELPATH for i in items):
+        raise InvalidInputError(
+            f'warmup_requests={config.warmup_requests}, but the export already has '
+            f'{WARMUP_RELPATH} (from the model or assets_extra); set warmup_requests=0 to '
+            'keep (and validate) that file'
+        )
+
+
+def _serving_checks(
+    model_dir: str,
+    source_dir: str,
+    config: ExportConfig,
+    request: ExportRequest,
+    warmup_path: str,
+) -> dict[str, Any]:
+    """Smoke test, prediction parity and warmup requests; returns their lineage.
+
+    `model_dir` is the staged export (or the local bytes an object-store export
+    uploads). A warmup file is written to `warmup_path` when asked for.
+
+    Raises:
+        InvalidInputError: if the model does not load or answer, its predictions
+            differ from the source model's, or a supplied warmup file is invalid.
+    """
+    supplied = os.path.join(model_dir, *WARMUP_RELPATH.split('/'))
+    if not (config.smoke_test or request.examples_uri or os.path.exists(supplied)):
+        return {}
+    from final_exporter.checks import serving_check, warmup  # TensorFlow only when needed.
+
+    checks: dict[str, Any] = {}
+    examples = None
+    if request.examples_uri:
+        limit = max(config.parity_sample_size, config.warmup_requests, _SMOKE_EXAMPLES)
+        examples = serving_check.read_examples(request.examples_uri, config.examples_split, limit)
+    input_name = None
+    if config.smoke_test:
+        smoke = serving_check.smoke_test(
+            model_dir, config.signature_name, examples[:_SMOKE_EXAMPLES] if examples else None
+        )
+        input_name = smoke.example_input
+        checks.update(smoke.to_lineage())
+    if examples and (config.serving_fn or config.as_text) and config.parity_sample_size:
+        parity = serving_check.prediction_parity(
+            source_dir,
+            model_dir,
+            examples[: config.parity_sample_size],
+            config.signature_name,
+            atol=config.parity_tolerance,
+            rtol=config.parity_tolerance,
+            compare_batches=(
+                _beam_comparer(request.beam_pipeline_args)
+                if beam_requested(request.beam_pipeline_args)
+                else None
+            ),
+        )
+        serving_check.require_parity(parity)
+        checks.update(parity.to_lineage())
+    if os.path.exists(supplied):
+        loaded = serving_check.load_export(model_dir)
+        count = warmup.validate_warmup_requests(supplied, list(loaded.signatures.keys()))
+        if config.smoke_test:
+            warmup.replay_warmup_requests(model_dir, supplied)
+        checks[keys.WARMUP_LINEAGE_KEY] = {'count': count, 'source': 'supplied'}
+    elif config.warmup_requests:
+        if input_name is None:
+            signature = serving_check.get_signature(
+                serving_check.load_export(model_dir), config.signature_name, model_dir
+            )
+            input_name = serving_check.example_input_name(signature)
+        count = warmup.write_warmup_requests(
+            warmup_path,
+            examples[: config.warmup_requests],
+            config.signature_name,
+            model_name=config.name,
+            input_name=input_name,
+        )
+        checks[keys.WARMUP_LINEAGE_KEY] = {'count': count, 'source': 'written'}
+    return checks
+
+
+def _beam_comparer(beam_pipeline_args: Sequence[str]):
+    from final_exporter.checks.parity_beam import beam_comparer  # Beam only when asked for.
+
+    return beam_comparer(beam_pipeline_args)
+
+
+def _after_publish(config: ExportConfig, version: int) -> dict[str, Any]:
+    """Label and retention, once the version is public.
+
+    A failure here is recorded, not raised: the version is already published, and
+    failing the step would make Kubeflow or Vertex retry it into a second version.
+    """
+    if not (config.label or config.exports_to_keep):
+        return {}
+    from final_exporter.lifecycle import model_config, retention
+
+    done: dict[str, Any] = {}
+    try:
+        if config.label:
+            labelled = model_config.set_label(
+                config.model_base, version, config.label, model_name=config.name, verify=False
+            )
+            done.update(labelled.to_lineage())
+        if config.exports_to_keep:
+            removed = retention.apply_retention(
+                config.model_base, config.exports_to_keep, just_published=version
+            )
+            done[keys.RETENTION_LINEAGE_KEY] = {
+                'exports_to_keep': config.exports_to_keep,
+                'removed_versions': removed,
+            }
+    except Exception as e:  # Recorded on the PushedModel and in the report.
+        logger.warning('Version %s is published, but label/retention failed: %s', version, e)
+        done[keys.POST_PUBLISH_ERROR_KEY] = f'{type(e).__name__}: {e}'
+    return done
+
+
+def _local_copy_of(item: CopyItem, folder: str) -> CopyItem:
+    """Downloads an object-store source (an assets_extra file) so it is read like a local one."""
+    if not is_object_store_uri(item.src):
+        return item
+    local = os.path.join(folder, str(len(os.listdir(folder))))
+    with store_for(item.src).open_read(item.src) as src, open(local, 'xb') as out:
+        shutil.copyfileobj(src, out, CHUNK_BYTES)
+    return dataclasses.replace(item, src=local)
+
+
+def _plan_copy(
+    source: SavedModelInfo, config: ExportConfig, assets: list[CopyItem]
+) -> list[CopyItem]:
+    """All files the export will hold (but the manifest), with their sources."""
+    # A re-export of an export carries an old manifest; the new one replaces it.
+    exclude = [keys.MANIFEST_RELPATH]
+    if config.serving_fn:
+        # TensorFlow writes the SavedModel itself; only assets.extra is copied.
+        planned = [
+            i
+            for i in plan_tree(source.path, exclude=exclude)
+            if i.dest.startswith(keys.ASSETS_EXTRA_DIR + '/')
+        ]
+    else:
+        if config.as_text:
+            exclude.append(keys.SAVED_MODEL_PB)
+        planned = plan_tree(source.path, exclude=exclude)
+    taken = {i.dest for i in planned}
+    for item in assets:
+        if item.dest in taken:
+            raise InvalidInputError(
+                f'assets_extra destination {item.dest!r} is already in the source SavedModel; '
+                'choose another destination'
+            )
+    return planned + assets
+
+
+def _copier(
+    request: ExportRequest,
+    report_progress: Callable[[str], None] | None,
+    workers: int | None,
+    total: Sequence[CopyItem],
+) -> Callable[[list[CopyItem], str], dict[str, FileEntry]]:
+    """The copy-and-hash function for this request: threads, or a Beam fan-out."""
+    method = request.config.copy_method
+    if beam_requested(request.beam_pipeline_args):
+        from final_exporter.storage.beam_copy import copy_and_hash_beam
+
+        return lambda items, dest: copy_and_hash_beam(
+            items, dest, request.beam_pipeline_args, method=method
+        )
+    progress = Progress(
+        total_bytes=sum(i.size for i in total), total_files=len(total), report=report_progress
+    )
+    return lambda items, dest: copy_and_hash(
+        items, dest, method=method, workers=workers, progress=progress
+    )
+
+
+def _build(
+    staging: str,
+    source: SavedModelInfo,
+    config: ExportConfig,
+    items: list[CopyItem],
+    copy: Callable[[list[CopyItem], str], dict[str, FileEntry]],
+) -> tuple[dict[str, FileEntry], tuple[str, ...]]:
+    """Fills the staging folder; returns its files' entries and signature names."""
+    if not (config.serving_fn or config.as_text):
+        return copy(items, staging), source.signature_names
+    from final_exporter.core import tf_export  # TensorFlow only when needed.
+
+    if config.serving_fn:
+        tf_export.reexport(source.path, staging, config.serving_fn)
+    copied = copy(items, staging)
+    if config.serving_fn and config.as_text:
+        tf_export.convert_in_place_to_pbtxt(staging)
+    elif config.as_text:
+        tf_export.write_pbtxt(
+            os.path.join(source.path, keys.SAVED_MODEL_PB),
+            os.path.join(staging, keys.SAVED_MODEL_PBTXT),
+        )
+    signatures = tf_export.check_loads(staging)
+    # Hash only what TensorFlow wrote; the copy already hashed the rest.
+    return {**copied, **hash_tree(staging, skip=copied)}, signatures

@@ -1,0 +1,1 @@
+"""The serving-side lifecycle after an export: version labels and retention."""

@@ -1,0 +1,530 @@
+"""Version labels (`stable`, `canary`, ...) in a TensorFlow Serving model config file.
+
+The file is `<model_base>/models.config`, a `tensorflow.serving.ModelServerConfig`
+in text format (the `tensorflow-serving-api` proto), next to the versions. The
+name is the one TensorFlow Serving's documentation uses; it is not a number, so
+the server never takes it for a version. Run the server with
+
+    tensorflow_model_server --model_config_file=<model_base>/models.config \\
+        --model_config_file_poll_wait_seconds=30 \\
+        --allow_version_labels_for_unavailable_models=true
+
+(the last flag lets a label that is new, e.g. at server start, name a version the
+server is still loading).
+
+What this module keeps in the file for its model (other models and fields are kept
+as they are; comments are not):
+
+* `version_labels`: label -> version.
+* `model_version_policy { specific { versions: ... } }`: the versions the server
+  loads. TensorFlow Serving only serves a label whose version is loaded, so this
+  lists every labelled version, the latest complete version (so a new export is
+  served), and, for each label, its *standby*: the newest complete version older
+  than the labelled one, the version `rollback` would move the label to, loaded
+  in advance so a rollback takes effect at once.
+
+TensorFlow Serving checks labels before it loads anything a new config adds, and
+it refuses to move an existing label to a version it has not loaded. A config
+that did both at once would be refused at every poll and the new version would
+never load. So moving an existing label to a version that the file does not list
+yet is done in two steps: `set_label` adds the version to the policy and leaves
+the label where it is (`applied=False`); the same call once the server has loaded
+the version (one poll later) moves the label. `force=True` moves it at once (for a
+server that is not running yet).
+
+A version is *complete* when it holds `assets.extra/export_manifest.json`, the last
+thing an export writes before its version folder appears.
+
+Writes hold an exclusive `flock` on `<model_base>/.models.config.lock`, so
+concurrent writers (two exporters, an exporter and `final-exporter label`, retention)
+never lose each other's changes, and replace the file atomically (temporary file
+in the same folder, fsync, `os.replace`), so the server never reads half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import logging
+import os
+import re
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from final_exporter.common import keys
+from final_exporter.common.errors import IntegrityError, InvalidInputError
+from final_exporter.common.fs import fsync_dir
+from final_exporter.common.keys import LABEL_PATTERN
+from final_exporter.storage.local import is_version_name
+from final_exporter.storage.manifest import verify_export
+
+if TYPE_CHECKING:
+    from tensorflow_serving.config import model_server_config_pb2
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILENAME = 'models.config'
+LOCK_FILENAME = '.models.config.lock'
+LABELS_LINEAGE_KEY = keys.LABELS_LINEAGE_KEY
+DEFAULT_LABEL = 'stable'
+MODEL_PLATFORM = 'tensorflow'
+# Labels travel in REST paths (/v1/models/<name>/labels/<label>) and gRPC fields.
+_LABEL_RE = re.compile(LABEL_PATTERN)
+_HEADER = (
+    '# TensorFlow Serving model config (ModelServerConfig text proto), managed by\n'
+    '# final-exporter: `final-exporter label` / `rollback` change labels and the versions\n'
+    '# served. Other models and fields are kept; comments are not.\n'
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelResult:
+    """The outcome of `set_label` or `rollback`.
+
+    Attributes:
+        config_path: The model config file.
+        model_name: The model's name in it.
+        label: The label that was set.
+        version: The version the label was asked to point to.
+        previous_version: Where the label pointed before (None if it is new).
+        applied: False when the label was left where it was because the server has
+            not been asked to load `version` yet (see the module docstring); the
+            version was added to the served versions; call again later.
+        labels: All labels of the model after the write.
+        served_versions: The versions the policy lists after the write.
+    """
+
+    config_path: str
+    model_name: str
+    label: str
+    version: int
+    previous_version: int | None
+    applied: bool
+    labels: Mapping[str, int]
+    served_versions: tuple[int, ...]
+
+    def to_lineage(self) -> dict[str, Any]:
+        """`{'version_labels': {...}}` for the lineage (JSON-able)."""
+        return {
+            LABELS_LINEAGE_KEY: {
+                'config_path': self.config_path,
+                'model_name': self.model_name,
+                'label': self.label,
+                'version': self.version,
+                'previous_version': self.previous_version,
+                'applied': self.applied,
+                'labels': dict(sorted(self.labels.items())),
+                'served_versions': list(self.served_versions),
+            }
+        }
+
+
+def config_path(model_base: str) -> str:
+    """`<model_base>/models.config`."""
+    return os.path.join(model_base, CONFIG_FILENAME)
+
+
+def complete_versions(model_base: str) -> list[int]:
+    """The numeric version folders holding an export manifest, ascending.
+
+    Symlinks are left out: they are not folders this package made.
+    """
+    try:
+        names = os.listdir(model_base)
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        path = os.path.join(model_base, name)
+        if (
+            is_version_name(name)
+            and not os.path.islink(path)
+            and os.path.isdir(path)
+            and os.path.isfile(os.path.join(path, keys.MANIFEST_RELPATH))
+        ):
+            found.append(int(name))
+    return sorted(found)
+
+
+@contextlib.contextmanager
+def locked(model_base: str) -> Iterator[None]:
+    """Holds the exclusive lock on the model config of `model_base`.
+
+    The lock is an `flock` on `<model_base>/.models.config.lock`: it excludes other
+    processes and other threads (each opens the file anew), and the kernel drops it
+    if the holder dies.
+
+    Raises:
+        InvalidInputError: if `model_base` does not exist or the lock file cannot be
+            created.
+    """
+    path = os.path.join(model_base, LOCK_FILENAME)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            raise InvalidInputError(f'model base folder {model_base!r} does not exist') from None
+        raise InvalidInputError(
+            f'cannot create the lock file {path!r}: {e.strerror or e}'
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # Closing the last descriptor releases the flock.
+
+
+def read_config(model_base: str) -> model_server_config_pb2.ModelServerConfig | None:
+    """The parsed model config file, or None if there is none.
+
+    Raises:
+        InvalidInputError: if the file is not a `ModelServerConfig` text proto, or
+            holds a `custom_model_config`, which this module cannot manage.
+    """
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    path = config_path(model_base)
+    try:
+        with open(path, encoding='utf-8') as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    config = model_server_config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as e:
+        raise InvalidInputError(
+            f'model config file {path!r} is not a tensorflow.serving.ModelServerConfig text '
+            f'proto: {e}'
+        ) from None
+    if config.WhichOneof('config') == 'custom_model_config':
+        raise InvalidInputError(
+            f'model config file {path!r} holds a custom_model_config; expected a model_config_list'
+        )
+    return config
+
+
+def labels(model_base: str, *, model_name: str | None = None) -> dict[str, int]:
+    """{label: version} of the model in `<model_base>/models.config`; {} without one."""
+    config = read_config(model_base)
+    entry = _find_entry(config, model_base, model_name) if config else None
+    return dict(entry.version_labels) if entry else {}
+
+
+def served_versions(model_base: str, *, model_name: str | None = None) -> list[int]:
+    """The versions the model config's `specific` policy lists; [] without one."""
+    config = read_config(model_base)
+    entry = _find_entry(config, model_base, model_name) if config else None
+    return _policy_versions(entry) if entry else []
+
+
+def pinned_versions(model_base: str, *, model_name: str | None = None) -> set[int]:
+    """Versions the model config needs: labelled or listed in the policy.
+
+    Retention never removes these. Call it holding `locked(model_base)` so the
+    answer stays true while you act on it.
+    """
+    config = read_config(model_base)
+    entry = _find_entry(config, model_base, model_name) if config else None
+    if entry is None:
+        return set()
+    return set(entry.version_labels.values()) | set(_policy_versions(entry))
+
+
+def set_label(
+    model_base: str,
+    version: int,
+    label: str,
+    *,
+    model_name: str | None = None,
+    base_path: str | None = None,
+    verify: bool = True,
+    force: bool = False,
+) -> LabelResult:
+    """Points `label` at `version` in `<model_base>/models.config`, creating the file if needed.
+
+    Args:
+        model_base: `<export_base>/<name>`, the folder holding the versions.
+        version: The version to label.
+        label: The label, e.g. `stable` or `canary`: a letter, then up to 62
+            letters, digits, `_`, `.` or `-`.
+        model_name: The model's name in the file; default: the file's only model,
+            else the name of the `model_base` folder.
+        base_path: The model base path as the server sees it (absolute path or URI,
+            e.g. `/models/penguin` in a container); default: the absolute path of
+            `model_base` for a new entry, unchanged for an existing one.
+        verify: Re-hash the version against its manifest first. Pass False only
+            when it was verified just now (e.g. by the exporter that published it).
+        force: Move an existing label even to a version the server has not been
+            asked to load yet (see the module docstring).
+
+    Returns:
+        The LabelResult; `applied` False means the label stays until the next call.
+
+    Raises:
+        InvalidInputError: for a bad label or base path, a version that does not
+            exist or does not verify, or an unreadable model config file.
+    """
+    _check_label(label)
+    _check_version(version)
+    version_dir = _version_dir(model_base, version)
+    if verify:
+        check_version_verifies(version_dir)
+    with locked(model_base):
+        return _write_label(
+            model_base, version, label, model_name=model_name, base_path=base_path, force=force
+        )
+
+
+def rollback(
+    model_base: str,
+    label: str = DEFAULT_LABEL,
+    *,
+    model_name: str | None = None,
+    force: bool = False,
+) -> LabelResult:
+    """Moves `label` to the newest version older than its current one that verifies.
+
+    Versions are tried newest first; each is re-hashed against its manifest and
+    skipped (with a warning) if it does not match. The standby the policy keeps
+    loaded is normally the one chosen, so the server takes the change at once.
+
+    Returns:
+        The LabelResult: `previous_version` is the version rolled back from,
+        `version` the one rolled back to.
+
+    Raises:
+        InvalidInputError: if the label is not set, no older version verifies, or
+            the label moved while the versions were being checked.
+    """
+    _check_label(label)
+    current = labels(model_base, model_name=model_name).get(label)
+    if current is None:
+        raise InvalidInputError(
+            f'no label {label!r} in {config_path(model_base)!r} to roll back; it has labels '
+            f'{labels(model_base, model_name=model_name)}'
+        )
+    older = [v for v in complete_versions(model_base) if v < current]
+    target = None
+    for candidate in reversed(older):
+        try:
+            check_version_verifies(os.path.join(model_base, str(candidate)))
+        except InvalidInputError as e:
+            logger.warning('Not rolling back to version %s: %s', candidate, e)
+            continue
+        target = candidate
+        break
+    if target is None:
+        raise InvalidInputError(
+            f'cannot roll {label!r} back from version {current}: no complete version older than '
+            f'it under {model_base!r} verifies against its manifest (checked {older[::-1]})'
+        )
+    with locked(model_base):
+        now = labels(model_base, model_name=model_name).get(label)
+        if now != current:
+            raise InvalidInputError(
+                f'label {label!r} moved from version {current} to {now} while rolling back; '
+                'run the rollback again'
+            )
+        result = _write_label(
+            model_base, target, label, model_name=model_name, base_path=None, force=force
+        )
+    logger.info('Rolled %s back from version %s to %s.', label, current, target)
+    return result
+
+
+def refresh(model_base: str, *, model_name: str | None = None) -> tuple[int, ...] | None:
+    """Recomputes the served versions after a publish; a no-op without a model config file.
+
+    Call it after publishing a version with no label, so the server loads the new
+    latest version.
+
+    Returns:
+        The served versions, or None when there is no model config file.
+    """
+    with locked(model_base):
+        config = read_config(model_base)
+        if config is None:
+            return None
+        entry = _find_entry(config, model_base, model_name)
+        if entry is None:
+            return None
+        versions = _set_policy(entry, model_base, extra=())
+        _write_config(model_base, config)
+    return versions
+
+
+def check_version_verifies(version_dir: str) -> None:
+    """Re-hashes a version folder against its manifest.
+
+    Raises:
+        InvalidInputError: naming the folder and its first problems.
+    """
+    try:
+        report = verify_export(version_dir)
+    except IntegrityError as e:
+        raise InvalidInputError(f'version {version_dir!r} does not verify: {e}') from None
+    if not report.ok:
+        problems = report.problems()
+        more = f' and {len(problems) - 5} more' if len(problems) > 5 else ''
+        raise InvalidInputError(
+            f'version {version_dir!r} does not match its manifest: {"; ".join(problems[:5])}{more}'
+        )
+
+
+def _write_label(
+    model_base: str,
+    version: int,
+    label: str,
+    *,
+    model_name: str | None,
+    base_path: str | None,
+    force: bool,
+) -> LabelResult:
+    """Under the lock: sets the label (or stages its version) and writes the file."""
+    from tensorflow_serving.config import model_server_config_pb2
+
+    # Retention may have removed the version since it was checked; it holds the lock
+    # while it does, so this is final.
+    _version_dir(model_base, version)
+    config = read_config(model_base) or model_server_config_pb2.ModelServerConfig()
+    entry = _find_entry(config, model_base, model_name)
+    if entry is None:
+        entry = config.model_config_list.config.add()
+        entry.name = model_name or os.path.basename(os.path.abspath(model_base))
+        entry.base_path = _check_base_path(base_path or os.path.abspath(model_base))
+        entry.model_platform = MODEL_PLATFORM
+    elif base_path is not None:
+        entry.base_path = _check_base_path(base_path)
+    listed = set(_policy_versions(entry))
+    previous = entry.version_labels.get(label)
+    applied = force or previous is None or previous == version or version in listed
+    if applied:
+        entry.version_labels[label] = version
+    else:
+        logger.warning(
+            'Label %s stays on version %s for now: TensorFlow Serving moves a label only to a '
+            'loaded version, so version %s is added to the served versions first. Set the label '
+            'again once the server has loaded it.',
+            label,
+            previous,
+            version,
+        )
+    served = _set_policy(entry, model_base, extra=() if applied else (version,))
+    _write_config(model_base, config)
+    logger.info(
+        'Label %s -> %s in %s (served versions %s).',
+        label,
+        version if applied else previous,
+        config_path(model_base),
+        list(served),
+    )
+    return LabelResult(
+        config_path=config_path(model_base),
+        model_name=entry.name,
+        label=label,
+        version=version,
+        previous_version=previous,
+        applied=applied,
+        labels=dict(entry.version_labels),
+        served_versions=served,
+    )
+
+
+def _set_policy(entry: Any, model_base: str, extra: tuple[int, ...]) -> tuple[int, ...]:
+    """Sets the `specific` policy: labelled versions, their standbys, the latest, `extra`."""
+    complete = complete_versions(model_base)
+    labelled = set(entry.version_labels.values())
+    wanted = labelled | set(extra)
+    if complete:
+        wanted.add(complete[-1])
+    for version in labelled:
+        older = [v for v in complete if v < version]
+        if older:
+            wanted.add(older[-1])
+    if not wanted:
+        return tuple(_policy_versions(entry))
+    versions = tuple(sorted(wanted))
+    entry.model_version_policy.specific.Clear()
+    entry.model_version_policy.specific.versions.extend(versions)
+    return versions
+
+
+def _policy_versions(entry: Any) -> list[int]:
+    policy = entry.model_version_policy
+    if policy.WhichOneof('policy_choice') != 'specific':
+        return []
+    return sorted(policy.specific.versions)
+
+
+def _find_entry(config: Any, model_base: str, model_name: str | None) -> Any | None:
+    entries = list(config.model_config_list.config)
+    if model_name is not None:
+        return next((e for e in entries if e.name == model_name), None)
+    if len(entries) == 1:
+        return entries[0]
+    default = os.path.basename(os.path.abspath(model_base))
+    return next((e for e in entries if e.name == default), None)
+
+
+def _write_config(model_base: str, config: Any) -> None:
+    """Replaces the config file atomically: temp file in the same folder, fsync, rename."""
+    from google.protobuf import text_format
+
+    data = (_HEADER + text_format.MessageToString(config)).encode('utf-8')
+    path = config_path(model_base)
+    tmp = os.path.join(model_base, f'.{CONFIG_FILENAME}.tmp-{uuid.uuid4().hex}')
+    # Not tempfile: its 0600 mode would hide the file from a server running as
+    # another user; O_CREAT with 0666 honours the umask, as publish.py does.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    fsync_dir(model_base)
+
+
+def _version_dir(model_base: str, version: int) -> str:
+    path = os.path.join(model_base, str(version))
+    if not os.path.isdir(path) or os.path.islink(path):
+        raise InvalidInputError(
+            f'version {version} does not exist under {model_base!r}; it has complete versions '
+            f'{complete_versions(model_base)}'
+        )
+    return path
+
+
+def _check_label(label: Any) -> None:
+    if not isinstance(label, str) or not _LABEL_RE.fullmatch(label):
+        raise InvalidInputError(
+            f'label must be a letter followed by up to 62 letters, digits, "_", "." or "-" '
+            f'(e.g. "stable", "canary"), got {label!r}'
+        )
+
+
+def _check_version(version: Any) -> None:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise InvalidInputError(f'version must be a non-negative integer, got {version!r}')
+
+
+def _check_base_path(base_path: str) -> str:
+    # TensorFlow Serving refuses relative base paths (without --model_config_list_root_dir).
+    if not (os.path.isabs(base_path) or '://' in base_path):
+        raise InvalidInputError(
+            f'base_path must be an absolute path or a URI (TensorFlow Serving refuses '
+            f'relative ones), got {base_path!r}'
+        )
+    return base_path

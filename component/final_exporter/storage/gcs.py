@@ -1,0 +1,112 @@
+"""Google Cloud Storage through `google-cloud-storage` (see objectstore.py for why)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import threading
+from collections.abc import Iterable
+from typing import BinaryIO
+
+from final_exporter.common.errors import IntegrityError
+from final_exporter.common.progress import Progress
+from final_exporter.storage.objectstore import (
+    PART_BYTES,
+    UPLOAD_PART_BYTES,
+    HashingReader,
+    ObjectInfo,
+    ObjectStore,
+    Uploaded,
+    check_unchanged,
+    split_uri,
+)
+
+
+class GCSStore(ObjectStore):
+    """GCS; `STORAGE_EMULATOR_HOST` points it at an emulator (fake-gcs-server)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def _client(self):
+        # One client per thread: the client's HTTP session is not documented as thread-safe.
+        client = getattr(self._local, 'client', None)
+        if client is None:
+            from google.cloud import storage
+
+            client = self._local.client = storage.Client()
+        return client
+
+    def _blob(self, uri: str):
+        _, bucket, key = split_uri(uri)
+        return self._client().bucket(bucket).blob(key, chunk_size=UPLOAD_PART_BYTES)
+
+    def put_if_absent(self, uri: str, data: bytes) -> bool:
+        from google.api_core import exceptions
+
+        try:
+            self._blob(uri).upload_from_string(data, if_generation_match=0)
+        except exceptions.PreconditionFailed:
+            return False
+        return True
+
+    def upload_file(self, local_path: str, uri: str, progress: Progress | None) -> Uploaded:
+        before = os.stat(local_path)
+        blob = self._blob(uri)
+        with open(local_path, 'rb') as f:
+            reader = HashingReader(f, progress)
+            blob.upload_from_file(reader, size=before.st_size, if_generation_match=0)
+        check_unchanged(local_path, before, reader.hashed)
+        expected = base64.b64encode(reader.md5.digest()).decode()
+        if blob.md5_hash is not None and blob.md5_hash != expected:
+            raise IntegrityError(
+                f'{uri} was stored with MD5 {blob.md5_hash}, but {expected} was sent'
+            )
+        return Uploaded(before.st_size, reader.sha256.hexdigest(), expected)
+
+    def upload_bytes(self, data: bytes, uri: str) -> Uploaded:
+        import hashlib
+
+        self._blob(uri).upload_from_string(data, if_generation_match=0)
+        return Uploaded(
+            len(data),
+            hashlib.sha256(data).hexdigest(),
+            base64.b64encode(hashlib.md5(data).digest()).decode(),
+        )
+
+    def list(self, prefix_uri: str) -> dict[str, ObjectInfo]:
+        scheme, bucket, key = split_uri(prefix_uri.rstrip('/') + '/')
+        return {
+            f'{scheme}://{bucket}/{b.name}': ObjectInfo(b.size, b.md5_hash or '')
+            for b in self._client().list_blobs(bucket, prefix=key)
+        }
+
+    def children(self, prefix_uri: str) -> set[str]:
+        _, bucket, key = split_uri(prefix_uri.rstrip('/') + '/')
+        pages = self._client().list_blobs(bucket, prefix=key, delimiter='/')
+        names = {b.name[len(key) :] for b in pages}  # Consumes the pages, filling prefixes.
+        names |= {p[len(key) :].rstrip('/') for p in pages.prefixes}
+        return names
+
+    def copy(self, src_uri: str, dst_uri: str) -> None:
+        src, dst = self._blob(src_uri), self._blob(dst_uri)
+        # rewrite (not copyTo) works for any size and across locations; loop until done.
+        token, _, _ = dst.rewrite(src)
+        while token is not None:
+            token, _, _ = dst.rewrite(src, token=token)
+
+    def delete(self, uris: Iterable[str]) -> None:
+        from google.api_core import exceptions
+
+        for uri in uris:
+            with contextlib.suppress(exceptions.NotFound):
+                self._blob(uri).delete()
+
+    def open_read(self, uri: str) -> BinaryIO:
+        return self._blob(uri).open('rb', chunk_size=PART_BYTES)
+
+    def stat(self, uri: str) -> ObjectInfo | None:
+        _, bucket, key = split_uri(uri)
+        blob = self._client().bucket(bucket).get_blob(key)
+        return None if blob is None else ObjectInfo(blob.size, blob.md5_hash or '')

@@ -1,0 +1,201 @@
+"""Amazon S3 and S3-compatible stores (MinIO) through `boto3` (see objectstore.py for why)."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import hashlib
+import os
+import threading
+from collections.abc import Iterable
+from typing import BinaryIO
+
+from final_exporter.common.errors import IntegrityError
+from final_exporter.common.progress import Progress
+from final_exporter.storage.objectstore import (
+    UPLOAD_PART_BYTES,
+    ObjectInfo,
+    ObjectStore,
+    Uploaded,
+    check_unchanged,
+    split_uri,
+)
+
+# Parts of one large file in flight at once, and across all files: each holds an
+# UPLOAD_PART_BYTES buffer, so this bounds the upload memory (8 x 32 MiB).
+_PARTS_PER_FILE = 4
+_PART_SLOTS = threading.BoundedSemaphore(8)
+
+
+class S3Store(ObjectStore):
+    """S3; `AWS_ENDPOINT_URL` points it at MinIO or a local server."""
+
+    def __init__(self) -> None:
+        import boto3
+
+        # boto3 clients are thread-safe; one is shared by the copy threads.
+        self._s3 = boto3.client('s3')
+
+    def put_if_absent(self, uri: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        _, bucket, key = split_uri(uri)
+        try:
+            self._s3.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch='*')
+        except ClientError as e:
+            if e.response.get('ResponseMetadata', {}).get('HTTPStatusCode') in (409, 412):
+                return False
+            raise
+        return True
+
+    def upload_file(self, local_path: str, uri: str, progress: Progress | None) -> Uploaded:
+        _, bucket, key = split_uri(uri)
+        before = os.stat(local_path)
+        sha = hashlib.sha256()
+        part_md5s: list[bytes] = []
+        read = 0
+        with open(local_path, 'rb') as f:
+            first = f.read(UPLOAD_PART_BYTES + 1)
+            if len(first) <= UPLOAD_PART_BYTES:
+                sha.update(first)
+                read = len(first)
+                md5 = hashlib.md5(first).digest()
+                etag = self._put(bucket, key, first, md5)
+                expected = md5.hex()
+            else:
+                first = b''  # Parts are read again one at a time: bounded memory.
+                f.seek(0)
+                upload_id = self._s3.create_multipart_upload(Bucket=bucket, Key=key)['UploadId']
+                try:
+                    futures = []
+                    # Parts are read (and hashed) in order, and uploaded in parallel.
+                    with concurrent.futures.ThreadPoolExecutor(_PARTS_PER_FILE) as pool:
+                        while chunk := f.read(UPLOAD_PART_BYTES):
+                            sha.update(chunk)
+                            read += len(chunk)
+                            md5 = hashlib.md5(chunk).digest()
+                            part_md5s.append(md5)
+                            _PART_SLOTS.acquire()
+                            futures.append(
+                                pool.submit(
+                                    self._upload_part,
+                                    bucket,
+                                    key,
+                                    upload_id,
+                                    len(part_md5s),
+                                    chunk,
+                                    md5,
+                                    progress,
+                                )
+                            )
+                    parts = [
+                        {'ETag': fut.result(), 'PartNumber': number}
+                        for number, fut in enumerate(futures, start=1)
+                    ]
+                    etag = self._s3.complete_multipart_upload(
+                        Bucket=bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        MultipartUpload={'Parts': parts},
+                    )['ETag']
+                except BaseException:
+                    self._s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+                    raise
+                expected = f'{hashlib.md5(b"".join(part_md5s)).hexdigest()}-{len(part_md5s)}'
+        if progress is not None and not part_md5s:
+            progress.add_bytes(read)
+        check_unchanged(local_path, before, read)
+        if etag.strip('"') != expected:
+            raise IntegrityError(f'{uri} was stored with ETag {etag}, but {expected} was expected')
+        return Uploaded(read, sha.hexdigest(), expected)
+
+    def _upload_part(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        data: bytes,
+        md5: bytes,
+        progress: Progress | None,
+    ) -> str:
+        try:
+            etag = self._s3.upload_part(
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data,
+                ContentMD5=base64.b64encode(md5).decode(),
+            )['ETag']
+        finally:
+            _PART_SLOTS.release()
+        if progress is not None:
+            progress.add_bytes(len(data))
+        return etag
+
+    def _put(self, bucket: str, key: str, data: bytes, md5: bytes) -> str:
+        return self._s3.put_object(
+            Bucket=bucket, Key=key, Body=data, ContentMD5=base64.b64encode(md5).decode()
+        )['ETag']
+
+    def upload_bytes(self, data: bytes, uri: str) -> Uploaded:
+        _, bucket, key = split_uri(uri)
+        md5 = hashlib.md5(data).digest()
+        self._put(bucket, key, data, md5)
+        return Uploaded(len(data), hashlib.sha256(data).hexdigest(), md5.hex())
+
+    def _pages(self, bucket: str, prefix: str, **kwargs):
+        return self._s3.get_paginator('list_objects_v2').paginate(
+            Bucket=bucket, Prefix=prefix, **kwargs
+        )
+
+    def list(self, prefix_uri: str) -> dict[str, ObjectInfo]:
+        scheme, bucket, key = split_uri(prefix_uri.rstrip('/') + '/')
+        return {
+            f'{scheme}://{bucket}/{o["Key"]}': ObjectInfo(o['Size'], o['ETag'].strip('"'))
+            for page in self._pages(bucket, key)
+            for o in page.get('Contents', [])
+        }
+
+    def children(self, prefix_uri: str) -> set[str]:
+        _, bucket, key = split_uri(prefix_uri.rstrip('/') + '/')
+        names: set[str] = set()
+        for page in self._pages(bucket, key, Delimiter='/'):
+            names |= {o['Key'][len(key) :] for o in page.get('Contents', [])}
+            names |= {p['Prefix'][len(key) :].rstrip('/') for p in page.get('CommonPrefixes', [])}
+        return names
+
+    def copy(self, src_uri: str, dst_uri: str) -> None:
+        _, src_bucket, src_key = split_uri(src_uri)
+        _, bucket, key = split_uri(dst_uri)
+        # Managed copy: CopyObject, or UploadPartCopy for objects over 5 GB; server-side either way.
+        self._s3.copy({'Bucket': src_bucket, 'Key': src_key}, bucket, key)
+
+    def delete(self, uris: Iterable[str]) -> None:
+        by_bucket: dict[str, list[str]] = {}
+        for uri in uris:
+            _, bucket, key = split_uri(uri)
+            by_bucket.setdefault(bucket, []).append(key)
+        for bucket, keys in by_bucket.items():
+            for i in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys.
+                self._s3.delete_objects(
+                    Bucket=bucket,
+                    Delete={'Objects': [{'Key': k} for k in keys[i : i + 1000]], 'Quiet': True},
+                )
+
+    def open_read(self, uri: str) -> BinaryIO:
+        _, bucket, key = split_uri(uri)
+        return self._s3.get_object(Bucket=bucket, Key=key)['Body']
+
+    def stat(self, uri: str) -> ObjectInfo | None:
+        from botocore.exceptions import ClientError
+
+        _, bucket, key = split_uri(uri)
+        try:
+            head = self._s3.head_object(Bucket=bucket, Key=key)
+        except ClientError as e:
+            if e.response.get('ResponseMetadata', {}).get('HTTPStatusCode') == 404:
+                return None
+            raise
+        return ObjectInfo(head['ContentLength'], head['ETag'].strip('"'))

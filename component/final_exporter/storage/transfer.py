@@ -1,0 +1,552 @@
+"""Copies files and hashes them in the same read, files in parallel.
+
+One pass over the bytes: each file is read once, and every chunk read is both
+fed to SHA-256 and copied, so the manifest needs no second read. Files are
+copied by a thread pool (file I/O and hashlib release the GIL on large
+buffers). Files named in `last` are copied only after every other file is
+complete.
+
+Methods: `auto` tries a reflink (btrfs, XFS), else hashes the source through a
+read-only memory mapping while the kernel copies it (`copy_file_range`): one
+user-space touch per byte, the least work short of a reflink. A mapped source
+that another process truncates mid-copy makes the kernel raise SIGBUS, which
+ends the process (nothing is published: the export is still in staging);
+`copy` (plain read, hash, write) turns that case into an IntegrityError.
+`hardlink` links the immutable source files and only reads them to hash.
+
+Copied bytes are handed to the disk as they are written (`start_writeback`),
+so the flush before publishing (`publish.flush_tree`) waits for little: the
+disk writes while the next bytes are hashed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import dataclasses
+import errno
+import fcntl
+import hashlib
+import logging
+import mmap
+import os
+import sys
+import threading
+from collections.abc import Callable, Collection, Iterable, Sequence
+
+from final_exporter.common import keys, libc
+from final_exporter.common.errors import IntegrityError, InvalidInputError
+from final_exporter.common.progress import Progress
+from final_exporter.storage.manifest import FileEntry
+
+CHUNK_BYTES = 8 * 1024 * 1024
+MAP_WINDOW_BYTES = 64 * 1024 * 1024
+# Smaller files are read and written: setting up a mapping costs more than the
+# copy it saves (measured on a 1 MiB variables file).
+MAP_MIN_BYTES = 4 * 1024 * 1024
+# Smaller writes are left for the fsync before publishing: nothing to overlap with.
+WRITEBACK_MIN_BYTES = 1024 * 1024
+# Files this large are hashed by one task while others copy their pieces.
+SPLIT_CHUNK_BYTES = 32 * 1024 * 1024
+SPLIT_MIN_BYTES = 2 * SPLIT_CHUNK_BYTES
+# A thread per this many bytes at most: starting one costs about as much as copying
+# and hashing 100 KiB, so a small model (or one big file) is copied inline.
+PARALLEL_MIN_BYTES = 8 * 1024 * 1024
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, 'MAP_POPULATE', 0)
+COPY_AUTO, COPY_PLAIN, COPY_HARDLINK = 'auto', 'copy', 'hardlink'
+COPY_METHODS = (COPY_AUTO, COPY_PLAIN, COPY_HARDLINK)
+# Saved graphs go last: TensorFlow Serving and other loaders treat the presence
+# of saved_model.pb as "the SavedModel is complete" (see the TFX Pusher).
+PUBLISH_LAST = (keys.SAVED_MODEL_PB, keys.SAVED_MODEL_PBTXT)
+
+logger = logging.getLogger(__name__)
+
+
+def default_workers() -> int:
+    """Threads for object-store transfers: network bound, so many more than cores."""
+    return min(16, 4 * (os.cpu_count() or 1))
+
+
+def local_copy_workers() -> int:
+    """Threads for a local copy: hashing keeps a core busy and the disk writes in the
+    background (`start_writeback`), so two per core cover page faults and waits;
+    more only contend (measured: 4 threads on 2 cores beat 2 and 8)."""
+    return min(16, 2 * (os.cpu_count() or 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class CopyItem:
+    """One file to copy: absolute source and POSIX destination relative to the root."""
+
+    src: str
+    dest: str
+    size: int
+
+
+def plan_tree(
+    src_root: str, dest_prefix: str = '', exclude: Collection[str] = ()
+) -> list[CopyItem]:
+    """Lists the files under `src_root` as CopyItems.
+
+    Symlinks are followed only when they point inside `src_root`.
+
+    Args:
+        src_root: The folder to copy.
+        dest_prefix: POSIX folder prefix for the destinations.
+        exclude: Relative paths (from `src_root`) to leave out.
+
+    Raises:
+        InvalidInputError: for a symlink that points outside `src_root`, or a
+            file that is neither a regular file nor a folder.
+    """
+    root_real = os.path.realpath(src_root)
+    items: list[CopyItem] = []
+
+    def visit(folder: str, rel: str, seen: frozenset[str]) -> None:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            rel_path = f'{rel}{entry.name}'
+            if rel_path in exclude:
+                continue
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                if os.path.commonpath([root_real, target]) != root_real:
+                    raise InvalidInputError(
+                        f'{entry.path!r} is a symlink to {target!r}, outside {src_root!r}; '
+                        'refusing to follow it'
+                    )
+            if entry.is_dir():
+                real = os.path.realpath(entry.path)
+                if real in seen:
+                    raise InvalidInputError(f'{entry.path!r} is a symlink loop')
+                visit(entry.path, f'{rel_path}/', seen | {real})
+            elif entry.is_file():
+                dest = f'{dest_prefix}{rel_path}'
+                items.append(CopyItem(src=entry.path, dest=dest, size=entry.stat().st_size))
+            else:
+                raise InvalidInputError(
+                    f'{entry.path!r} is not a regular file or folder; a SavedModel holds only files'
+                )
+
+    visit(src_root, '', frozenset({root_real}))
+    return items
+
+
+def copy_and_hash(
+    items: Iterable[CopyItem],
+    dest_root: str,
+    *,
+    method: str = COPY_AUTO,
+    workers: int | None = None,
+    progress: Progress | None = None,
+    last: Sequence[str] = PUBLISH_LAST,
+) -> dict[str, FileEntry]:
+    """Copies `items` under `dest_root`, hashing every byte in the same read.
+
+    Destination files are created exclusively: an existing file is an error,
+    never overwritten.
+
+    Args:
+        items: The files to copy.
+        dest_root: The (staging) folder to copy into.
+        method: `auto` (reflink where the filesystem can, else copy), `copy`, or
+            `hardlink` (link the source files; for immutable sources such as TFX
+            artifacts; falls back to a copy across filesystems).
+        workers: Copy threads; `local_copy_workers()` when None.
+        progress: Counts bytes and files.
+        last: Destinations copied only after every other file is complete.
+
+    Returns:
+        {destination path: FileEntry} with the size and SHA-256 of what was written.
+
+    Raises:
+        IntegrityError: if a source file changed while it was copied.
+        OSError: on an I/O failure; files already written are left for the
+            caller to remove with the staging folder.
+    """
+    check_method(method)
+    items = list(items)
+    make_dest_folders(items, dest_root)
+    first = [i for i in items if i.dest not in last]
+    final = [i for i in items if i.dest in last]
+    results: dict[str, FileEntry] = {}
+    threads = min(
+        workers or local_copy_workers(),
+        len(items),
+        max(1, -(-sum(i.size for i in items) // PARALLEL_MIN_BYTES)),
+    )
+    if threads <= 1:
+        for item in first + final:
+            entry = copy_file(item, dest_root, method=method, progress=progress)
+            results[entry.path] = entry
+        return results
+    with concurrent.futures.ThreadPoolExecutor(
+        max_workers=threads, thread_name_prefix='final-exporter-copy'
+    ) as pool:
+        for batch in (first, final):
+            futures: list[concurrent.futures.Future] = []
+            finishers = []
+            for item in batch:
+                if is_split(item, method):
+                    finishers.append(
+                        _submit_split(pool, futures, item, dest_root, method, progress)
+                    )
+                else:
+                    future = pool.submit(
+                        copy_file, item, dest_root, method=method, progress=progress
+                    )
+                    futures.append(future)
+                    finishers.append(future.result)
+            _, pending = concurrent.futures.wait(
+                futures, return_when=concurrent.futures.FIRST_EXCEPTION
+            )
+            for f in pending:
+                f.cancel()
+            for f in futures:
+                if f.done() and not f.cancelled() and f.exception() is not None:
+                    raise f.exception()
+            for finish in finishers:
+                entry = finish()
+                results[entry.path] = entry
+    return results
+
+
+def _submit_split(
+    pool: concurrent.futures.ThreadPoolExecutor,
+    futures: list[concurrent.futures.Future],
+    item: CopyItem,
+    dest_root: str,
+    method: str,
+    progress: Progress | None,
+) -> Callable[[], FileEntry]:
+    """Submits one large file as parallel pieces; returns what gives its entry once they are done.
+
+    SHA-256 of a file is one sequential pass, but its copy is not: one task
+    hashes the whole file while others copy its ranges in the kernel, so a
+    large file takes about the time of its hash, not hash plus copy. The
+    source is stat'ed before the first piece and after the last, as for a
+    whole-file copy: a file written to meanwhile is an IntegrityError.
+    """
+    dest = os.path.join(dest_root, item.dest)
+    before = os.stat(item.src)
+    if method == COPY_AUTO and _try_reflink(item.src, dest):
+        hashed = pool.submit(_hash_unchanged, item, progress, out=None)
+        futures.append(hashed)
+    else:
+        with open(dest, 'xb'):
+            pass
+        hashed = pool.submit(hash_only, item, method)
+        futures.append(hashed)
+        for offset, length in split_pieces(before.st_size):
+            futures.append(pool.submit(copy_piece, item, dest, offset, length, progress))
+
+    def finish() -> FileEntry:
+        entry = finish_split(item, dest, before, hashed.result())
+        if progress is not None:
+            progress.file_done(item.dest)
+        return entry
+
+    return finish
+
+
+def is_split(item: CopyItem, method: str, min_bytes: int = SPLIT_MIN_BYTES) -> bool:
+    """Whether `item` is copied in pieces (never when linked: nothing is copied)."""
+    return item.size >= min_bytes and method != COPY_HARDLINK
+
+
+def split_pieces(size: int, piece_bytes: int = SPLIT_CHUNK_BYTES) -> list[tuple[int, int]]:
+    """The (offset, length) pieces a large file is copied in."""
+    return [(o, min(piece_bytes, size - o)) for o in range(0, size, piece_bytes)]
+
+
+def finish_split(item: CopyItem, dest: str, before: os.stat_result, entry: FileEntry) -> FileEntry:
+    """Checks a file copied in pieces: the source unchanged since `before`, `dest` its full size."""
+    _check_same(item, before, os.stat(item.src), entry.size)
+    written = os.path.getsize(dest)
+    if written != entry.size:
+        raise IntegrityError(
+            f'{dest!r} holds {written} bytes after the copy of {item.src!r}, expected {entry.size}'
+        )
+    return entry
+
+
+def hash_only(item: CopyItem, method: str) -> FileEntry:
+    """Hashes `item.src` (the entry it would have as a copy) without writing anything."""
+    if method == COPY_AUTO and item.size >= MAP_MIN_BYTES:
+        entry = _mapped_copy(item, None, None)
+        if entry is not None:
+            return entry
+    return _hash_unchanged(item, None, out=None)
+
+
+def copy_piece(
+    item: CopyItem, dest: str, offset: int, length: int, progress: Progress | None = None
+) -> None:
+    """Copies [offset, offset+length) of `item.src` into the existing `dest`, in the kernel if it can."""
+    with open(item.src, 'rb', buffering=0) as src, open(dest, 'r+b', buffering=0) as out:
+        if not _copy_range(src.fileno(), out.fileno(), offset, length):
+            buf = _buffer()
+            done = 0
+            while done < length:
+                n = os.preadv(src.fileno(), [memoryview(buf)[: min(len(buf), length - done)]],
+                              offset + done)  # fmt: skip
+                if n == 0:
+                    raise IntegrityError(f'source file {item.src!r} shrank while it was copied')
+                _pwrite_all(out.fileno(), memoryview(buf)[:n], offset + done)
+                done += n
+        start_writeback(out.fileno(), offset, length)
+    if progress is not None:
+        progress.add_bytes(length)
+
+
+def _pwrite_all(fd: int, chunk: memoryview, offset: int) -> None:
+    while chunk:
+        n = os.pwrite(fd, chunk, offset)
+        chunk, offset = chunk[n:], offset + n
+
+
+def check_method(method: str) -> None:
+    if method not in COPY_METHODS:
+        raise InvalidInputError(
+            f'copy_method must be one of {", ".join(COPY_METHODS)}, got {method!r}'
+        )
+
+
+def make_dest_folders(items: Iterable[CopyItem], dest_root: str) -> None:
+    for folder in sorted({os.path.dirname(i.dest) for i in items}):
+        os.makedirs(os.path.join(dest_root, folder), exist_ok=True)
+
+
+_local = threading.local()
+
+
+def _buffer() -> bytearray:
+    # One buffer per thread, reused across files: memory stays flat whatever the model size.
+    buf = getattr(_local, 'buf', None)
+    if buf is None:
+        buf = _local.buf = bytearray(CHUNK_BYTES)
+    return buf
+
+
+def copy_file(
+    item: CopyItem,
+    dest_root: str,
+    *,
+    method: str = COPY_AUTO,
+    progress: Progress | None = None,
+    replace: bool = False,
+) -> FileEntry:
+    """Copies (or links) one file and returns its entry; the bytes are read once.
+
+    `replace` removes what an earlier attempt left at the destination (a Beam
+    retry); the destination is inside this export's own staging folder.
+    """
+    dest = os.path.join(dest_root, item.dest)
+    if replace and os.path.lexists(dest):
+        os.remove(dest)
+    linked = (method == COPY_HARDLINK and _try_hardlink(item.src, dest)) or (
+        method == COPY_AUTO and _try_reflink(item.src, dest)
+    )
+    if linked:
+        # The blocks are shared, not copied: one read of the source gives the hash.
+        entry = _hash_unchanged(item, progress, out=None)
+    else:
+        with open(dest, 'xb', buffering=0) as out:
+            mapped = method == COPY_AUTO and item.size >= MAP_MIN_BYTES
+            entry = (mapped and _mapped_copy(item, out, progress)) or (
+                _hash_unchanged(item, progress, out=out)
+            )
+    if progress is not None:
+        progress.file_done(item.dest)
+    return entry
+
+
+def _mapped_copy(item: CopyItem, out, progress: Progress | None) -> FileEntry | None:
+    """Hashes the source through a read-only mapping and copies it in the kernel (if `out`).
+
+    Each byte is touched once in user space (by SHA-256, straight from the page
+    cache) and once by the kernel's copy (`copy_file_range`, or a write from
+    the mapping where the filesystem cannot): one copy fewer than read+write.
+    Returns None (nothing written) for an empty file, which needs no mapping.
+    """
+    with open(item.src, 'rb', buffering=0) as src:
+        before = os.fstat(src.fileno())
+        size = before.st_size
+        if size == 0:
+            return None
+        digest = hashlib.sha256()
+        in_kernel = hasattr(os, 'copy_file_range')
+        done = 0
+        while done < size:
+            length = min(MAP_WINDOW_BYTES, size - done)
+            # One window at a time keeps the mapped (resident) size bounded whatever the
+            # file size; MAP_POPULATE faults the window in with one call, not page by page.
+            with (
+                mmap.mmap(
+                    src.fileno(), length, flags=_MAP_FLAGS, prot=mmap.PROT_READ, offset=done
+                ) as window,
+                memoryview(window) as view,
+            ):
+                digest.update(view)
+                if out is not None and in_kernel:
+                    in_kernel = _copy_range(src.fileno(), out.fileno(), done, length)
+                if out is not None and not in_kernel:
+                    os.lseek(out.fileno(), done, os.SEEK_SET)
+                    failure = _write_mapped(out, view)
+                    if failure is not None:
+                        raise failure
+            if out is not None:
+                start_writeback(out.fileno(), done, length)
+            done += length
+            if progress is not None:
+                progress.add_bytes(length)
+        after = os.fstat(src.fileno())
+    _check_same(item, before, after, done)
+    return FileEntry(path=item.dest, size=done, sha256=digest.hexdigest())
+
+
+def _copy_range(src_fd: int, out_fd: int, offset: int, length: int) -> bool:
+    """Copies [offset, offset+length) in the kernel; False if this filesystem pair cannot."""
+    copied = 0
+    while copied < length:
+        try:
+            n = os.copy_file_range(
+                src_fd, out_fd, length - copied, offset + copied, offset + copied
+            )
+        except OSError as e:
+            if copied == 0 and e.errno in _UNSUPPORTED:
+                return False
+            raise
+        if n == 0:
+            raise IntegrityError('source file shrank while it was copied')
+        copied += n
+    return True
+
+
+def _hash_unchanged(item: CopyItem, progress: Progress | None, out) -> FileEntry:
+    """Reads `item.src` once, hashing it (and writing it to `out`); fails if it changes."""
+    buf = _buffer()
+    view = memoryview(buf)
+    digest = hashlib.sha256()
+    size = 0
+    with open(item.src, 'rb', buffering=0) as src:
+        before = os.fstat(src.fileno())
+        while n := src.readinto(buf):
+            chunk = view[:n]
+            digest.update(chunk)
+            if out is not None:
+                _write_all(out, chunk)
+                if n >= WRITEBACK_MIN_BYTES:
+                    start_writeback(out.fileno(), size, n)
+            size += n
+            if progress is not None:
+                progress.add_bytes(n)
+        after = os.fstat(src.fileno())
+    _check_same(item, before, after, size)
+    return FileEntry(path=item.dest, size=size, sha256=digest.hexdigest())
+
+
+def _check_same(item: CopyItem, before: os.stat_result, after: os.stat_result, read: int) -> None:
+    if (
+        read != before.st_size
+        or after.st_size != before.st_size
+        or after.st_mtime_ns != before.st_mtime_ns
+    ):
+        raise IntegrityError(
+            f'source file {item.src!r} changed while it was copied '
+            f'(size {before.st_size} -> {after.st_size}, read {read} bytes); '
+            'export a model that is no longer being written'
+        )
+
+
+def _write_mapped(out, view: memoryview) -> OSError | None:
+    """Writes a mapped window; returns (not raises) a failure as a fresh OSError.
+
+    A raised error's traceback would keep slices of the mapping alive, and the
+    mapping could then not be closed (BufferError), hiding the real error (e.g.
+    ENOSPC) behind that one.
+    """
+    try:
+        _write_all(out, view)
+    except OSError as e:
+        return OSError(e.errno, e.strerror, out.name)
+    return None
+
+
+def _write_all(out, chunk: memoryview) -> None:
+    while chunk:
+        n = out.write(chunk)
+        chunk = chunk[n:]
+
+
+_sync_file_range = (
+    libc.function('sync_file_range', [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
+    if sys.platform == 'linux'
+    else None
+)
+_SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h: start writeback of dirty pages, do not wait.
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Starts writing [offset, offset+length) of `fd` to disk, without waiting for it.
+
+    Left to the kernel, dirty pages are written only once they pile up or age
+    (or at the fsync before publishing), after the copy; started now, the disk
+    writes while the copy goes on. Best effort: the fsync before publishing is
+    what makes the bytes durable, so a failure here (or no such call) is ignored.
+    """
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+# Errors meaning "this filesystem (pair) cannot do that": fall back to a copy.
+_UNSUPPORTED = frozenset(
+    {errno.EXDEV, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOTTY, errno.ENOSYS,
+     errno.EPERM, errno.EMLINK}
+)  # fmt: skip
+_FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+_reflink_unsupported: set[int] = set()  # st_dev of filesystems that refused a reflink
+
+
+def _try_hardlink(src: str, dest: str) -> bool:
+    try:
+        os.link(src, dest, follow_symlinks=True)
+        return True
+    except OSError as e:
+        if e.errno in _UNSUPPORTED:
+            logger.info('Cannot hard-link %s (%s); copying instead.', src, e.strerror)
+            return False
+        raise
+
+
+def _try_reflink(src: str, dest: str) -> bool:
+    """Clones `src` into a new `dest` sharing its blocks (btrfs, XFS); False if unsupported."""
+    if sys.platform != 'linux':
+        return False
+    dev = os.stat(os.path.dirname(dest)).st_dev
+    if dev in _reflink_unsupported:
+        return False
+    with open(src, 'rb') as s, open(dest, 'xb') as d:
+        try:
+            fcntl.ioctl(d.fileno(), _FICLONE, s.fileno())
+            return True
+        except OSError as e:
+            if e.errno not in _UNSUPPORTED:
+                raise
+            _reflink_unsupported.add(dev)
+    os.remove(dest)
+    return False
+
+
+def hash_tree(
+    root: str, *, skip: Collection[str] = (), workers: int | None = None
+) -> dict[str, FileEntry]:
+    """Hashes the files under `root` but `skip` (for files TensorFlow wrote itself)."""
+    items = plan_tree(root, exclude=skip)
+
+    def one(item: CopyItem) -> FileEntry:
+        return _hash_unchanged(item, None, out=None)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers or local_copy_workers()) as pool:
+        return {e.path: e for e in pool.map(one, items)}
