@@ -111,10 +111,10 @@ in_userland() {
 __chroot() { # ROOT TMP CMD...: runs in the new mount namespace.
   local root=$1 tmp=$2
   shift 2
-  local -a mounted=()
+  MOUNTED=() # global: the EXIT trap runs after this function has returned
   cleanup() {
     local i
-    for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do umount -R -l "${mounted[i]}" 2>/dev/null || true; done
+    for ((i = ${#MOUNTED[@]} - 1; i >= 0; i--)); do umount -R -l "${MOUNTED[i]}" 2>/dev/null || true; done
   }
   trap cleanup EXIT
   trap 'exit 130' INT
@@ -122,10 +122,10 @@ __chroot() { # ROOT TMP CMD...: runs in the new mount namespace.
   bind() { # SRC DEST [ro]
     mkdir -p "$2"
     mount --rbind "$1" "$2"
-    mounted+=("$2")
+    MOUNTED+=("$2")
     [ "${3:-}" != ro ] || mount -o remount,bind,ro "$2"
   }
-  mount -t proc proc "$root/proc" && mounted+=("$root/proc")
+  mount -t proc proc "$root/proc" && MOUNTED+=("$root/proc")
   bind /dev "$root/dev" # rbind: /dev/loop* and /dev/pts for the loop-mounted XFS test.
   bind /sys "$root/sys"
   bind "$tmp" "$root/tmp"
