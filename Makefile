@@ -1,5 +1,6 @@
-# The single entry point. `make demo` and `make test` create .venv/ first if it
-# is missing or out of date (scripts/bootstrap.sh).
+# The single entry point. `make demo` and `make test` create what they need first if it
+# is missing or out of date: .venv/ (scripts/bootstrap.sh), and for `make test` the
+# TFX 1.21 environments (scripts/userland.sh).
 VENV := .venv/bin
 export PYTHONDONTWRITEBYTECODE := 1
 
@@ -8,13 +9,13 @@ export PYTHONDONTWRITEBYTECODE := 1
 venv:
 	bash scripts/bootstrap.sh
 
-demo: venv
-	$(VENV)/python -m pipelines.local_runner
+# The newest tested stack the host runs natively; it says which (scripts/demo.sh).
+demo:
+	bash scripts/demo.sh
 
-test: venv
-	$(VENV)/ruff check component pipelines tests
-	$(VENV)/ruff format --check component pipelines tests
-	$(VENV)/python -m pytest
+# Every tested environment, one block of results each (scripts/test.sh).
+test:
+	bash scripts/test.sh
 
 # The fault suite, five times longer, with its tally (README "What the exporter guarantees").
 soak: venv
@@ -32,6 +33,8 @@ format: venv
 	$(VENV)/ruff format component pipelines tests
 	$(VENV)/ruff check --fix component pipelines tests
 
+# One constraints file per tested environment; each written as <file>.new for review.
 constraints: venv
-	$(VENV)/python -m pip freeze --exclude tfx-final-exporter > constraints.txt.new
-	@echo "review constraints.txt.new (keep the header) and move it over constraints.txt"
+	$(VENV)/python -m pip freeze --exclude tfx-final-exporter > constraints/tfx-1.16-py3.10.txt.new
+	@echo "review constraints/tfx-1.16-py3.10.txt.new (keep the header) and move it over"
+	bash scripts/userland.sh constraints

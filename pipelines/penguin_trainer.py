@@ -85,7 +85,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
 
     Args:
         fn_args: The Trainer's arguments; uses `train_files`, `eval_files`, `data_accessor`,
-            `schema_path`, `train_steps`, `eval_steps`, `model_run_dir` and `serving_model_dir`.
+            `schema_path`, `train_steps`, `eval_steps` and `serving_model_dir`.
 
     Raises:
         ValueError: If the Trainer was given no schema or no number of train steps.
@@ -111,7 +111,6 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         steps_per_epoch=max(1, fn_args.train_steps // _EPOCHS),
         validation_data=eval_dataset if fn_args.eval_steps else None,
         validation_steps=fn_args.eval_steps or None,
-        callbacks=[keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir)],
         verbose=2,
     )
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv/ with Python 3.10 and installs the project with the pinned
-# constraints. Re-runs only when pyproject.toml or constraints.txt changed.
+# Creates .venv/ with Python 3.10 and TFX 1.16 (the environment this host runs
+# natively; the TFX 1.21 ones are scripts/userland.sh's) and installs the project with
+# the pinned constraints. Re-runs only when pyproject.toml or the constraints changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +14,8 @@ if ! command -v mkfs.xfs >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
 fi
 
 stamp=.venv/.installed
-want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+constraints=constraints/tfx-1.16-py3.10.txt
+want=$(cat pyproject.toml "$constraints" | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -38,5 +40,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade 'pip<27'
 # -c pins every transitive package to the set this project is tested with.
-.venv/bin/python -m pip install --quiet -c constraints.txt -e '.[test,bench]'
+.venv/bin/python -m pip install --quiet -c "$constraints" -e '.[test,bench]'
 echo "$want" > "$stamp"

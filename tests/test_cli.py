@@ -165,6 +165,30 @@ def test_plain_copy_export_imports_neither_tensorflow_nor_tfx(model_uri, export_
     assert run.stdout.strip().splitlines()[-1] == '0 []'
 
 
+def test_export_with_the_smoke_test_prints_only_its_result(model_uri, export_base, make_blessing):
+    # The smoke test imports TensorFlow (C++ log lines on stderr unless its level is set
+    # first) and the object-store SDKs (google-api-core warns about old Pythons).
+    environ = {
+        k: v for k, v in os.environ.items() if k not in ('TF_CPP_MIN_LOG_LEVEL', 'PYTHONWARNINGS')
+    }
+    args = export_args(model_uri, export_base, '--model-blessing', make_blessing(), '--smoke-test')
+    run = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=300, env=environ)
+
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith('exported version ')
+    assert run.stderr == ''
+    # With -v the steps are logged, TensorFlow's own lines included.
+    verbose = subprocess.run(
+        [CLI, '-v', *export_args(model_uri, export_base + '2', '--no-require-blessing')],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environ,
+    )
+    assert verbose.returncode == 0, verbose.stderr
+    assert 'INFO final_exporter' in verbose.stderr
+
+
 def test_every_component_parameter_and_input_has_a_cli_flag():
     export = build_parser()._subparsers._group_actions[0].choices['export']
     flags = {s for action in export._actions for s in action.option_strings}

@@ -1,15 +1,18 @@
 """The component image: Dockerfile, build.yaml and .dockerignore, checked without a Docker engine.
 
 The image itself cannot be built here, so these tests check what decides
-whether it works: its base is the TFX image of the pinned TFX version, the
+whether it works: its base is the TFX image of a tested TFX version (by default
+the newest; this environment's through the TFX_VERSION build argument), the
 compiled pipeline names the image build.yaml builds, and the package installs
 from the build context the way the Dockerfile installs it (a real `pip install`
 into a fresh virtual environment, then the executor class path the compiled
-spec names is imported from it).
+spec names is imported from it). Each tested environment with kfp checks its
+own TFX version's image.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -31,20 +34,34 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCKERFILE = os.path.join(REPO_ROOT, 'Dockerfile')
 BUILD_YAML = os.path.join(REPO_ROOT, 'build.yaml')
 DOCKERIGNORE = os.path.join(REPO_ROOT, '.dockerignore')
-CONSTRAINTS = os.path.join(REPO_ROOT, 'constraints.txt')
+# This environment's pins: one constraints file per tested TFX and Python.
+CONSTRAINTS_NAME = 'constraints/tfx-{}-py{}.{}.txt'.format(
+    tfx.__version__.rpartition('.')[0], *sys.version_info[:2]
+)
+CONSTRAINTS = os.path.join(REPO_ROOT, CONSTRAINTS_NAME)
+TFX_IMAGE = 'gcr.io/tfx-oss-public/tfx:{}'
 SKAFFOLD_ENV = {
     'SKAFFOLD_DEFAULT_REPO': 'us-docker.pkg.dev/test-project/test-repo',
     'IMAGE_TAG': '0.1.0-test',
 }
 
 
-def pinned_version(package: str) -> str:
-    with open(CONSTRAINTS, encoding='utf-8') as f:
+def pinned_version(package: str, constraints: str = CONSTRAINTS) -> str:
+    with open(constraints, encoding='utf-8') as f:
         for line in f:
             name, sep, version = line.strip().partition('==')
             if sep and name.lower() == package:
                 return version
-    raise AssertionError(f'{package} is not pinned in {CONSTRAINTS}')
+    raise AssertionError(f'{package} is not pinned in {constraints}')
+
+
+def tested_tfx_versions() -> set[str]:
+    files = glob.glob(os.path.join(REPO_ROOT, 'constraints', 'tfx-*.txt'))
+    return {pinned_version('tfx', f) for f in files}
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split('.'))
 
 
 def build_spec() -> dict:
@@ -67,13 +84,30 @@ def skaffold_image(spec: dict, environ: dict[str, str]) -> str:
     return f'{environ["SKAFFOLD_DEFAULT_REPO"]}/{artifact["image"]}:{tag}'
 
 
-def test_dockerfile_starts_from_the_tfx_image_of_the_pinned_tfx_version():
+def test_dockerfile_starts_from_the_tfx_image_of_a_tested_tfx_version():
     (base,) = [args for name, args in docker_context.instructions(DOCKERFILE) if name == 'FROM']
+    default = docker_context.arg_defaults(DOCKERFILE)['TFX_VERSION']
 
-    assert base == f'gcr.io/tfx-oss-public/tfx:{pinned_version("tfx")}'
+    # By default the newest tested TFX; this environment's through the build argument.
+    assert default == max(tested_tfx_versions(), key=version_key)
+    assert docker_context.substitute(base, {'TFX_VERSION': default}) == TFX_IMAGE.format(default)
     assert pinned_version('tfx') == tfx.__version__
+    mine = docker_context.substitute(base, {'TFX_VERSION': tfx.__version__})
     # The image KubeflowV2DagRunner uses when none is given: the same release.
-    assert base == kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig().default_image
+    assert mine == kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig().default_image
+
+
+def test_build_yaml_builds_every_tested_tfx_version():
+    spec = build_spec()
+    default = docker_context.arg_defaults(DOCKERFILE)['TFX_VERSION']
+
+    profiles = {
+        patch['value']['TFX_VERSION']
+        for profile in spec.get('profiles', [])
+        for patch in profile['patches']
+        if patch['path'] == '/build/artifacts/0/docker/buildArgs'
+    }
+    assert {default, *profiles} == tested_tfx_versions()
 
 
 def test_build_yaml_is_one_docker_artifact_built_from_the_dockerfile_tagged_from_env():
@@ -145,7 +179,8 @@ def test_build_context_holds_what_the_image_needs_and_nothing_else(build_context
     for needed in (
         'pyproject.toml',
         'README.md',
-        'constraints.txt',
+        CONSTRAINTS_NAME,
+        'scripts/image_install.sh',
         'component/final_exporter/adapters/tfx/executor.py',
         'component/final_exporter/adapters/kfp.py',
         *(path.removeprefix(prefix) for path in named),
@@ -177,21 +212,20 @@ def test_package_installs_from_the_build_context_as_the_dockerfile_does(
     with open(os.path.join(site_packages, 'parent_environment.pth'), 'w') as f:
         f.write(sysconfig.get_paths()['purelib'] + '\n')
 
-    # The Dockerfile's own `pip install` arguments, offline: every dependency must
-    # already be satisfied by the pinned set, and the build backend is this one's.
+    # The Dockerfile's own install step, offline: every dependency must already be
+    # satisfied by this environment's pinned set, and the build backend is this one's.
+    runs = [args for name, args in docker_context.instructions(DOCKERFILE) if name == 'RUN']
+    assert runs[0] == 'bash scripts/image_install.sh'
     install = subprocess.run(
-        [
-            python,
-            '-m',
-            'pip',
-            'install',
-            *docker_context.pip_install_arguments(DOCKERFILE),
-            '--no-index',
-            '--no-build-isolation',
-        ],
+        ['bash', 'scripts/image_install.sh', '--no-index', '--no-build-isolation'],
         cwd=context,
         capture_output=True,
         text=True,
+        env={
+            **os.environ,
+            'PATH': str(venv / 'bin') + os.pathsep + os.environ['PATH'],
+            'TF_CPP_MIN_LOG_LEVEL': '2',
+        },
     )
     assert install.returncode == 0, install.stdout + install.stderr
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
 from collections.abc import Sequence
 
@@ -116,16 +115,16 @@ def instructions(dockerfile: str) -> list[tuple[str, str]]:
     return result
 
 
-def pip_install_arguments(dockerfile: str) -> list[str]:
-    """The arguments of the Dockerfile's `python -m pip install` (one RUN, up to `&&`)."""
-    found = []
+def arg_defaults(dockerfile: str) -> dict[str, str]:
+    """The `ARG NAME=default` values of a Dockerfile (those before FROM set its base)."""
+    found = {}
     for instruction, args in instructions(dockerfile):
-        if instruction != 'RUN':
-            continue
-        for command in args.split('&&'):
-            words = shlex.split(command)
-            if words[:4] == ['python', '-m', 'pip', 'install']:
-                found.append(words[4:])
-    if len(found) != 1:
-        raise AssertionError(f'expected one `python -m pip install` in {dockerfile}, got {found}')
-    return found[0]
+        if instruction == 'ARG':
+            name, _, default = args.partition('=')
+            found[name.strip()] = default.strip()
+    return found
+
+
+def substitute(text: str, values: dict[str, str]) -> str:
+    """`${NAME}` and `$NAME` replaced as `docker build` does with build arguments."""
+    return re.sub(r'\$\{(\w+)\}|\$(\w+)', lambda m: values[m.group(1) or m.group(2)], text)

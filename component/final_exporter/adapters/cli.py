@@ -13,6 +13,7 @@ import logging
 import os
 import shlex
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -378,6 +379,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the exit code (0 ok or not blessed, 1 failed, 2 bad input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.verbose:
+        # Set before TensorFlow's first (lazy) import: no C++ log lines, and none of the
+        # dependencies' warnings about the interpreter (google-api-core's Python EOL notice).
+        os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+        warnings.filterwarnings('ignore', category=FutureWarning)
+        warnings.filterwarnings('ignore', category=DeprecationWarning)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         stream=sys.stderr,
