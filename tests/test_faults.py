@@ -185,13 +185,13 @@ class FaultyStore(ObjectStore):
         self.calls = 0
         self._lock = threading.Lock()
 
-    def _call(self, name, *args):
+    def _call(self, name, *args, **kwargs):
         with self._lock:
             self.calls += 1
             fail = self.calls == self._fail_at
         if fail:
             raise OSError(f'injected fault in {name} (call {self._fail_at})')
-        return getattr(self._real, name)(*args)
+        return getattr(self._real, name)(*args, **kwargs)
 
     def put_if_absent(self, uri, data):
         return self._call('put_if_absent', uri, data)
@@ -199,8 +199,8 @@ class FaultyStore(ObjectStore):
     def upload_file(self, local_path, uri, progress):
         return self._call('upload_file', local_path, uri, progress)
 
-    def upload_bytes(self, data, uri):
-        return self._call('upload_bytes', data, uri)
+    def upload_bytes(self, data, uri, *, overwrite=False):
+        return self._call('upload_bytes', data, uri, overwrite=overwrite)
 
     def list(self, prefix_uri):
         return self._call('list', prefix_uri)

@@ -21,7 +21,7 @@ from final_exporter.common.errors import InvalidInputError
 from final_exporter.core.blessing import blessing_from_folder
 from final_exporter.core.config import ExportConfig
 from final_exporter.core.exporter import ExportRequest, ExportResult, run_export
-from final_exporter.storage.local import list_versions
+from final_exporter.storage.local import STAGING_PREFIX, list_versions
 from final_exporter.storage.manifest import verify_export
 from final_exporter.storage.remote import CLAIMS_DIR
 from final_exporter.storage.stores import store_for
@@ -229,7 +229,7 @@ def test_interrupted_upload_leaves_no_version_and_a_rerun_succeeds(bucket_base, 
             '--no-require-blessing', '--json']  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env={**os.environ, **env})
     deadline = time.monotonic() + 120
-    while not any('staging' in rel for rel in objects(model_base)):
+    while not any(rel.startswith(STAGING_PREFIX) for rel in objects(model_base)):
         assert proc.poll() is None, 'the export finished before it could be interrupted'
         assert time.monotonic() < deadline
         time.sleep(0.01)
@@ -240,7 +240,8 @@ def test_interrupted_upload_leaves_no_version_and_a_rerun_succeeds(bucket_base, 
     rerun = json.loads(subprocess.run(args, capture_output=True, text=True, env={**os.environ, **env}, check=True).stdout)  # fmt: skip
     assert list_versions(model_base) == [rerun['version']]
     assert verify_export(rerun['export_dir']).ok
-    # The rerun (same host) proved the killed exporter dead and removed its staging upload.
+    # The rerun (same host) proved the killed exporter dead and removed its staging upload
+    # and its lease.
     assert not any('staging' in rel for rel in objects(model_base))
 
 

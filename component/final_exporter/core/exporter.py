@@ -300,6 +300,10 @@ def _export_to_object_store(
     config = request.config
     store = store_for(config.model_base)
     staging = remote_publish.new_staging_uri(config.model_base)
+    # Kept fresh while this export runs: a run on another host then never takes the
+    # staging upload for abandoned (remote.py).
+    lease = remote_publish.Lease(store, remote_publish.lease_uri(config.model_base, staging))
+    lease.start()
     local_build = tempfile.mkdtemp(prefix='final-exporter-build-')
     try:
         signatures = source.signature_names
@@ -337,6 +341,7 @@ def _export_to_object_store(
             remote_publish.release_claim(store, config.model_base, version)
     finally:
         remote_publish.remove_prefix(store, staging)
+        lease.stop()
         shutil.rmtree(local_build, ignore_errors=True)
     return version, export_dir, manifest, digest
 

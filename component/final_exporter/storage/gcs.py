@@ -65,10 +65,10 @@ class GCSStore(ObjectStore):
             )
         return Uploaded(before.st_size, reader.sha256.hexdigest(), expected)
 
-    def upload_bytes(self, data: bytes, uri: str) -> Uploaded:
+    def upload_bytes(self, data: bytes, uri: str, *, overwrite: bool = False) -> Uploaded:
         import hashlib
 
-        self._blob(uri).upload_from_string(data, if_generation_match=0)
+        self._blob(uri).upload_from_string(data, if_generation_match=None if overwrite else 0)
         return Uploaded(
             len(data),
             hashlib.sha256(data).hexdigest(),

@@ -123,8 +123,8 @@ class ObjectStore(abc.ABC):
         """Uploads a local file, reading it once; returns its hashes."""
 
     @abc.abstractmethod
-    def upload_bytes(self, data: bytes, uri: str) -> Uploaded:
-        """Uploads a small object from memory."""
+    def upload_bytes(self, data: bytes, uri: str, *, overwrite: bool = False) -> Uploaded:
+        """Uploads a small object from memory; where one exists only if `overwrite`."""
 
     @abc.abstractmethod
     def list(self, prefix_uri: str) -> dict[str, ObjectInfo]:

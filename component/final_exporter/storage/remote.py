@@ -23,8 +23,16 @@ lists, so on `gs://` and `s3://` an export goes through these steps:
 
 On failure before step 4 nothing numeric exists; on failure during step 4 the
 objects copied so far are deleted again. A killed process leaves them (without
-`saved_model.pb`, so never loadable) and its claim, which the next run on the
-same host clears.
+`saved_model.pb`, so never loadable) and its claim, which a later run clears.
+
+Who clears what a dead exporter left: while it works, an exporter keeps a lease,
+`<model_base>/.final-exporter-leases/<staging name>`, a timestamp it rewrites
+every third of `LEASE_SECONDS`. A later run removes a staging prefix (and the
+half-published version its claim names) when its owner provably died on this host
+(its pid is gone or reused), or when its lease has run out by
+`EXPIRY_MARGIN_SECONDS`, whichever host the owner ran on: the margin covers clock
+skew between hosts and refreshes that stalled. A live exporter refreshes its lease,
+so its staging is never removed.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ import json
 import logging
 import os
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 
@@ -48,6 +58,14 @@ from final_exporter.storage.transfer import PUBLISH_LAST, CopyItem, default_work
 logger = logging.getLogger(__name__)
 
 CLAIMS_DIR = '.final-exporter-claims'
+LEASES_DIR = '.final-exporter-leases'
+# A lease holds this long without a refresh; the owner refreshes it every third of it.
+# FINAL_EXPORTER_LEASE_SECONDS shortens it (how soon a crash on another host is noticed).
+LEASE_SECONDS = 60.0
+LEASE_ENV = 'FINAL_EXPORTER_LEASE_SECONDS'
+# How long past its end a lease must be before another host treats its owner as gone:
+# generous against clock skew and a refresh that stalled on a slow network.
+EXPIRY_MARGIN_SECONDS = 600.0
 _MAX_CLAIM_ATTEMPTS = 1000
 
 
@@ -75,12 +93,110 @@ def new_staging_uri(model_base: str) -> str:
     return join(model_base, f'{STAGING_PREFIX}{uuid.uuid4().hex}{_OWNER_SEP}{owner}')
 
 
-def remove_abandoned_staging(store: ObjectStore, model_base: str) -> list[str]:
-    """Removes staging prefixes this host's dead exporters left; returns their names."""
+def lease_seconds() -> float:
+    return float(os.environ.get(LEASE_ENV) or LEASE_SECONDS)
+
+
+def lease_uri(model_base: str, staging: str) -> str:
+    return join(model_base, LEASES_DIR, staging.rstrip('/').rsplit('/', 1)[-1])
+
+
+class Lease:
+    """The timestamp an exporter keeps fresh while it owns a staging prefix.
+
+    Args:
+        store: The bucket.
+        uri: The lease object (`lease_uri`).
+        seconds: How long one refresh holds.
+        clock: Seconds since the epoch.
+    """
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        uri: str,
+        seconds: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self.uri = uri
+        self.seconds = lease_seconds() if seconds is None else seconds
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _write(self) -> None:
+        record = {'renewed_at': self._clock(), 'lease_seconds': self.seconds}
+        self._store.upload_bytes(json.dumps(record).encode(), self.uri, overwrite=True)
+
+    def start(self) -> Lease:
+        """Writes the lease and refreshes it in the background until `stop`."""
+        self._write()
+        self._thread = threading.Thread(
+            target=self._refresh, name='final-exporter-lease', daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(self.seconds / 3):
+            try:
+                self._write()
+            except Exception:  # The next refresh tries again; the margin covers a few misses.
+                logger.warning('Could not refresh the lease %s.', self.uri, exc_info=True)
+
+    def stop(self, *, release: bool = True) -> None:
+        """Stops refreshing; deletes the lease unless `release` is False (as a crash would)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if release:
+            try:
+                self._store.delete([self.uri])
+            except Exception:  # Without its staging prefix, a later run removes it.
+                logger.warning('Could not remove the lease %s.', self.uri, exc_info=True)
+
+
+def lease_expired(
+    store: ObjectStore, uri: str, now: float, margin: float = EXPIRY_MARGIN_SECONDS
+) -> bool:
+    """True when the lease at `uri` ran out more than `margin` seconds before `now`.
+
+    A missing or unreadable lease proves nothing (an exporter of an earlier release,
+    or one between writing its staging name and its lease): False.
+    """
+    try:
+        record = json.loads(store.read_bytes(uri))
+        return now > float(record['renewed_at']) + float(record['lease_seconds']) + margin
+    except Exception:
+        return False
+
+
+def remove_abandoned_staging(
+    store: ObjectStore,
+    model_base: str,
+    *,
+    now: float | None = None,
+    margin: float = EXPIRY_MARGIN_SECONDS,
+) -> list[str]:
+    """Removes what exporters that are gone left behind; returns the names removed.
+
+    Gone means: died on this host (pid gone or reused), or its lease ran out more
+    than `margin` seconds before `now`. Never a live exporter's: it refreshes its lease.
+    """
+    now = time.time() if now is None else now
+
+    def abandoned(staging_name: str) -> bool:
+        return _owner_is_dead(staging_name) or lease_expired(
+            store, join(model_base, LEASES_DIR, staging_name), now, margin
+        )
+
     removed = []
-    for name in store.children(model_base):
-        if name.startswith(STAGING_PREFIX) and _owner_is_dead(name):
+    names = store.children(model_base)
+    for name in sorted(names):
+        if name.startswith(STAGING_PREFIX) and abandoned(name):
             remove_prefix(store, join(model_base, name))
+            store.delete([join(model_base, LEASES_DIR, name)])
             removed.append(name)
             logger.info('Removed abandoned staging prefix %s/%s.', model_base, name)
     # A claim left behind names an exporter that died after claiming, perhaps halfway
@@ -93,16 +209,21 @@ def remove_abandoned_staging(store: ObjectStore, model_base: str) -> list[str]:
             staging = json.loads(store.read_bytes(claim))['staging']
         except Exception:  # Gone meanwhile (its owner finished) or unreadable: leave it.
             continue
-        if _owner_is_dead(staging.rstrip('/').rsplit('/', 1)[-1]):
+        staging_name = staging.rstrip('/').rsplit('/', 1)[-1]
+        if staging_name in removed or abandoned(staging_name):
             version_dir = join(model_base, name)
             if not any(store.exists(join(version_dir, f)) for f in PUBLISH_LAST):
                 # saved_model.pb goes last: without it the publish never finished.
                 remove_prefix(store, version_dir)
-            store.delete([claim])
+            store.delete([claim, join(model_base, LEASES_DIR, staging_name)])
             removed.append(name)
             logger.info(
                 'Removed version %s/%s, left half-published by a dead exporter.', model_base, name
             )
+    # Leases whose exporter died before it staged anything (or between the two deletes).
+    for name in store.children(join(model_base, LEASES_DIR)):
+        if name not in names and abandoned(name):
+            store.delete([join(model_base, LEASES_DIR, name)])
     return removed
 
 

@@ -139,7 +139,8 @@ class S3Store(ObjectStore):
             Bucket=bucket, Key=key, Body=data, ContentMD5=base64.b64encode(md5).decode()
         )['ETag']
 
-    def upload_bytes(self, data: bytes, uri: str) -> Uploaded:
+    def upload_bytes(self, data: bytes, uri: str, *, overwrite: bool = False) -> Uploaded:
+        del overwrite  # Staging keys are fresh; a PUT replaces only the refreshed lease.
         _, bucket, key = split_uri(uri)
         md5 = hashlib.md5(data).digest()
         self._put(bucket, key, data, md5)

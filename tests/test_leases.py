@@ -1,0 +1,99 @@
+"""Leases: staging left on a bucket by an exporter on another host is cleared, a live one's never.
+
+Both halves run against the real servers (fake-gcs-server, moto). The other host is
+a staging name whose owner is not this machine, so only its lease can tell whether
+it is alive.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from final_exporter.storage.remote import (
+    CLAIMS_DIR,
+    LEASES_DIR,
+    Lease,
+    lease_uri,
+    remove_abandoned_staging,
+)
+from final_exporter.storage.stores import store_for
+
+OTHER_HOST_OWNER = 'build-host-elsewhere~4242~987654'
+
+
+def other_hosts_staging(model_base: str) -> tuple[str, str]:
+    """A staging upload (with one object) as an exporter on another host leaves it."""
+    name = f'.final-exporter-staging-{uuid.uuid4().hex}~{OTHER_HOST_OWNER}'
+    staging = f'{model_base}/{name}'
+    store_for(model_base).upload_bytes(b'shard', f'{staging}/variables/variables.index')
+    return name, staging
+
+
+def names_under(model_base: str) -> set[str]:
+    return store_for(model_base).children(model_base)
+
+
+def test_another_hosts_staging_is_removed_only_after_its_lease_expired_by_the_margin(
+    bucket_base,
+):
+    base, _ = bucket_base
+    model_base = f'{base}/penguin'
+    store = store_for(model_base)
+    name, staging = other_hosts_staging(model_base)
+    renewed_at = 1_800_000_000.0
+    store.upload_bytes(
+        json.dumps({'renewed_at': renewed_at, 'lease_seconds': 60.0}).encode(),
+        lease_uri(model_base, staging),
+    )
+    # A claim of the same exporter, whose publish left a version without saved_model.pb.
+    store.upload_bytes(b'x', f'{model_base}/1799999999/variables/variables.index')
+    store.upload_bytes(
+        json.dumps({'staging': staging}).encode(), f'{model_base}/{CLAIMS_DIR}/1799999999'
+    )
+
+    within = renewed_at + 60.0 + 600.0  # The lease ran out, but not by the margin yet.
+    assert remove_abandoned_staging(store, model_base, now=within, margin=600.0) == []
+    assert name in names_under(model_base)
+    assert '1799999999' in names_under(model_base)
+
+    removed = remove_abandoned_staging(store, model_base, now=within + 1, margin=600.0)
+
+    assert set(removed) == {name, '1799999999'}
+    left = names_under(model_base)
+    assert name not in left and '1799999999' not in left
+    assert not store.list(f'{model_base}/{CLAIMS_DIR}')
+    assert not store.list(f'{model_base}/{LEASES_DIR}')
+
+
+def test_a_live_exporters_staging_survives_while_it_refreshes_and_goes_once_it_stops(
+    bucket_base,
+):
+    base, _ = bucket_base
+    model_base = f'{base}/penguin'
+    store = store_for(model_base)
+    name, staging = other_hosts_staging(model_base)
+    lease = Lease(store, lease_uri(model_base, staging), seconds=0.6).start()
+    try:
+        # Several lease lengths (and margins) pass; the refreshes keep it alive.
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            assert remove_abandoned_staging(store, model_base, margin=0.3) == []
+            assert name in names_under(model_base)
+            time.sleep(0.2)
+    finally:
+        lease.stop(release=False)  # The owner dies: its lease stays, no longer refreshed.
+
+    time.sleep(0.6 + 0.3 + 0.3)
+    assert remove_abandoned_staging(store, model_base, margin=0.3) == [name]
+    assert name not in names_under(model_base)
+
+
+def test_staging_without_a_lease_from_another_host_is_left_alone(bucket_base):
+    base, _ = bucket_base
+    model_base = f'{base}/penguin'
+    name, _ = other_hosts_staging(model_base)
+
+    assert remove_abandoned_staging(store_for(model_base), model_base, now=4e9, margin=0) == []
+    assert name in names_under(model_base)
