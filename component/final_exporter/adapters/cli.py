@@ -7,6 +7,7 @@ only for `--serving-fn`, `--as-text` and `--model-evaluation`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -17,7 +18,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from final_exporter.common import keys
+from final_exporter.common import compat, keys
 from final_exporter.common.errors import FinalExporterError, InvalidInputError
 from final_exporter.common.progress import human_bytes
 from final_exporter.core.blessing import blessing_from_folder
@@ -380,9 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.verbose:
-        # Set before TensorFlow's first (lazy) import: no C++ log lines, and none of the
-        # dependencies' warnings about the interpreter (google-api-core's Python EOL notice).
-        os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+        # None of the dependencies' warnings about the interpreter (google-api-core's
+        # Python EOL notice), and no TensorFlow C++ log lines (compat.py).
         warnings.filterwarnings('ignore', category=FutureWarning)
         warnings.filterwarnings('ignore', category=DeprecationWarning)
     logging.basicConfig(
@@ -390,14 +390,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format='%(levelname)s %(name)s: %(message)s',
     )
-    try:
-        return args.func(args)
-    except InvalidInputError as e:
-        print(f'{parser.prog}: error: {e}', file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (FinalExporterError, OSError) as e:
-        print(f'{parser.prog}: failed: {e}', file=sys.stderr)
-        return EXIT_FAILED
+    with contextlib.nullcontext() if args.verbose else compat.tensorflow_logs_dropped():
+        try:
+            return args.func(args)
+        except InvalidInputError as e:
+            print(f'{parser.prog}: error: {e}', file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except (FinalExporterError, OSError) as e:
+            print(f'{parser.prog}: failed: {e}', file=sys.stderr)
+            return EXIT_FAILED
 
 
 if __name__ == '__main__':
