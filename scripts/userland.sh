@@ -107,7 +107,13 @@ ensure_rootfs() {
 in_userland() {
   local tmp
   mkdir -p "$CACHE/tmp"
-  tmp=$(mktemp -d "$CACHE/tmp/run.XXXXXX") # the userland's /tmp for this run
+  # /tmp of runs that were killed (SIGKILL skips the trap below); their mounts died with them.
+  local old pid
+  for old in "$CACHE"/tmp/run.*; do
+    pid=${old##*/run.} pid=${pid%%.*}
+    [ ! -d "$old" ] || kill -0 "$pid" 2>/dev/null || rm -rf "$old"
+  done
+  tmp=$(mktemp -d "$CACHE/tmp/run.$$.XXXXXX") # the userland's /tmp for this run
   trap 'rm -rf "$tmp"' EXIT
   # unshare: every mount below belongs to a namespace that dies with this process,
   # even on SIGKILL; the trap in the child unmounts explicitly as well.
