@@ -96,11 +96,26 @@ ensure_rootfs() {
     flock 9
     if [ ! -d "$root" ]; then
       build_rootfs "$root"
-      # Older userlands of this script are stale now.
-      find "$CACHE" -maxdepth 1 -name "userland-$SUITE-*" ! -path "$root" -exec rm -rf {} + || true
+      prune "$root" "$CACHE/userland-$SUITE-"
     fi
   ) 9>"$CACHE/.userland.lock"
   printf '%s' "$root"
+}
+
+# Each run holds a shared lock on what it uses (userland, venvs) while it runs, and
+# the lock file's time says when it was last used.
+hold() { local fd; exec {fd}>>"$1.in-use"; flock -s "$fd"; touch "$1.in-use"; }
+
+# Removes the entries PREFIX* other than CURRENT that no run holds and none used in the
+# last two days: other clones and branches share the cache, with other keys.
+prune() {
+  local stale
+  for stale in "$2"*; do
+    case "$stale" in "$1" | *.in-use | *.building.*) continue ;; esac
+    [ -d "$stale" ] || continue
+    [ -z "$(find "$stale" "$stale.in-use" -maxdepth 0 -mmin -2880 2>/dev/null)" ] || continue
+    (flock -n -x 8 && rm -rf "$stale" "$stale.in-use") 8>>"$stale.in-use" || true
+  done
 }
 
 # Runs "$@" chrooted into the userland $ROOT, in a private mount namespace, from the repository.
@@ -207,7 +222,7 @@ ensure_venv() {
     if [ ! -f "$dir/.complete" ]; then
       say "building $name (about 2 min): $(field "$spec" 3) -c $(field "$spec" 2)"
       build_venv "$spec" "$dir"
-      find "$CACHE/venvs" -maxdepth 1 -name "$name-*" ! -path "$dir" -exec rm -rf {} + || true
+      prune "$dir" "$CACHE/venvs/$name-"
     fi
     # The venv is shared by clones: point its editable install at this one.
     in_env_host "$dir/bin/python" -c 'import final_exporter, sys; sys.exit(not final_exporter.__file__.startswith(sys.argv[1] + "/"))' "$REPO" 2>/dev/null \
@@ -217,7 +232,7 @@ ensure_venv() {
 }
 
 setup() { # sets ROOT (userland mode) before any venv work
-  if native; then ROOT=; else ROOT=$(ensure_rootfs); fi
+  if native; then ROOT=; else ROOT=$(ensure_rootfs) && hold "$ROOT"; fi
 }
 
 describe() { # ENV VENV: the banner over each block of results.
@@ -242,6 +257,7 @@ cmd_test() {
   setup
   for name in "${names[@]}"; do
     venv=$(ensure_venv "$name")
+    hold "$venv"
     describe "$(env_spec "$name")" "$venv"
     # What runs where is decided in tests/conftest.py from what the env has (kfp or not).
     if in_env_host "$venv/bin/python" -m pytest -q -p no:cacheprovider; then
@@ -266,6 +282,7 @@ cmd_run() {
   local venv
   setup
   venv=$(ensure_venv "$1")
+  hold "$venv"
   shift
   in_env_host env PATH="$venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" "$@"
 }
