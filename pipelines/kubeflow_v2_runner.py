@@ -24,7 +24,6 @@ from absl import logging
 
 from final_exporter.adapters.kfp import component_image
 from final_exporter.core.config import ExportConfig
-from final_exporter.storage.objectstore import is_object_store_uri
 from pipelines import penguin_pipeline
 
 PIPELINE_NAME = 'penguin-final-exporter'
@@ -119,10 +118,9 @@ def set_exporter_for_image(pipeline: Any, export_base: str) -> None:
     """Points the demo's FinalExporter at `export_base` and at its files' paths in the image.
 
     The demo names its `serving_fn` module and `assets_extra` files by their
-    paths in this checkout; in the containers they are under /pipeline. On an
-    object store, the demo's `exports_to_keep` is turned off: retention needs a
-    local or mounted export base. The result is validated as `ExportConfig`
-    validates any FinalExporter's parameters.
+    paths in this checkout; in the containers they are under /pipeline. Its
+    `exports_to_keep` holds on a bucket as on a local export base. The result is
+    validated as `ExportConfig` validates any FinalExporter's parameters.
     """
     from final_exporter.adapters.tfx.component import FinalExporter
 
@@ -137,14 +135,6 @@ def set_exporter_for_image(pipeline: Any, export_base: str) -> None:
         'serving_fn': serving_fn,
         'assets_extra': {dest: in_image(src) for dest, src in config.assets_extra.items()},
     }
-    if is_object_store_uri(export_base) and config.exports_to_keep:
-        logging.warning(
-            'exports_to_keep=%s is off: on %s, keeping only the newest versions is not '
-            'supported yet.',
-            config.exports_to_keep,
-            export_base,
-        )
-        changes['exports_to_keep'] = 0
     exporter.exec_properties.update(dataclasses.replace(config, **changes).to_exec_properties())
 
 

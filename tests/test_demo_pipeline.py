@@ -12,7 +12,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
 
 from final_exporter.common import keys
-from final_exporter.storage.manifest import verify_export
+from final_exporter.storage.verify import verify_export
 from pipelines import local_runner
 
 from conftest import penguin_examples

@@ -14,7 +14,7 @@ from final_exporter.adapters.tfx.executor import Executor
 from final_exporter.common import keys
 from final_exporter.common.errors import BlessingMismatchError, InvalidInputError
 from final_exporter.core.config import ExportConfig
-from final_exporter.storage.manifest import verify_export
+from final_exporter.storage.verify import verify_export
 
 from conftest import assert_exported_copy, assert_nothing_written, published_versions
 

@@ -19,7 +19,8 @@ from final_exporter.common.errors import BlessingMismatchError, IntegrityError, 
 from final_exporter.core.blessing import Blessing, blessing_from_folder
 from final_exporter.core.config import ExportConfig
 from final_exporter.core.exporter import ExportRequest, ExportResult, reread_staging, run_export
-from final_exporter.storage.manifest import FileEntry, build_manifest, verify_export
+from final_exporter.storage.manifest import FileEntry, build_manifest
+from final_exporter.storage.verify import verify_export
 
 from conftest import (
     ESTIMATOR_MODEL,

@@ -23,10 +23,10 @@ from final_exporter.common import keys
 from final_exporter.common.errors import InvalidInputError
 from final_exporter.core.config import ExportConfig
 from final_exporter.core.exporter import ExportRequest, run_export
-from final_exporter.storage.local import STAGING_PREFIX, list_versions
-from final_exporter.storage.manifest import verify_export
+from final_exporter.storage.local import STAGING_PREFIX
 from final_exporter.storage.objectstore import ObjectStore, split_uri
-from final_exporter.storage.stores import override_store, store_for
+from final_exporter.storage.stores import client_for, list_versions, override_client
+from final_exporter.storage.verify import verify_export
 
 from conftest import KERAS_MODEL, published_versions
 
@@ -57,7 +57,7 @@ def assert_only_complete_versions(model_base: str, tally=None) -> None:
     remote = model_base.startswith(('gs://', 's3://'))
     for v in list_versions(model_base):
         export_dir = f'{model_base}/{v}'
-        if remote and not store_for(export_dir).exists(f'{export_dir}/saved_model.pb'):
+        if remote and not client_for(export_dir).exists(f'{export_dir}/saved_model.pb'):
             continue
         report = verify_export(export_dir)
         assert report.ok, f'version {v} is visible but incomplete: {report.problems()}'
@@ -112,7 +112,7 @@ def test_sigkill_then_retry_on_object_stores(bucket_base, medium_model, tally):
     _, again = timed_run(cmd, env)
 
     assert again['version'] == retried['version'], 'a retry published a second version'
-    assert not any('staging' in o for o in store_for(model_base).list(model_base))
+    assert not any('staging' in o for o in client_for(model_base).list(model_base))
     tally['retries_deduplicated'] += 1
     versions = list_versions(model_base)
     assert versions[0] == first['version'] and retried['version'] in versions
@@ -226,7 +226,7 @@ def test_failing_each_object_store_call_in_turn_never_publishes_a_partial_versio
 ):
     base, _ = bucket_base
     scheme, _, _ = split_uri(base)
-    real = store_for(base)
+    real = client_for(base)
     failed = 0
     for fail_at in range(1, 200):
         name = f'm{fail_at}'  # A fresh model base per attempt keeps the checks independent.
@@ -236,19 +236,19 @@ def test_failing_each_object_store_call_in_turn_never_publishes_a_partial_versio
             ),
             model_uri=model_uri,
         )
-        with override_store(scheme, FaultyStore(real, fail_at)) as faulty:
+        with override_client(scheme, FaultyStore(real, fail_at)) as faulty:
             try:
                 result = run_export(request, workers=1)
             except OSError as e:
                 assert 'injected fault' in str(e)
                 failed += 1
                 tally['io_faults_injected'] += 1
-                with override_store(scheme, real):
+                with override_client(scheme, real):
                     assert list_versions(f'{base}/{name}') == [], f'a version after fault {fail_at}'
                 continue
         # Succeeded: either no call failed (done), or the fault hit the best-effort
         # cleanup after publishing; the published version must be whole either way.
-        with override_store(scheme, real):
+        with override_client(scheme, real):
             assert list_versions(f'{base}/{name}') == [result.version]
             assert verify_export(result.export_dir).ok
         if faulty.calls < fail_at:

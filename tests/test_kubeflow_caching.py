@@ -17,7 +17,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
 from final_exporter.common import keys
-from final_exporter.storage.manifest import verify_export
+from final_exporter.storage.verify import verify_export
 from pipelines import local_runner, penguin_pipeline
 
 from conftest import published_versions

@@ -18,7 +18,7 @@ import shutil
 import pytest
 
 from final_exporter.common import keys
-from final_exporter.storage.manifest import verify_export
+from final_exporter.storage.verify import verify_export
 from kfp_support import launcher
 from pipelines import kubeflow_v2_runner
 

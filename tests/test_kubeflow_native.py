@@ -28,7 +28,7 @@ from final_exporter.adapters.tfx.executor import Executor
 from final_exporter.adapters.tfx.spec import FinalExporterSpec
 from final_exporter.common import keys
 from final_exporter.core.config import ExportConfig
-from final_exporter.storage.manifest import verify_export
+from final_exporter.storage.verify import verify_export
 from kfp_support import launcher
 
 from conftest import KERAS_MODEL, PENGUIN_EVAL, assert_nothing_written

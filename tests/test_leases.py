@@ -11,14 +11,8 @@ import json
 import time
 import uuid
 
-from final_exporter.storage.remote import (
-    CLAIMS_DIR,
-    LEASES_DIR,
-    Lease,
-    lease_uri,
-    remove_abandoned_staging,
-)
-from final_exporter.storage.stores import store_for
+from final_exporter.storage.bucket import CLAIMS_DIR, LEASES_DIR, BucketStore, Lease, lease_uri
+from final_exporter.storage.stores import client_for
 
 OTHER_HOST_OWNER = 'build-host-elsewhere~4242~987654'
 
@@ -27,12 +21,12 @@ def other_hosts_staging(model_base: str) -> tuple[str, str]:
     """A staging upload (with one object) as an exporter on another host leaves it."""
     name = f'.final-exporter-staging-{uuid.uuid4().hex}~{OTHER_HOST_OWNER}'
     staging = f'{model_base}/{name}'
-    store_for(model_base).upload_bytes(b'shard', f'{staging}/variables/variables.index')
+    client_for(model_base).upload_bytes(b'shard', f'{staging}/variables/variables.index')
     return name, staging
 
 
 def names_under(model_base: str) -> set[str]:
-    return store_for(model_base).children(model_base)
+    return client_for(model_base).children(model_base)
 
 
 def test_another_hosts_staging_is_removed_only_after_its_lease_expired_by_the_margin(
@@ -40,7 +34,7 @@ def test_another_hosts_staging_is_removed_only_after_its_lease_expired_by_the_ma
 ):
     base, _ = bucket_base
     model_base = f'{base}/penguin'
-    store = store_for(model_base)
+    store = client_for(model_base)
     name, staging = other_hosts_staging(model_base)
     renewed_at = 1_800_000_000.0
     store.upload_bytes(
@@ -54,11 +48,13 @@ def test_another_hosts_staging_is_removed_only_after_its_lease_expired_by_the_ma
     )
 
     within = renewed_at + 60.0 + 600.0  # The lease ran out, but not by the margin yet.
-    assert remove_abandoned_staging(store, model_base, now=within, margin=600.0) == []
+    at_the_margin = BucketStore(store, clock=lambda: within, expiry_margin_seconds=600.0)
+    assert at_the_margin.remove_abandoned_staging(model_base) == []
     assert name in names_under(model_base)
     assert '1799999999' in names_under(model_base)
 
-    removed = remove_abandoned_staging(store, model_base, now=within + 1, margin=600.0)
+    past_it = BucketStore(store, clock=lambda: within + 1, expiry_margin_seconds=600.0)
+    removed = past_it.remove_abandoned_staging(model_base)
 
     assert set(removed) == {name, '1799999999'}
     left = names_under(model_base)
@@ -72,21 +68,22 @@ def test_a_live_exporters_staging_survives_while_it_refreshes_and_goes_once_it_s
 ):
     base, _ = bucket_base
     model_base = f'{base}/penguin'
-    store = store_for(model_base)
+    store = BucketStore(client_for(model_base), lease_seconds=0.6, expiry_margin_seconds=0.3)
     name, staging = other_hosts_staging(model_base)
-    lease = Lease(store, lease_uri(model_base, staging), seconds=0.6).start()
+    lease = Lease(store, lease_uri(model_base, staging))
+    lease.start()
     try:
         # Several lease lengths (and margins) pass; the refreshes keep it alive.
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline:
-            assert remove_abandoned_staging(store, model_base, margin=0.3) == []
+            assert store.remove_abandoned_staging(model_base) == []
             assert name in names_under(model_base)
             time.sleep(0.2)
     finally:
-        lease.stop(release=False)  # The owner dies: its lease stays, no longer refreshed.
+        lease.stop(delete=False)  # The owner dies: its lease stays, no longer refreshed.
 
     time.sleep(0.6 + 0.3 + 0.3)
-    assert remove_abandoned_staging(store, model_base, margin=0.3) == [name]
+    assert store.remove_abandoned_staging(model_base) == [name]
     assert name not in names_under(model_base)
 
 
@@ -95,5 +92,6 @@ def test_staging_without_a_lease_from_another_host_is_left_alone(bucket_base):
     model_base = f'{base}/penguin'
     name, _ = other_hosts_staging(model_base)
 
-    assert remove_abandoned_staging(store_for(model_base), model_base, now=4e9, margin=0) == []
+    store = BucketStore(client_for(model_base), clock=lambda: 4e9, expiry_margin_seconds=0)
+    assert store.remove_abandoned_staging(model_base) == []
     assert name in names_under(model_base)

@@ -8,14 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from final_exporter.common import keys
-from final_exporter.storage.manifest import (
-    FileEntry,
-    build_manifest,
-    hash_file,
-    read_manifest,
-    verify_export,
-    write_manifest,
-)
+from final_exporter.storage.manifest import FileEntry, build_manifest
+from final_exporter.storage.verify import hash_file, read_manifest, verify_export, write_manifest
 
 file_names = st.text(alphabet='abcdefghijklmnopqrstuvwxyz0123456789_-.é', min_size=1, max_size=12)
 trees = st.dictionaries(

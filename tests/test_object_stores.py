@@ -21,10 +21,10 @@ from final_exporter.common.errors import InvalidInputError
 from final_exporter.core.blessing import blessing_from_folder
 from final_exporter.core.config import ExportConfig
 from final_exporter.core.exporter import ExportRequest, ExportResult, run_export
-from final_exporter.storage.local import STAGING_PREFIX, list_versions
-from final_exporter.storage.manifest import verify_export
-from final_exporter.storage.remote import CLAIMS_DIR
-from final_exporter.storage.stores import store_for
+from final_exporter.storage.bucket import CLAIMS_DIR
+from final_exporter.storage.local import STAGING_PREFIX
+from final_exporter.storage.stores import client_for, list_versions
+from final_exporter.storage.verify import verify_export
 
 from conftest import KERAS_MODEL, penguin_examples, tree_files
 
@@ -48,11 +48,11 @@ def blessed(make_blessing, ok=True):
 def objects(prefix: str) -> dict[str, int]:
     """{path relative to prefix: size} of the objects under prefix."""
     start = prefix.rstrip('/') + '/'
-    return {u[len(start) :]: i.size for u, i in store_for(prefix).list(prefix).items()}
+    return {u[len(start) :]: i.size for u, i in client_for(prefix).list(prefix).items()}
 
 
 def download(prefix: str, dest) -> str:
-    store = store_for(prefix)
+    store = client_for(prefix)
     for rel in objects(prefix):
         path = os.path.join(dest, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -131,7 +131,7 @@ def test_assets_extra_from_local_and_bucket_sources(
     local = tmp_path / 'classes.txt'
     local.write_text('Adelie\nChinstrap\nGentoo\n')
     remote = f'{base}-inputs/vocab.txt'
-    store_for(remote).upload_bytes(b'vocab from the bucket', remote)
+    client_for(remote).upload_bytes(b'vocab from the bucket', remote)
 
     result = export(
         model_uri,
@@ -141,7 +141,7 @@ def test_assets_extra_from_local_and_bucket_sources(
     )
 
     assert_pushed_remote(result, base)
-    store = store_for(base)
+    store = client_for(base)
     prefix = f'{result.export_dir}/assets.extra'
     assert store.read_bytes(f'{prefix}/labels/classes.txt') == local.read_bytes()
     assert store.read_bytes(f'{prefix}/vocab.txt') == b'vocab from the bucket'
@@ -158,7 +158,7 @@ def test_missing_bucket_asset_fails_before_writing(bucket_base, model_uri, make_
 def test_verify_detects_a_changed_object(bucket_base, model_uri, make_blessing):
     base, _ = bucket_base
     result = export(model_uri, base, blessed(make_blessing))
-    store = store_for(base)
+    store = client_for(base)
     target = f'{result.export_dir}/variables/variables.index'
     store.delete([target])
     store.upload_bytes(b'tampered', target)
@@ -248,7 +248,7 @@ def test_interrupted_upload_leaves_no_version_and_a_rerun_succeeds(bucket_base, 
 def test_next_run_removes_a_half_published_version_of_a_dead_exporter(bucket_base, model_uri):
     base, _ = bucket_base
     model_base = f'{base}/penguin'
-    store = store_for(base)
+    store = client_for(base)
     complete = export(model_uri, base, require_blessing=False, smoke_test=False)
     dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
                           capture_output=True, text=True, check=True)  # fmt: skip

@@ -25,7 +25,7 @@ from final_exporter.storage.local import (
     next_version,
     publish,
 )
-from final_exporter.storage.manifest import verify_export
+from final_exporter.storage.verify import verify_export
 
 from conftest import published_versions
 

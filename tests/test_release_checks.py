@@ -13,7 +13,7 @@ from final_exporter.common import keys
 from final_exporter.common.errors import InvalidInputError
 from final_exporter.core.config import ExportConfig
 from final_exporter.core.exporter import ExportRequest, ExportResult, run_export
-from final_exporter.storage.manifest import verify_export
+from final_exporter.storage.verify import verify_export
 
 from conftest import TFX_TESTDATA, assert_no_staging_left, published_versions
 

@@ -14,15 +14,11 @@ import pytest
 from final_exporter.common import keys
 from final_exporter.common.errors import InvalidInputError
 from final_exporter.lifecycle.model_config import CONFIG_FILENAME, labels, set_label
-from final_exporter.lifecycle.retention import TRASH_PREFIX, apply_retention
+from final_exporter.lifecycle.retention import apply_retention
+from final_exporter.storage.local import TRASH_PREFIX
 from final_exporter.storage.local import STAGING_PREFIX
-from final_exporter.storage.manifest import (
-    FileEntry,
-    build_manifest,
-    hash_file,
-    list_files,
-    write_manifest,
-)
+from final_exporter.storage.manifest import FileEntry, build_manifest
+from final_exporter.storage.verify import hash_file, list_files, write_manifest
 
 from conftest import KERAS_MODEL
 

@@ -9,13 +9,16 @@ import pytest
 
 from final_exporter.checks.savedmodel import inspect_saved_model, resolve_saved_model_dir
 from final_exporter.common.errors import InvalidInputError
+from final_exporter.storage.stores import store_for
 
 from conftest import ESTIMATOR_MODEL, KERAS_MODEL
 
+LOCAL = store_for('/')  # The local folder tree: where these tests' models are.
+
 
 def test_resolves_the_keras_layout_and_reads_signatures():
-    path = resolve_saved_model_dir(KERAS_MODEL)
-    info = inspect_saved_model(path)
+    path = resolve_saved_model_dir(KERAS_MODEL, LOCAL)
+    info = inspect_saved_model(path, LOCAL)
 
     assert path == os.path.join(KERAS_MODEL, 'Format-Serving')
     assert info.tags == ('serve',)
@@ -24,16 +27,16 @@ def test_resolves_the_keras_layout_and_reads_signatures():
 
 
 def test_resolves_the_estimator_layout():
-    path = resolve_saved_model_dir(ESTIMATOR_MODEL)
+    path = resolve_saved_model_dir(ESTIMATOR_MODEL, LOCAL)
 
     assert path.endswith(os.path.join('export', 'chicago-taxi', '1646034756'))
-    assert 'serving_default' in inspect_saved_model(path).signature_names
+    assert 'serving_default' in inspect_saved_model(path, LOCAL).signature_names
 
 
 def test_a_savedmodel_folder_is_accepted_as_is():
     path = os.path.join(KERAS_MODEL, 'Format-Serving')
 
-    assert resolve_saved_model_dir(path) == path
+    assert resolve_saved_model_dir(path, LOCAL) == path
 
 
 def test_corrupt_graph_is_refused(tmp_path):
@@ -42,7 +45,7 @@ def test_corrupt_graph_is_refused(tmp_path):
     (model / 'saved_model.pb').write_bytes(b'\xff' * 64)
 
     with pytest.raises(InvalidInputError, match='truncated or corrupt'):
-        inspect_saved_model(str(model))
+        inspect_saved_model(str(model), LOCAL)
 
 
 def test_empty_graph_is_refused(tmp_path):
@@ -51,7 +54,7 @@ def test_empty_graph_is_refused(tmp_path):
     (model / 'saved_model.pb').write_bytes(b'')
 
     with pytest.raises(InvalidInputError, match='is empty'):
-        inspect_saved_model(str(model))
+        inspect_saved_model(str(model), LOCAL)
 
 
 def test_missing_shard_of_many_is_named(tmp_path):
@@ -64,11 +67,11 @@ def test_missing_shard_of_many_is_named(tmp_path):
     (variables / 'variables.data-00002-of-00003').write_bytes(b'x')
 
     with pytest.raises(InvalidInputError, match=r'missing variables\.data-00001-of-00003'):
-        inspect_saved_model(str(model))
+        inspect_saved_model(str(model), LOCAL)
 
 
 def test_error_lists_what_the_folder_holds(tmp_path):
     (tmp_path / 'checkpoint').write_text('')
 
     with pytest.raises(InvalidInputError, match='found checkpoint'):
-        resolve_saved_model_dir(str(tmp_path))
+        resolve_saved_model_dir(str(tmp_path), LOCAL)

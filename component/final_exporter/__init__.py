@@ -24,8 +24,9 @@ from final_exporter.core.blessing import (
 )
 from final_exporter.core.config import ExportConfig
 from final_exporter.core.exporter import ExportRequest, ExportResult, run_export
-from final_exporter.storage.local import list_versions
-from final_exporter.storage.manifest import VerifyReport, read_manifest, verify_export
+from final_exporter.storage.manifest import VerifyReport
+from final_exporter.storage.stores import list_versions
+from final_exporter.storage.verify import read_manifest, verify_export
 from final_exporter.version import __version__
 
 _LAZY = {

@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import shlex
 import sys
 import warnings
@@ -24,10 +23,9 @@ from final_exporter.common.progress import human_bytes
 from final_exporter.core.blessing import blessing_from_folder
 from final_exporter.core.config import ExportConfig
 from final_exporter.core.exporter import ExportRequest, ExportResult, run_export
-from final_exporter.storage.local import list_versions
-from final_exporter.storage.manifest import read_manifest, verify_export
-from final_exporter.storage.objectstore import is_object_store_uri
+from final_exporter.storage.stores import store_for
 from final_exporter.storage.transfer import COPY_AUTO, COPY_METHODS
+from final_exporter.storage.verify import read_manifest, verify_export
 from final_exporter.version import __version__
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -332,12 +330,14 @@ def _print_label(result, as_json: bool) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    remote = is_object_store_uri(args.model_base)
-    if not remote and not os.path.isdir(args.model_base):
-        raise InvalidInputError(f'{args.model_base!r} is not a folder')
+    store = store_for(args.model_base)
+    if not store.children(args.model_base):
+        raise InvalidInputError(
+            f'{args.model_base!r} is not a folder or bucket prefix with versions in it'
+        )
     rows = []
-    for version in reversed(list_versions(args.model_base)):
-        export_dir = f'{args.model_base.rstrip("/")}/{version}'
+    for version in reversed(store.list_versions(args.model_base)):
+        export_dir = store.join(args.model_base, str(version))
         try:
             manifest, digest = read_manifest(export_dir)
         except FinalExporterError as e:

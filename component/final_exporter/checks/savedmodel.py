@@ -11,9 +11,8 @@ has its index and every data shard.
 from __future__ import annotations
 
 import dataclasses
-import mmap
-import os
 import re
+from typing import Any
 
 from final_exporter.common import keys
 from final_exporter.common.errors import InvalidInputError
@@ -52,13 +51,12 @@ class SavedModelInfo:
         return 'pbtxt' if self.graph_file == keys.SAVED_MODEL_PBTXT else 'pb'
 
 
-def is_saved_model_dir(path: str) -> bool:
-    return any(
-        os.path.isfile(os.path.join(path, f)) for f in (keys.SAVED_MODEL_PB, keys.SAVED_MODEL_PBTXT)
-    )
+def is_saved_model_dir(path: str, store: Any) -> bool:
+    names = store.children(path)
+    return keys.SAVED_MODEL_PB in names or keys.SAVED_MODEL_PBTXT in names
 
 
-def resolve_saved_model_dir(path: str) -> str:
+def resolve_saved_model_dir(path: str, store: Any) -> str:
     """Returns the SavedModel folder for a Model artifact folder or a SavedModel.
 
     Accepts, like `tfx.utils.path_utils.serving_model_path`:
@@ -67,69 +65,71 @@ def resolve_saved_model_dir(path: str) -> str:
       * the Estimator layout `<uri>/Format-Serving/export/<name>/<timestamp>/`, where
         the newest numeric timestamp wins.
 
+    `store` (a `storage.base.Store`) is where `path` lives: a local folder tree or
+    a bucket; only its listings and the graph file are read.
+
     Raises:
         InvalidInputError: naming the path and what is missing.
     """
-    if path.startswith(('gs://', 's3://')):
+    names = store.children(path)
+    if not names:
         raise InvalidInputError(
-            f'model path {path!r} is on an object store; reading the model from gs:// or s3:// '
-            'is not supported yet: export from a local or FUSE-mounted path (e.g. /gcs/...)'
+            f'model path {path!r} does not exist or is not a folder (or it is empty)'
         )
-    if not os.path.isdir(path):
-        raise InvalidInputError(f'model path {path!r} does not exist or is not a folder')
-    if is_saved_model_dir(path):
+    if is_saved_model_dir(path, store):
         return path
     for name in SERVING_MODEL_DIRS:
-        serving_dir = os.path.join(path, name)
-        if os.path.isdir(serving_dir):
-            export_dir = os.path.join(serving_dir, ESTIMATOR_EXPORT_DIR)
-            if not is_saved_model_dir(serving_dir) and os.path.isdir(export_dir):
-                return _newest_estimator_export(export_dir)
+        serving_dir = store.join(path, name)
+        if name in names and store.children(serving_dir):
+            export_dir = store.join(serving_dir, ESTIMATOR_EXPORT_DIR)
+            if not is_saved_model_dir(serving_dir, store) and store.children(export_dir):
+                return _newest_estimator_export(export_dir, store)
             return serving_dir
     raise InvalidInputError(
         f'model path {path!r} holds no SavedModel: expected {keys.SAVED_MODEL_PB} (or '
         f'{keys.SAVED_MODEL_PBTXT}) in it or in its {SERVING_MODEL_DIRS[0]}/ subfolder, found '
-        f'{_listing(path)}'
+        f'{_listing(path, store)}'
     )
 
 
-def _newest_estimator_export(export_dir: str) -> str:
+def _newest_estimator_export(export_dir: str, store: Any) -> str:
     names = [
-        n for n in sorted(os.listdir(export_dir)) if os.path.isdir(os.path.join(export_dir, n))
+        n for n in sorted(store.children(export_dir)) if store.children(store.join(export_dir, n))
     ]
     if len(names) != 1:
         raise InvalidInputError(
             f'Estimator export folder {export_dir!r} must hold exactly one exporter folder, '
             f'found {names or "none"}'
         )
-    exporter_dir = os.path.join(export_dir, names[0])
-    stamps = [n for n in os.listdir(exporter_dir) if n.isdigit()]
+    exporter_dir = store.join(export_dir, names[0])
+    stamps = [n for n in store.children(exporter_dir) if n.isdigit()]
     if not stamps:
         raise InvalidInputError(
             f'Estimator exporter folder {exporter_dir!r} holds no numeric timestamp folder'
         )
-    return os.path.join(exporter_dir, max(stamps, key=int))
+    return store.join(exporter_dir, max(stamps, key=int))
 
 
-def inspect_saved_model(path: str) -> SavedModelInfo:
-    """Checks the SavedModel structure in `path` and returns what it holds.
+def inspect_saved_model(path: str, store: Any) -> SavedModelInfo:
+    """Checks the SavedModel structure in `path` (on `store`) and returns what it holds.
 
     Raises:
         InvalidInputError: naming the file that is missing, truncated or corrupt.
     """
-    pb = os.path.join(path, keys.SAVED_MODEL_PB)
-    pbtxt = os.path.join(path, keys.SAVED_MODEL_PBTXT)
-    if os.path.isfile(pb):
+    pb = store.join(path, keys.SAVED_MODEL_PB)
+    pbtxt = store.join(path, keys.SAVED_MODEL_PBTXT)
+    if store.is_file(pb):
         graph_file = keys.SAVED_MODEL_PB
-        tags, signatures = _parse_saved_model_pb(pb)
-    elif os.path.isfile(pbtxt):
+        tags, signatures = _parse_saved_model_pb(pb, store.read_bytes(pb))
+    elif store.is_file(pbtxt):
         graph_file = keys.SAVED_MODEL_PBTXT
-        tags, signatures = _parse_saved_model_pbtxt(pbtxt)
+        tags, signatures = _parse_saved_model_pbtxt(pbtxt, store.read_bytes(pbtxt))
     else:
         raise InvalidInputError(
-            f'{path!r} is not a SavedModel: {keys.SAVED_MODEL_PB} is missing (found {_listing(path)})'
+            f'{path!r} is not a SavedModel: {keys.SAVED_MODEL_PB} is missing '
+            f'(found {_listing(path, store)})'
         )
-    _check_variables(path)
+    _check_variables(path, store)
     return SavedModelInfo(
         path=path,
         graph_file=graph_file,
@@ -138,9 +138,9 @@ def inspect_saved_model(path: str) -> SavedModelInfo:
     )
 
 
-def _listing(path: str, limit: int = 8) -> str:
+def _listing(path: str, store: Any, limit: int = 8) -> str:
     try:
-        names = sorted(os.listdir(path))
+        names = sorted(store.children(path))
     except OSError as e:
         return f'an unreadable folder ({e.strerror})'
     if not names:
@@ -149,11 +149,10 @@ def _listing(path: str, limit: int = 8) -> str:
     return f'{shown}, ... ({len(names)} entries)' if len(names) > limit else shown
 
 
-def _check_variables(path: str) -> None:
-    var_dir = os.path.join(path, _VARIABLES_DIR)
-    if not os.path.isdir(var_dir):
+def _check_variables(path: str, store: Any) -> None:
+    names = store.children(store.join(path, _VARIABLES_DIR))
+    if not names:
         return  # A SavedModel without variables (constants only) is valid.
-    names = set(os.listdir(var_dir))
     shards = [m for m in map(_SHARD_RE.match, names) if m]
     if not shards and _VARIABLES_INDEX not in names:
         return  # TF writes an empty variables/ folder for variable-free models.
@@ -233,27 +232,24 @@ def _fields(buf: memoryview | bytes, start: int, end: int):
         yield field, wire, value_start, pos
 
 
-def _parse_saved_model_pb(pb_path: str) -> tuple[list[str], list[str]]:
-    size = os.path.getsize(pb_path)
+def _parse_saved_model_pb(pb_path: str, data: bytes) -> tuple[list[str], list[str]]:
+    size = len(data)
     if size == 0:
         raise InvalidInputError(f'{pb_path!r} is empty; the SavedModel is incomplete')
     tags: list[str] = []
     signatures: list[str] = []
     meta_graphs = 0
-    with open(pb_path, 'rb') as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        buf = memoryview(mm)
-        try:
-            for field, wire, s, e in _fields(buf, 0, size):
-                if field == 2 and wire == _LEN:
-                    meta_graphs += 1
-                    _parse_meta_graph(buf, s, e, tags, signatures)
-        except (_WireError, UnicodeDecodeError) as err:
-            raise InvalidInputError(
-                f'{pb_path!r} is not a valid SavedModel protocol buffer ({err}); '
-                'the file is truncated or corrupt'
-            ) from None
-        finally:
-            buf.release()
+    buf = memoryview(data)
+    try:
+        for field, wire, s, e in _fields(buf, 0, size):
+            if field == 2 and wire == _LEN:
+                meta_graphs += 1
+                _parse_meta_graph(buf, s, e, tags, signatures)
+    except (_WireError, UnicodeDecodeError) as err:
+        raise InvalidInputError(
+            f'{pb_path!r} is not a valid SavedModel protocol buffer ({err}); '
+            'the file is truncated or corrupt'
+        ) from None
     if meta_graphs == 0:
         raise InvalidInputError(f'{pb_path!r} holds no meta graph; it is not a SavedModel')
     return tags, signatures
@@ -271,10 +267,9 @@ def _parse_meta_graph(buf, start: int, end: int, tags: list[str], signatures: li
                     signatures.append(bytes(buf[s2:e2]).decode('utf-8'))
 
 
-def _parse_saved_model_pbtxt(pbtxt_path: str) -> tuple[list[str], list[str]]:
+def _parse_saved_model_pbtxt(pbtxt_path: str, data: bytes) -> tuple[list[str], list[str]]:
     try:
-        with open(pbtxt_path, encoding='utf-8') as f:
-            text = f.read()
+        text = data.decode('utf-8')
     except UnicodeDecodeError:
         raise InvalidInputError(f'{pbtxt_path!r} is not a text protocol buffer') from None
     if 'meta_graphs' not in text:

@@ -83,6 +83,8 @@ CURRENT_MODEL_ID_PROPERTY = 'current_model_id'
 ASSETS_EXTRA_DIR = 'assets.extra'
 MANIFEST_FILENAME = 'export_manifest.json'
 MANIFEST_RELPATH = f'{ASSETS_EXTRA_DIR}/{MANIFEST_FILENAME}'
+# Staging folders and prefixes: hidden, non-numeric, never loaded by a model server.
+STAGING_PREFIX = '.final-exporter-staging-'
 LINEAGE_FILENAME = 'lineage.json'
 REPORT_FILENAME = 'report.md'
 SAVED_MODEL_PB = 'saved_model.pb'

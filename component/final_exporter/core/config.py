@@ -270,11 +270,6 @@ class ExportConfig:
                 f'label {self.label!r} is not a TensorFlow Serving version label; expected a '
                 'letter, then up to 62 letters, digits, "_", "." or "-" (e.g. "canary")'
             )
-        if (self.label or self.exports_to_keep) and self.export_base.startswith(('gs://', 's3://')):
-            raise InvalidInputError(
-                'label and exports_to_keep need a local (or mounted) export_base; on gs:// and '
-                f's3:// they are not supported yet (export_base={self.export_base!r})'
-            )
 
     @property
     def model_base(self) -> str:

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -23,31 +22,16 @@ from final_exporter.checks.savedmodel import (
 )
 from final_exporter.common import keys
 from final_exporter.common.errors import FinalExporterError, IntegrityError, InvalidInputError
-from final_exporter.common.fs import flush_tree
-from final_exporter.common.keys import WARMUP_FILENAME, WARMUP_RELPATH
+from final_exporter.common.keys import WARMUP_RELPATH
 from final_exporter.common.progress import Progress
 from final_exporter.core import lineage
 from final_exporter.core.blessing import Blessing, check_blessings
 from final_exporter.core.config import ExportConfig
-from final_exporter.storage import local as publish
-from final_exporter.storage import objectstore
-from final_exporter.storage import remote as remote_publish
-from final_exporter.storage.manifest import (
-    FileEntry,
-    build_manifest,
-    read_manifest,
-    verify_export,
-    write_manifest,
-)
-from final_exporter.storage.objectstore import is_object_store_uri
+from final_exporter.storage.base import Staging, Store
+from final_exporter.storage.manifest import FileEntry, build_manifest, manifest_bytes
 from final_exporter.storage.stores import store_for
-from final_exporter.storage.transfer import (
-    CHUNK_BYTES,
-    CopyItem,
-    copy_and_hash,
-    hash_tree,
-    plan_tree,
-)
+from final_exporter.storage.transfer import CopyItem
+from final_exporter.storage.verify import read_manifest, verify_export
 
 logger = logging.getLogger(__name__)
 
@@ -165,10 +149,11 @@ def run_export(
         IntegrityError: if bytes changed under the copy; nothing was published.
     """
     config = request.config
-    source_dir = resolve_saved_model_dir(request.model_uri)
-    source = inspect_saved_model(source_dir)
+    source_store = store_for(request.model_uri)
+    source_dir = resolve_saved_model_dir(request.model_uri, source_store)
+    source = inspect_saved_model(source_dir, source_store)
     assets = _check_assets_extra_sources(config.assets_extra)
-    items = _plan_copy(source, config, assets)
+    items = _plan_copy(source_store, source, config, assets)
     _check_serving_inputs(config, request, items)
     decision = check_blessings(
         request.blessings,
@@ -213,20 +198,21 @@ def run_export(
             lineage=make_lineage(source.signature_names, planned, {}),
         )
 
-    _remove_abandoned_staging(config.model_base)
+    store = store_for(config.model_base)
+    store.remove_abandoned_staging(config.model_base)
     if request.idempotency_key:
-        previous = _previous_export(config.model_base, request.idempotency_key)
+        previous = _previous_export(store, config.model_base, request.idempotency_key)
         if previous is not None:
             return previous
-    export = _export_to_object_store if is_object_store_uri(config.model_base) else _export_local
     with contextlib.ExitStack() as cleanup:
-        if any(is_object_store_uri(i.src) for i in items):
-            downloads = cleanup.enter_context(
-                tempfile.TemporaryDirectory(prefix='final-exporter-assets-')
-            )
-            items = [_local_copy_of(i, downloads) for i in items]
-        version, export_dir, manifest, digest = export(
-            request, source, items, make_lineage, report_progress, workers, clock
+        if config.serving_fn or config.as_text:
+            # TensorFlow rewrites the graph, so it needs the source model as files: a
+            # model in a bucket is downloaded once (a local one is used where it is).
+            local_source = cleanup.enter_context(source_store.local_tree(source.path))
+            source = dataclasses.replace(source, path=local_source)
+            items = _plan_copy(store_for(local_source), source, config, assets)
+        version, export_dir, manifest, digest = _export(
+            store, request, source, items, make_lineage, report_progress, workers, clock
         )
     after = _after_publish(config, version)
     logger.info(
@@ -252,7 +238,8 @@ LineageFn = Callable[[Sequence[str], Mapping[str, FileEntry], Mapping[str, Any]]
 Outcome = tuple[int, str, dict[str, Any], str]
 
 
-def _export_local(
+def _export(
+    store: Store,
     request: ExportRequest,
     source: SavedModelInfo,
     items: list[CopyItem],
@@ -261,103 +248,50 @@ def _export_local(
     workers: int | None,
     clock: Callable[[], float],
 ) -> Outcome:
-    """Stage in a hidden folder beside the versions, verify, publish with one rename."""
-    config = request.config
-    staging = publish.make_staging_dir(config.model_base)
-    try:
-        copy = _copier(request, report_progress, workers, total=items)
-        files, signatures = _build(staging, source, config, items, copy)
-        warmup = os.path.join(staging, *WARMUP_RELPATH.split('/'))
-        checks = _serving_checks(staging, source.path, config, request, warmup)
-        if os.path.exists(warmup) and WARMUP_RELPATH not in files:
-            files.update(hash_tree(staging, skip=files))
-        manifest = build_manifest(files.values(), make_lineage(signatures, files, checks))
-        digest = write_manifest(staging, manifest)
-        check = verify_export(staging, manifest, rehash=False, known=files)
-        if not check.ok:
-            raise IntegrityError(
-                f'staged export {staging!r} does not match its manifest: {"; ".join(check.problems())}'
-            )
-        if config.paranoid_verify:
-            reread_staging(staging, manifest)
-        version, export_dir = publish.publish(staging, config.model_base, clock)
-    except BaseException:
-        publish.remove_staging_dir(staging)
-        raise
-    return version, export_dir, manifest, digest
+    """Stage beside the versions, check, verify, publish; the store keeps each step's promise.
 
-
-def _export_to_object_store(
-    request: ExportRequest,
-    source: SavedModelInfo,
-    items: list[CopyItem],
-    make_lineage: LineageFn,
-    report_progress: Callable[[str], None] | None,
-    workers: int | None,
-    clock: Callable[[], float],
-) -> Outcome:
-    """Claim, upload to a hidden prefix, verify, publish by server-side copy (remote_publish)."""
+    A local store stages in a hidden folder and publishes with one rename; a bucket
+    stages under a hidden prefix and publishes with a claim and server-side copies,
+    `saved_model.pb` last (storage/bucket.py).
+    """
     config = request.config
-    store = store_for(config.model_base)
-    staging = remote_publish.new_staging_uri(config.model_base)
-    # Kept fresh while this export runs: a run on another host then never takes the
-    # staging upload for abandoned (remote.py).
-    lease = remote_publish.Lease(store, remote_publish.lease_uri(config.model_base, staging))
-    lease.start()
-    local_build = tempfile.mkdtemp(prefix='final-exporter-build-')
+    staging = store.begin_staging(config.model_base)
     try:
-        signatures = source.signature_names
-        checked_dir = source.path
-        if config.serving_fn or config.as_text:
-            # TensorFlow writes locally; the result is then uploaded like a source model.
-            copy = _copier(request, report_progress, workers, total=items)
-            _, signatures = _build(local_build, source, config, items, copy)
-            items = plan_tree(local_build)
-            checked_dir = local_build
-        # The uploads are hash-verified, so checking the local bytes checks the export.
-        warmup = os.path.join(local_build, '.warmup', WARMUP_FILENAME)
-        os.makedirs(os.path.dirname(warmup), exist_ok=True)
-        checks = _serving_checks(checked_dir, source.path, config, request, warmup)
-        if os.path.exists(warmup):
-            items = [*items, CopyItem(warmup, WARMUP_RELPATH, os.path.getsize(warmup))]
-        progress = Progress(sum(i.size for i in items), len(items), report=report_progress)
-        uploaded = remote_publish.upload_items(
-            store, items, staging, workers=workers, progress=progress
+        progress = Progress(
+            total_bytes=sum(i.size for i in items), total_files=len(items), report=report_progress
         )
-        files = {path: entry for path, (entry, _) in uploaded.items()}
+        files, signatures = _build(
+            store, staging, source, config, items, request, progress, workers
+        )
+        warmup = os.path.join(staging.local_dir, *WARMUP_RELPATH.split('/'))
+        checks = _serving_checks(staging.local_dir, source.path, config, request, warmup)
+        if os.path.exists(warmup) and WARMUP_RELPATH not in files:
+            files.update(store.stage_local_files(staging, [WARMUP_RELPATH]))
         manifest = build_manifest(files.values(), make_lineage(signatures, files, checks))
-        digest, manifest_upload = remote_publish.upload_manifest(store, staging, manifest)
-        expected = {path: up for path, (_, up) in uploaded.items()}
-        expected[keys.MANIFEST_RELPATH] = manifest_upload
-        remote_publish.verify_staging(store, staging, expected)
+        data = manifest_bytes(manifest)
+        store.write_manifest(staging, data)
+        store.verify_staged(staging, manifest, known=files)
         if config.paranoid_verify:
-            reread_staging(staging, manifest)
-        version = remote_publish.claim_version(store, config.model_base, staging, clock)
-        export_dir = objectstore.join(config.model_base, str(version))
-        try:
-            remote_publish.publish_copies(store, staging, export_dir, sorted(expected), workers)
-        finally:
-            # Published, or failed with its copies removed: the claim has done its job.
-            remote_publish.release_claim(store, config.model_base, version)
+            store.flush_for_reread(staging)
+            reread_staging(staging.path, manifest)
+        version, export_dir = store.publish(staging, clock)
     finally:
-        remote_publish.remove_prefix(store, staging)
-        lease.stop()
-        shutil.rmtree(local_build, ignore_errors=True)
-    return version, export_dir, manifest, digest
+        # Unpublished: removed. Published: only what the store kept aside (a lease, a
+        # local build folder) is released.
+        store.discard(staging)
+    return version, export_dir, manifest, hashlib.sha256(data).hexdigest()
 
 
 def reread_staging(staging: str, manifest: Mapping[str, Any]) -> None:
     """The paranoid verify: reads every staged byte back and checks it against the manifest.
 
-    A local staging folder is flushed and dropped from the page cache first, so
-    the bytes come back from the disk rather than from the memory they were
-    written from; a bucket's are downloaded.
+    The store has flushed a local staging folder and dropped it from the page
+    cache first, so the bytes come back from the disk rather than from the memory
+    they were written from; a bucket's are downloaded.
 
     Raises:
         IntegrityError: naming the files that differ; nothing was published.
     """
-    if not is_object_store_uri(staging):
-        flush_tree(staging, drop_cache=True)
     check = verify_export(staging, manifest, rehash=True)
     if not check.ok:
         raise IntegrityError(
@@ -375,43 +309,28 @@ def reread_staging(staging: str, manifest: Mapping[str, Any]) -> None:
 def _check_assets_extra_sources(assets_extra: Mapping[str, str]) -> list[CopyItem]:
     items = []
     for dest, src in assets_extra.items():
-        if is_object_store_uri(src):
-            info = store_for(src).stat(src)
-            if info is None:
-                raise InvalidInputError(
-                    f'assets_extra source for {dest!r} is missing: {src!r}; expected an object'
-                )
-            items.append(CopyItem(src=src, dest=f'{keys.ASSETS_EXTRA_DIR}/{dest}', size=info.size))
-            continue
-        if not os.path.isfile(src):
-            what = 'a folder' if os.path.isdir(src) else 'missing'
+        store = store_for(src)
+        if not store.is_file(src):
+            what = 'a folder' if store.children(src) else 'missing'
             raise InvalidInputError(
                 f'assets_extra source for {dest!r} is {what}: {src!r}; expected a readable file'
             )
-        if not os.access(src, os.R_OK):
+        if not store.is_readable(src):
             raise InvalidInputError(f'assets_extra source for {dest!r} is not readable: {src!r}')
         items.append(
-            CopyItem(src=src, dest=f'{keys.ASSETS_EXTRA_DIR}/{dest}', size=os.path.getsize(src))
+            CopyItem(src=src, dest=f'{keys.ASSETS_EXTRA_DIR}/{dest}', size=store.size(src))
         )
     return items
-
-
-def _remove_abandoned_staging(model_base: str) -> None:
-    """Every blessed run first clears what dead exporters left (never a live one's)."""
-    if is_object_store_uri(model_base):
-        remote_publish.remove_abandoned_staging(store_for(model_base), model_base)
-    else:
-        publish.remove_abandoned_staging(model_base)
 
 
 # Retries come soon after the failed attempt; looking further back costs reads for nothing.
 _RETRY_LOOKBACK_VERSIONS = 20
 
 
-def _previous_export(model_base: str, idempotency_key: str) -> ExportResult | None:
+def _previous_export(store: Store, model_base: str, idempotency_key: str) -> ExportResult | None:
     """The complete export an earlier attempt of this execution published, if any."""
-    for version in reversed(publish.list_versions(model_base)[-_RETRY_LOOKBACK_VERSIONS:]):
-        export_dir = f'{model_base.rstrip("/")}/{version}'
+    for version in reversed(store.list_versions(model_base)[-_RETRY_LOOKBACK_VERSIONS:]):
+        export_dir = store.join(model_base, str(version))
         try:
             manifest, digest = read_manifest(export_dir)
         except FinalExporterError:
@@ -419,12 +338,10 @@ def _previous_export(model_base: str, idempotency_key: str) -> ExportResult | No
         if manifest.get('lineage', {}).get(keys.IDEMPOTENCY_KEY_KEY) != idempotency_key:
             continue
         if not verify_export(export_dir, manifest, rehash=False).ok:
-            if is_object_store_uri(export_dir):
-                # This execution's earlier attempt died mid-publish (server-side copies
-                # cut short, so no saved_model.pb): remove it and export again.
-                logger.warning('Removing incomplete version %s of an earlier attempt.', export_dir)
-                store = store_for(export_dir)
-                store.delete(store.list(export_dir))
+            # This execution's earlier attempt died mid-publish (on a bucket: copies cut
+            # short, so no saved_model.pb): the store removes what it can, and the
+            # export runs again.
+            store.remove_incomplete_version(model_base, version)
             continue
         logger.info(
             'Execution %s already exported version %s; reporting it.', idempotency_key, version
@@ -581,18 +498,8 @@ def _after_publish(config: ExportConfig, version: int) -> dict[str, Any]:
     return done
 
 
-def _local_copy_of(item: CopyItem, folder: str) -> CopyItem:
-    """Downloads an object-store source (an assets_extra file) so it is read like a local one."""
-    if not is_object_store_uri(item.src):
-        return item
-    local = os.path.join(folder, str(len(os.listdir(folder))))
-    with store_for(item.src).open_read(item.src) as src, open(local, 'xb') as out:
-        shutil.copyfileobj(src, out, CHUNK_BYTES)
-    return dataclasses.replace(item, src=local)
-
-
 def _plan_copy(
-    source: SavedModelInfo, config: ExportConfig, assets: list[CopyItem]
+    store: Store, source: SavedModelInfo, config: ExportConfig, assets: list[CopyItem]
 ) -> list[CopyItem]:
     """All files the export will hold (but the manifest), with their sources."""
     # A re-export of an export carries an old manifest; the new one replaces it.
@@ -601,13 +508,13 @@ def _plan_copy(
         # TensorFlow writes the SavedModel itself; only assets.extra is copied.
         planned = [
             i
-            for i in plan_tree(source.path, exclude=exclude)
+            for i in store.plan_tree(source.path, exclude=exclude)
             if i.dest.startswith(keys.ASSETS_EXTRA_DIR + '/')
         ]
     else:
         if config.as_text:
             exclude.append(keys.SAVED_MODEL_PB)
-        planned = plan_tree(source.path, exclude=exclude)
+        planned = store.plan_tree(source.path, exclude=exclude)
     taken = {i.dest for i in planned}
     for item in assets:
         if item.dest in taken:
@@ -620,48 +527,69 @@ def _plan_copy(
 
 def _copier(
     request: ExportRequest,
-    report_progress: Callable[[str], None] | None,
-    workers: int | None,
-    total: Sequence[CopyItem],
-) -> Callable[[list[CopyItem], str], dict[str, FileEntry]]:
-    """The copy-and-hash function for this request: threads, or a Beam fan-out."""
-    method = request.config.copy_method
-    if beam_requested(request.beam_pipeline_args):
-        from final_exporter.storage.beam_copy import copy_and_hash_beam
+) -> Callable[[list[CopyItem], str], dict[str, FileEntry]] | None:
+    """The Beam fan-out of the local copy when the Beam args ask for one; else the store's own."""
+    if not beam_requested(request.beam_pipeline_args):
+        return None
+    from final_exporter.storage.beam_copy import copy_and_hash_beam
 
-        return lambda items, dest: copy_and_hash_beam(
-            items, dest, request.beam_pipeline_args, method=method
-        )
-    progress = Progress(
-        total_bytes=sum(i.size for i in total), total_files=len(total), report=report_progress
-    )
-    return lambda items, dest: copy_and_hash(
-        items, dest, method=method, workers=workers, progress=progress
+    method = request.config.copy_method
+    return lambda items, dest: copy_and_hash_beam(
+        items, dest, request.beam_pipeline_args, method=method
     )
 
 
 def _build(
-    staging: str,
+    store: Store,
+    staging: Staging,
     source: SavedModelInfo,
     config: ExportConfig,
     items: list[CopyItem],
-    copy: Callable[[list[CopyItem], str], dict[str, FileEntry]],
+    request: ExportRequest,
+    progress: Progress,
+    workers: int | None,
 ) -> tuple[dict[str, FileEntry], tuple[str, ...]]:
-    """Fills the staging folder; returns its files' entries and signature names."""
+    """Fills the staging area; returns its files' entries and signature names.
+
+    `staging.local_dir` then holds the export as it will be served, for the checks.
+    """
+    if config.serving_fn:
+        from final_exporter.core import tf_export  # TensorFlow only when needed.
+
+        tf_export.reexport(source.path, staging.local_dir, config.serving_fn)
+    staged = store.stage(
+        staging,
+        items,
+        method=config.copy_method,
+        workers=workers,
+        progress=progress,
+        keep_local=_needs_local_tree(config, request, items),
+        copier=_copier(request),
+    )
     if not (config.serving_fn or config.as_text):
-        return copy(items, staging), source.signature_names
+        return staged, source.signature_names
     from final_exporter.core import tf_export  # TensorFlow only when needed.
 
-    if config.serving_fn:
-        tf_export.reexport(source.path, staging, config.serving_fn)
-    copied = copy(items, staging)
+    local = staging.local_dir
     if config.serving_fn and config.as_text:
-        tf_export.convert_in_place_to_pbtxt(staging)
+        tf_export.convert_in_place_to_pbtxt(local)
     elif config.as_text:
         tf_export.write_pbtxt(
             os.path.join(source.path, keys.SAVED_MODEL_PB),
-            os.path.join(staging, keys.SAVED_MODEL_PBTXT),
+            os.path.join(local, keys.SAVED_MODEL_PBTXT),
         )
-    signatures = tf_export.check_loads(staging)
-    # Hash only what TensorFlow wrote; the copy already hashed the rest.
-    return {**copied, **hash_tree(staging, skip=copied)}, signatures
+    signatures = tf_export.check_loads(local)
+    # Stage only what TensorFlow wrote; the copy already hashed the rest.
+    written = sorted(set(store_for(local).list_files(local)) - set(staged))
+    return {**staged, **store.stage_local_files(staging, written)}, signatures
+
+
+def _needs_local_tree(config: ExportConfig, request: ExportRequest, items: list[CopyItem]) -> bool:
+    """Whether TensorFlow or a serving check reads the staged export."""
+    return bool(
+        config.smoke_test
+        or request.examples_uri
+        or config.serving_fn
+        or config.as_text
+        or any(i.dest == WARMUP_RELPATH for i in items)
+    )

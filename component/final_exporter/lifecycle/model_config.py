@@ -35,31 +35,29 @@ server that is not running yet).
 A version is *complete* when it holds `assets.extra/export_manifest.json`, the last
 thing an export writes before its version folder appears.
 
-Writes hold an exclusive `flock` on `<model_base>/.models.config.lock`, so
-concurrent writers (two exporters, an exporter and `final-exporter label`, retention)
-never lose each other's changes, and replace the file atomically (temporary file
-in the same folder, fsync, `os.replace`), so the server never reads half a file.
+The model base may be a local folder or a bucket prefix: the store (storage/)
+serialises writers with its lock (locally an `flock` on `.models.config.lock`; on
+a bucket a leased lock object) and replaces the file with a compare-and-swap
+write (locally a temporary file, fsync and `os.replace`; on GCS a generation
+precondition; on S3 a conditional write on the ETag). So concurrent writers (two
+exporters, an exporter and `final-exporter label`, retention) never lose each
+other's changes, and the server never reads half a file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import fcntl
 import logging
-import os
 import re
-import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from final_exporter.common import keys
 from final_exporter.common.errors import IntegrityError, InvalidInputError
-from final_exporter.common.fs import fsync_dir
 from final_exporter.common.keys import LABEL_PATTERN
-from final_exporter.storage.local import is_version_name
-from final_exporter.storage.manifest import verify_export
+from final_exporter.storage.stores import store_for
+from final_exporter.storage.verify import verify_export
 
 if TYPE_CHECKING:
     from tensorflow_serving.config import model_server_config_pb2
@@ -124,57 +122,36 @@ class LabelResult:
 
 def config_path(model_base: str) -> str:
     """`<model_base>/models.config`."""
-    return os.path.join(model_base, CONFIG_FILENAME)
+    return store_for(model_base).join(model_base, CONFIG_FILENAME)
 
 
 def complete_versions(model_base: str) -> list[int]:
-    """The numeric version folders holding an export manifest, ascending.
+    """The versions holding an export manifest and their graph file, ascending.
 
-    Symlinks are left out: they are not folders this package made.
+    On a bucket a version being published gets `saved_model.pb` last, so it is not
+    complete (nor removed by retention) until its publish has finished. Local
+    symlinks are left out: they are not folders this package made.
     """
-    try:
-        names = os.listdir(model_base)
-    except FileNotFoundError:
-        return []
+    store = store_for(model_base)
     found = []
-    for name in names:
-        path = os.path.join(model_base, name)
-        if (
-            is_version_name(name)
-            and not os.path.islink(path)
-            and os.path.isdir(path)
-            and os.path.isfile(os.path.join(path, keys.MANIFEST_RELPATH))
+    for version in store.list_versions(model_base):
+        names = store.children(store.join(model_base, str(version)))
+        if (keys.SAVED_MODEL_PB in names or keys.SAVED_MODEL_PBTXT in names) and store.is_file(
+            store.join(model_base, str(version), *keys.MANIFEST_RELPATH.split('/'))
         ):
-            found.append(int(name))
-    return sorted(found)
+            found.append(version)
+    return found
 
 
 @contextlib.contextmanager
 def locked(model_base: str) -> Iterator[None]:
-    """Holds the exclusive lock on the model config of `model_base`.
-
-    The lock is an `flock` on `<model_base>/.models.config.lock`: it excludes other
-    processes and other threads (each opens the file anew), and the kernel drops it
-    if the holder dies.
+    """Holds the exclusive lock on the model config of `model_base` (see the store's `lock`).
 
     Raises:
-        InvalidInputError: if `model_base` does not exist or the lock file cannot be
-            created.
+        InvalidInputError: if the lock cannot be taken (e.g. `model_base` does not exist).
     """
-    path = os.path.join(model_base, LOCK_FILENAME)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as e:
-        if e.errno == errno.ENOENT:
-            raise InvalidInputError(f'model base folder {model_base!r} does not exist') from None
-        raise InvalidInputError(
-            f'cannot create the lock file {path!r}: {e.strerror or e}'
-        ) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with store_for(model_base).lock(model_base):
         yield
-    finally:
-        os.close(fd)  # Closing the last descriptor releases the flock.
 
 
 def read_config(model_base: str) -> model_server_config_pb2.ModelServerConfig | None:
@@ -184,19 +161,22 @@ def read_config(model_base: str) -> model_server_config_pb2.ModelServerConfig | 
         InvalidInputError: if the file is not a `ModelServerConfig` text proto, or
             holds a `custom_model_config`, which this module cannot manage.
     """
+    return _read_config(model_base)[0]
+
+
+def _read_config(model_base: str) -> tuple[Any, Any]:
+    """(the parsed config or None, the token a compare-and-swap write must match)."""
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
     path = config_path(model_base)
-    try:
-        with open(path, encoding='utf-8') as f:
-            text = f.read()
-    except FileNotFoundError:
-        return None
+    current = store_for(model_base).read_versioned(path)
+    if current.data is None:
+        return None, current.token
     config = model_server_config_pb2.ModelServerConfig()
     try:
-        text_format.Parse(text, config)
-    except text_format.ParseError as e:
+        text_format.Parse(current.data.decode('utf-8'), config)
+    except (text_format.ParseError, UnicodeDecodeError) as e:
         raise InvalidInputError(
             f'model config file {path!r} is not a tensorflow.serving.ModelServerConfig text '
             f'proto: {e}'
@@ -205,7 +185,39 @@ def read_config(model_base: str) -> model_server_config_pb2.ModelServerConfig | 
         raise InvalidInputError(
             f'model config file {path!r} holds a custom_model_config; expected a model_config_list'
         )
-    return config
+    return config, current.token
+
+
+# Under the store's lock a write normally succeeds first time; a lost compare-and-swap
+# means someone wrote without the lock (or took over an expired one), so read again.
+_MAX_CONFIG_WRITES = 20
+
+
+def _update_config(model_base: str, change: Callable[[Any], Any]) -> Any:
+    """Reads the config, applies `change`, writes it back only if nobody wrote meanwhile.
+
+    `change` gets the config (a new empty one if there is no file) and returns
+    the result to hand back, or None to write nothing.
+    """
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    store = store_for(model_base)
+    path = config_path(model_base)
+    for _ in range(_MAX_CONFIG_WRITES):
+        config, token = _read_config(model_base)
+        config = config or model_server_config_pb2.ModelServerConfig()
+        result = change(config)
+        if result is None:
+            return None
+        data = (_HEADER + text_format.MessageToString(config)).encode('utf-8')
+        if store.write_versioned(path, data, token):
+            return result
+        logger.info('%s changed while it was updated; reading it again.', path)
+    raise InvalidInputError(
+        f'model config file {path!r} kept changing under {_MAX_CONFIG_WRITES} updates; is a '
+        'writer ignoring the lock?'
+    )
 
 
 def labels(model_base: str, *, model_name: str | None = None) -> dict[str, int]:
@@ -275,8 +287,11 @@ def set_label(
     if verify:
         check_version_verifies(version_dir)
     with locked(model_base):
-        return _write_label(
-            model_base, version, label, model_name=model_name, base_path=base_path, force=force
+        return _update_config(
+            model_base,
+            lambda config: _write_label(
+                config, model_base, version, label, model_name, base_path, force
+            ),
         )
 
 
@@ -312,7 +327,7 @@ def rollback(
     target = None
     for candidate in reversed(older):
         try:
-            check_version_verifies(os.path.join(model_base, str(candidate)))
+            check_version_verifies(store_for(model_base).join(model_base, str(candidate)))
         except InvalidInputError as e:
             logger.warning('Not rolling back to version %s: %s', candidate, e)
             continue
@@ -330,8 +345,9 @@ def rollback(
                 f'label {label!r} moved from version {current} to {now} while rolling back; '
                 'run the rollback again'
             )
-        result = _write_label(
-            model_base, target, label, model_name=model_name, base_path=None, force=force
+        result = _update_config(
+            model_base,
+            lambda config: _write_label(config, model_base, target, label, model_name, None, force),
         )
     logger.info('Rolled %s back from version %s to %s.', label, current, target)
     return result
@@ -346,16 +362,15 @@ def refresh(model_base: str, *, model_name: str | None = None) -> tuple[int, ...
     Returns:
         The served versions, or None when there is no model config file.
     """
-    with locked(model_base):
-        config = read_config(model_base)
-        if config is None:
-            return None
+    if read_config(model_base) is None:
+        return None
+
+    def change(config: Any) -> tuple[int, ...] | None:
         entry = _find_entry(config, model_base, model_name)
-        if entry is None:
-            return None
-        versions = _set_policy(entry, model_base, extra=())
-        _write_config(model_base, config)
-    return versions
+        return None if entry is None else _set_policy(entry, model_base, extra=())
+
+    with locked(model_base):
+        return _update_config(model_base, change)
 
 
 def check_version_verifies(version_dir: str) -> None:
@@ -377,26 +392,23 @@ def check_version_verifies(version_dir: str) -> None:
 
 
 def _write_label(
+    config: Any,
     model_base: str,
     version: int,
     label: str,
-    *,
     model_name: str | None,
     base_path: str | None,
     force: bool,
 ) -> LabelResult:
-    """Under the lock: sets the label (or stages its version) and writes the file."""
-    from tensorflow_serving.config import model_server_config_pb2
-
+    """Under the lock: sets the label (or stages its version) in `config`."""
     # Retention may have removed the version since it was checked; it holds the lock
     # while it does, so this is final.
     _version_dir(model_base, version)
-    config = read_config(model_base) or model_server_config_pb2.ModelServerConfig()
     entry = _find_entry(config, model_base, model_name)
     if entry is None:
         entry = config.model_config_list.config.add()
-        entry.name = model_name or os.path.basename(os.path.abspath(model_base))
-        entry.base_path = _check_base_path(base_path or os.path.abspath(model_base))
+        entry.name = model_name or _default_name(model_base)
+        entry.base_path = _check_base_path(base_path or store_for(model_base).absolute(model_base))
         entry.model_platform = MODEL_PLATFORM
     elif base_path is not None:
         entry.base_path = _check_base_path(base_path)
@@ -415,7 +427,6 @@ def _write_label(
             version,
         )
     served = _set_policy(entry, model_base, extra=() if applied else (version,))
-    _write_config(model_base, config)
     logger.info(
         'Label %s -> %s in %s (served versions %s).',
         label,
@@ -467,39 +478,19 @@ def _find_entry(config: Any, model_base: str, model_name: str | None) -> Any | N
         return next((e for e in entries if e.name == model_name), None)
     if len(entries) == 1:
         return entries[0]
-    default = os.path.basename(os.path.abspath(model_base))
+    default = _default_name(model_base)
     return next((e for e in entries if e.name == default), None)
 
 
-def _write_config(model_base: str, config: Any) -> None:
-    """Replaces the config file atomically: temp file in the same folder, fsync, rename."""
-    from google.protobuf import text_format
-
-    data = (_HEADER + text_format.MessageToString(config)).encode('utf-8')
-    path = config_path(model_base)
-    tmp = os.path.join(model_base, f'.{CONFIG_FILENAME}.tmp-{uuid.uuid4().hex}')
-    # Not tempfile: its 0600 mode would hide the file from a server running as
-    # another user; O_CREAT with 0666 honours the umask, as publish.py does.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-    fsync_dir(model_base)
+def _default_name(model_base: str) -> str:
+    """The last part of the model base path: the model's name, as the exporter wrote it."""
+    return store_for(model_base).absolute(model_base).rstrip('/').rsplit('/', 1)[-1]
 
 
 def _version_dir(model_base: str, version: int) -> str:
-    path = os.path.join(model_base, str(version))
-    if not os.path.isdir(path) or os.path.islink(path):
+    store = store_for(model_base)
+    path = store.join(model_base, str(version))
+    if version not in store.list_versions(model_base):
         raise InvalidInputError(
             f'version {version} does not exist under {model_base!r}; it has complete versions '
             f'{complete_versions(model_base)}'
@@ -522,7 +513,7 @@ def _check_version(version: Any) -> None:
 
 def _check_base_path(base_path: str) -> str:
     # TensorFlow Serving refuses relative base paths (without --model_config_list_root_dir).
-    if not (os.path.isabs(base_path) or '://' in base_path):
+    if not (base_path.startswith('/') or '://' in base_path):
         raise InvalidInputError(
             f'base_path must be an absolute path or a URI (TensorFlow Serving refuses '
             f'relative ones), got {base_path!r}'

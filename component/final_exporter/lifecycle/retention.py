@@ -11,12 +11,12 @@ Policy (`apply_retention`):
   the version this run just published, the versions in `protect`, and every
   version the model config (`models.config`) labels or tells the server to load.
   The rest are removed, oldest first.
-* A version is removed in two steps: one atomic `rename` to a hidden, non-numeric
-  name (`.final-exporter-trash-<version>-<uuid>`), which TensorFlow Serving never
-  loads and unloads the version from, then the deletion of that folder. A server
-  polling the model base sees the whole version or nothing, never a half-deleted
-  one. Trash left by a run that died is deleted by the next run.
-* The choice and the renames happen holding the model config lock, so a label set
+* A version is removed by its store so that a server polling the model base never
+  loads part of it: locally one atomic `rename` to a hidden, non-numeric trash
+  name, then the deletion of that folder; on a bucket `saved_model.pb` first (a
+  server then no longer loads what remains), then the rest.
+* The choice and the removals happen holding the model config lock (a local
+  `flock`, or a bucket's leased lock object), so a label set
   concurrently (`model_config.set_label`, same lock) can never point to a version
   being removed, and two exporters' retention runs do not interleave. A version
   another run removed first is skipped, never an error.
@@ -25,19 +25,15 @@ Policy (`apply_retention`):
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import uuid
 from collections.abc import Collection
 
 from final_exporter.common import keys
 from final_exporter.common.errors import InvalidInputError
-from final_exporter.common.fs import fsync_dir
 from final_exporter.lifecycle.model_config import complete_versions, locked, pinned_versions
+from final_exporter.storage.stores import store_for
 
 logger = logging.getLogger(__name__)
 
-TRASH_PREFIX = '.final-exporter-trash-'
 RETENTION_LINEAGE_KEY = keys.RETENTION_LINEAGE_KEY
 
 
@@ -67,10 +63,11 @@ def apply_retention(
         raise InvalidInputError(
             f'exports_to_keep must be an integer >= 1 (the newest versions kept), got {keep!r}'
         )
-    if not os.path.isdir(model_base):
-        raise InvalidInputError(f'model base folder {model_base!r} does not exist')
-    _empty_trash(model_base)
-    trashed: list[tuple[int, str]] = []
+    store = store_for(model_base)
+    if not store.children(model_base):
+        raise InvalidInputError(f'model base {model_base!r} does not exist')
+    store.finish_removals(model_base)
+    removed: list[int] = []
     with locked(model_base):
         complete = complete_versions(model_base)
         kept = set(complete[-keep:]) | {just_published} | set(protect)
@@ -78,31 +75,11 @@ def apply_retention(
         for version in complete:
             if version in kept:
                 continue
-            trash = os.path.join(model_base, f'{TRASH_PREFIX}{version}-{uuid.uuid4().hex}')
-            try:
-                os.rename(os.path.join(model_base, str(version)), trash)
-            except FileNotFoundError:
+            if not store.remove_version(model_base, version):
                 logger.info('Version %s was already removed by another run.', version)
                 continue
-            trashed.append((version, trash))
-        if trashed:
-            fsync_dir(model_base)
-    for version, trash in trashed:
-        _remove_tree(trash)
-        logger.info('Removed version %s of %s (keeping the newest %s).', version, model_base, keep)
-    return [version for version, _ in trashed]
-
-
-def _empty_trash(model_base: str) -> None:
-    """Deletes trash left by earlier runs (one may be deleting it right now: harmless)."""
-    for name in os.listdir(model_base):
-        if name.startswith(TRASH_PREFIX):
-            _remove_tree(os.path.join(model_base, name))
-
-
-def _remove_tree(path: str) -> None:
-    def on_error(function, failed_path, exc_info) -> None:
-        if not isinstance(exc_info[1], FileNotFoundError):  # Another run got there first.
-            logger.warning('Could not remove %s: %s', failed_path, exc_info[1])
-
-    shutil.rmtree(path, onerror=on_error)
+            removed.append(version)
+            logger.info(
+                'Removed version %s of %s (keeping the newest %s).', version, model_base, keep
+            )
+    return removed

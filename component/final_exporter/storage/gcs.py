@@ -7,24 +7,31 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterable
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from final_exporter.common.errors import IntegrityError
 from final_exporter.common.progress import Progress
+from final_exporter.storage.base import Versioned
 from final_exporter.storage.objectstore import (
     PART_BYTES,
     UPLOAD_PART_BYTES,
     HashingReader,
+    ObjectClient,
     ObjectInfo,
-    ObjectStore,
     Uploaded,
     check_unchanged,
     split_uri,
 )
 
 
-class GCSStore(ObjectStore):
-    """GCS; `STORAGE_EMULATOR_HOST` points it at an emulator (fake-gcs-server)."""
+class GCSClient(ObjectClient):
+    """GCS; `STORAGE_EMULATOR_HOST` points it at an emulator (fake-gcs-server).
+
+    Tokens are object generations: a conditional write or a pinned read or copy
+    names the exact content it expects.
+    """
+
+    scheme = 'gs'
 
     def __init__(self) -> None:
         self._local = threading.local()
@@ -42,11 +49,21 @@ class GCSStore(ObjectStore):
         _, bucket, key = split_uri(uri)
         return self._client().bucket(bucket).blob(key, chunk_size=UPLOAD_PART_BYTES)
 
-    def put_if_absent(self, uri: str, data: bytes) -> bool:
+    def read_with_token(self, uri: str) -> Versioned:
+        from google.api_core import exceptions
+
+        blob = self._blob(uri)
+        try:
+            data = blob.download_as_bytes()
+        except exceptions.NotFound:
+            return Versioned(None, None)
+        return Versioned(data, blob.generation)
+
+    def put_if_token(self, uri: str, data: bytes, token: Any) -> bool:
         from google.api_core import exceptions
 
         try:
-            self._blob(uri).upload_from_string(data, if_generation_match=0)
+            self._blob(uri).upload_from_string(data, if_generation_match=token or 0)
         except exceptions.PreconditionFailed:
             return False
         return True
@@ -78,7 +95,7 @@ class GCSStore(ObjectStore):
     def list(self, prefix_uri: str) -> dict[str, ObjectInfo]:
         scheme, bucket, key = split_uri(prefix_uri.rstrip('/') + '/')
         return {
-            f'{scheme}://{bucket}/{b.name}': ObjectInfo(b.size, b.md5_hash or '')
+            f'{scheme}://{bucket}/{b.name}': _info(b)
             for b in self._client().list_blobs(bucket, prefix=key)
         }
 
@@ -89,8 +106,10 @@ class GCSStore(ObjectStore):
         names |= {p[len(key) :].rstrip('/') for p in pages.prefixes}
         return names
 
-    def copy(self, src_uri: str, dst_uri: str) -> None:
-        src, dst = self._blob(src_uri), self._blob(dst_uri)
+    def copy(self, src_uri: str, dst_uri: str, src_token: Any = None) -> None:
+        _, bucket, key = split_uri(src_uri)
+        src = self._client().bucket(bucket).blob(key, generation=src_token)
+        dst = self._blob(dst_uri)
         # rewrite (not copyTo) works for any size and across locations; loop until done.
         token, _, _ = dst.rewrite(src)
         while token is not None:
@@ -103,10 +122,20 @@ class GCSStore(ObjectStore):
             with contextlib.suppress(exceptions.NotFound):
                 self._blob(uri).delete()
 
-    def open_read(self, uri: str) -> BinaryIO:
-        return self._blob(uri).open('rb', chunk_size=PART_BYTES)
+    def open_read(self, uri: str, token: Any = None) -> BinaryIO:
+        _, bucket, key = split_uri(uri)
+        blob = self._client().bucket(bucket).blob(key, generation=token)
+        return blob.open('rb', chunk_size=PART_BYTES)
 
     def stat(self, uri: str) -> ObjectInfo | None:
         _, bucket, key = split_uri(uri)
         blob = self._client().bucket(bucket).get_blob(key)
-        return None if blob is None else ObjectInfo(blob.size, blob.md5_hash or '')
+        return None if blob is None else _info(blob)
+
+
+def _info(blob) -> ObjectInfo:
+    # A composite object (parallel composite upload) has a CRC32C but no MD5; its
+    # checksum then says nothing, and a copy's cannot be compared with it.
+    return ObjectInfo(
+        blob.size, blob.md5_hash or '', token=blob.generation, portable=bool(blob.md5_hash)
+    )

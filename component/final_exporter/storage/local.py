@@ -17,43 +17,46 @@ then hold empty or truncated files.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
-from final_exporter.common.errors import InvalidInputError
+from final_exporter.common import keys
+from final_exporter.common.errors import IntegrityError, InvalidInputError
 from final_exporter.common.fs import flush_tree, fsync_dir, rename_no_replace
+from final_exporter.common.progress import Progress
+from final_exporter.storage.base import Staging, Store, Versioned, is_version_name
+from final_exporter.storage.manifest import FileEntry, verify_tree
 from final_exporter.storage.objectstore import is_object_store_uri
-from final_exporter.storage.stores import store_for
+from final_exporter.storage.transfer import CopyItem, copy_and_hash, copy_file, hash_only, plan_tree
 
 logger = logging.getLogger(__name__)
 
-STAGING_PREFIX = '.final-exporter-staging-'
+STAGING_PREFIX = keys.STAGING_PREFIX
 # Each retry moves past a version another exporter published in the meantime;
 # running out means something keeps creating numeric folders under us.
 _MAX_PUBLISH_ATTEMPTS = 1000
 
 
-def is_version_name(name: str) -> bool:
-    """True for the folder names TensorFlow Serving loads: decimal integers."""
-    return name.isascii() and name.isdigit()
-
-
 def list_versions(model_base: str) -> list[int]:
-    """The numeric versions under `model_base` (a folder or gs:// / s3:// prefix), ascending."""
-    if is_object_store_uri(model_base):
-        names = store_for(model_base).children(model_base)
-        return sorted(int(n) for n in names if is_version_name(n))
+    """The numeric version folders under `model_base`, ascending."""
     try:
         names = os.listdir(model_base)
     except FileNotFoundError:
         return []
+    # Symlinks are left out: they are not folders this package made.
     return sorted(
-        int(n) for n in names if is_version_name(n) and os.path.isdir(os.path.join(model_base, n))
+        int(n)
+        for n in names
+        if is_version_name(n)
+        and os.path.isdir(os.path.join(model_base, n))
+        and not os.path.islink(os.path.join(model_base, n))
     )
 
 
@@ -176,3 +179,240 @@ def publish(
     raise RuntimeError(
         f'could not find a free version under {model_base!r} after {_MAX_PUBLISH_ATTEMPTS} attempts'
     )
+
+
+class LocalStore(Store):
+    """A local folder tree (or a FUSE mount such as `/gcs/`): the `Store` of plain paths."""
+
+    def __init__(self, source_clients: Callable[[str], Any] | None = None) -> None:
+        self._source_clients = source_clients
+
+    # --- Paths and reading ------------------------------------------------
+
+    def join(self, base: str, *parts: str) -> str:
+        return os.path.join(base, *parts)
+
+    def list_files(self, root: str) -> dict[str, int]:
+        found: dict[str, int] = {}
+        root = os.path.normpath(root)
+        skip = len(root.rstrip(os.sep)) + 1
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            # os.walk's paths all start with `root`: slicing is relpath without its cost.
+            rel_dir = dirpath[skip:].replace(os.sep, '/')
+            for name in filenames:
+                rel = f'{rel_dir}/{name}' if rel_dir else name
+                found[rel] = os.lstat(os.path.join(dirpath, name)).st_size
+        return found
+
+    def children(self, folder: str) -> set[str]:
+        try:
+            return set(os.listdir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            return set()
+
+    def is_file(self, path: str) -> bool:
+        return os.path.isfile(path)
+
+    def absolute(self, path: str) -> str:
+        return os.path.abspath(path)
+
+    def size(self, path: str) -> int:
+        return os.path.getsize(path)
+
+    def is_readable(self, path: str) -> bool:
+        return os.path.isfile(path) and os.access(path, os.R_OK)
+
+    @contextlib.contextmanager
+    def local_tree(self, root: str) -> Iterator[str]:
+        yield root
+
+    def read_bytes(self, path: str) -> bytes:
+        with open(path, 'rb') as f:
+            return f.read()
+
+    def hash_file(self, path: str) -> tuple[int, str]:
+        entry = hash_only(CopyItem(path, os.path.basename(path), os.path.getsize(path)), 'copy')
+        return entry.size, entry.sha256
+
+    def download(self, path: str, local_path: str, progress: Progress | None = None) -> FileEntry:
+        item = CopyItem(path, os.path.basename(local_path), os.path.getsize(path))
+        return copy_file(item, os.path.dirname(local_path), method='copy', progress=progress)
+
+    def plan_tree(self, root: str, exclude: Sequence[str] = ()) -> list[CopyItem]:
+        """Refuses special files and links that leave the tree (transfer.plan_tree)."""
+        return plan_tree(root, exclude=exclude)
+
+    def list_versions(self, model_base: str) -> list[int]:
+        """Numeric folders only (not symlinks, not numeric files)."""
+        return list_versions(model_base)
+
+    # --- Staging and publishing ----------------------------------------------
+
+    def begin_staging(self, model_base: str) -> Staging:
+        path = make_staging_dir(model_base)
+        return Staging(path, model_base, local_dir=path)
+
+    def remove_abandoned_staging(self, model_base: str) -> list[str]:
+        return remove_abandoned_staging(model_base)
+
+    def finish_removals(self, model_base: str) -> None:
+        """Deletes the trash of versions whose removal a dead run left unfinished."""
+        with contextlib.suppress(FileNotFoundError):
+            _empty_trash(model_base)
+
+    def stage(
+        self,
+        staging: Staging,
+        items: Sequence[CopyItem],
+        *,
+        method: str,
+        workers: int | None,
+        progress: Progress | None,
+        keep_local: bool,
+        copier: Callable[[list[CopyItem], str], dict[str, FileEntry]] | None = None,
+    ) -> dict[str, FileEntry]:
+        del keep_local  # The staging folder is local already.
+        local = [i for i in items if not is_object_store_uri(i.src)]
+        remote = [i for i in items if is_object_store_uri(i.src)]
+        if copier is not None:
+            staged = copier(local, staging.path)
+        else:
+            staged = copy_and_hash(
+                local, staging.path, method=method, workers=workers, progress=progress
+            )
+        for item in remote:  # Sources in a bucket: downloaded, hashed in the same read.
+            if self._source_clients is None:
+                raise InvalidInputError(f'{item.src} is in a bucket, which this store cannot read')
+            dest = os.path.join(staging.path, *item.dest.split('/'))
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            entry = self._source_clients(item.src).download(item.src, dest, progress, None)
+            staged[item.dest] = FileEntry(item.dest, entry.size, entry.sha256)
+        return staged
+
+    def stage_local_files(self, staging: Staging, paths: Sequence[str]) -> dict[str, FileEntry]:
+        """The files are in the staging folder already: hashes them."""
+        items = [
+            CopyItem(local, p, os.path.getsize(local))
+            for p in paths
+            for local in [os.path.join(staging.path, *p.split('/'))]
+        ]
+        return {e.path: e for e in (hash_only(i, 'copy') for i in items)}
+
+    def write_manifest(self, staging: Staging, data: bytes) -> None:
+        path = os.path.join(staging.path, *keys.MANIFEST_RELPATH.split('/'))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, 'xb') as f:
+            f.write(data)
+
+    def verify_staged(
+        self, staging: Staging, manifest: Mapping[str, Any], known: Mapping[str, FileEntry]
+    ) -> None:
+        check = verify_tree(self, staging.path, manifest, rehash=False, known=known)
+        if not check.ok:
+            raise IntegrityError(
+                f'staged export {staging.path!r} does not match its manifest: '
+                f'{"; ".join(check.problems())}'
+            )
+
+    def flush_for_reread(self, staging: Staging) -> None:
+        flush_tree(staging.path, drop_cache=True)
+
+    def publish(self, staging: Staging, clock: Callable[[], float]) -> tuple[int, str]:
+        return publish(staging.path, staging.model_base, clock)
+
+    def discard(self, staging: Staging) -> None:
+        remove_staging_dir(staging.path)
+
+    def remove_version(self, model_base: str, version: int) -> bool:
+        """One atomic rename to a hidden trash name (a server sees all or nothing), then delete."""
+        _empty_trash(model_base)
+        trash = os.path.join(model_base, f'{TRASH_PREFIX}{version}-{uuid.uuid4().hex}')
+        try:
+            os.rename(os.path.join(model_base, str(version)), trash)
+        except FileNotFoundError:
+            return False
+        fsync_dir(model_base)
+        _remove_tree(trash)
+        return True
+
+    def remove_incomplete_version(self, model_base: str, version: int) -> None:
+        """A local version is whole from its rename on; one that fails to verify was changed
+        afterwards, and is left for a person to look at."""
+        logger.warning('Version %s/%s does not verify; leaving it as it is.', model_base, version)
+
+    # --- The label file -------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, model_base: str) -> Iterator[None]:
+        """An `flock` on `<model_base>/.models.config.lock`: excludes other processes and
+        threads (each opens the file anew); the kernel drops it if the holder dies."""
+        path = os.path.join(model_base, LOCK_FILENAME)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                raise InvalidInputError(
+                    f'model base folder {model_base!r} does not exist'
+                ) from None
+            raise InvalidInputError(
+                f'cannot create the lock file {path!r}: {e.strerror or e}'
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # Closing the last descriptor releases the flock.
+
+    def read_versioned(self, path: str) -> Versioned:
+        try:
+            with open(path, 'rb') as f:
+                st = os.fstat(f.fileno())
+                return Versioned(f.read(), (st.st_ino, st.st_mtime_ns, st.st_size))
+        except FileNotFoundError:
+            return Versioned(None, None)
+
+    def write_versioned(self, path: str, data: bytes, token: Any) -> bool:
+        """Under `lock`: compares the file with `token`, then replaces it with a rename."""
+        if self.read_versioned(path).token != token:
+            return False
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f'.{os.path.basename(path)}.tmp-{uuid.uuid4().hex}')
+        # Not tempfile: its 0600 mode would hide the file from a server running as
+        # another user; O_CREAT with 0666 honours the umask.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            raise
+        fsync_dir(folder)
+        return True
+
+
+LOCK_FILENAME = '.models.config.lock'
+TRASH_PREFIX = '.final-exporter-trash-'
+
+
+def _empty_trash(model_base: str) -> None:
+    """Deletes trash left by earlier runs (one may be deleting it right now: harmless)."""
+    for name in os.listdir(model_base):
+        if name.startswith(TRASH_PREFIX):
+            _remove_tree(os.path.join(model_base, name))
+
+
+def _remove_tree(path: str) -> None:
+    def on_error(function, failed_path, exc_info) -> None:
+        if not isinstance(exc_info[1], FileNotFoundError):  # Another run got there first.
+            logger.warning('Could not remove %s: %s', failed_path, exc_info[1])
+
+    shutil.rmtree(path, onerror=on_error)

@@ -1,4 +1,4 @@
-"""Object stores (`gs://`, `s3://`) behind one small interface.
+"""Object clients (`gs://`, `s3://`): the few SDK calls the bucket store needs.
 
 The official SDKs (`google-cloud-storage`, `boto3`) are used rather than
 `gcsfs`/`s3fs`: the publish protocol needs conditional creates
@@ -15,15 +15,18 @@ Nothing here logs credentials or request headers.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import hashlib
 import io
 import os
 from collections.abc import Iterable
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from final_exporter.common.errors import IntegrityError, InvalidInputError
 from final_exporter.common.progress import Progress
+from final_exporter.storage.base import Versioned
+from final_exporter.storage.manifest import FileEntry
 
 SCHEMES = ('gs', 's3')
 PART_BYTES = 8 * 1024 * 1024
@@ -56,10 +59,20 @@ def join(base: str, *parts: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class ObjectInfo:
-    """What the server reports about one object: size and its MD5-based checksum."""
+    """What the server reports about one object.
+
+    Attributes:
+        size: Bytes.
+        checksum: Its MD5-based checksum (GCS base64 MD5; S3 ETag).
+        token: What pins this exact content (GCS generation; S3 ETag).
+        portable: Whether a server-side copy reports the same checksum (GCS MD5 of
+            a non-composite object; S3 ETag of a single-part object).
+    """
 
     size: int
     checksum: str
+    token: Any = None
+    portable: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,12 +124,14 @@ class HashingReader(io.RawIOBase):
         return n
 
 
-class ObjectStore(abc.ABC):
-    """The operations the export needs from a bucket. Paths are full `scheme://` URIs."""
+class ObjectClient(abc.ABC):
+    """The SDK calls the bucket store needs. Paths are full `scheme://` URIs."""
 
-    @abc.abstractmethod
-    def put_if_absent(self, uri: str, data: bytes) -> bool:
-        """Creates `uri` with `data` only if no object exists there; False if one did."""
+    scheme: str
+
+    def same_store(self, uri: str) -> bool:
+        """Whether `uri` is on this client's store (a server-side copy can reach it)."""
+        return uri.startswith(f'{self.scheme}://')
 
     @abc.abstractmethod
     def upload_file(self, local_path: str, uri: str, progress: Progress | None) -> Uploaded:
@@ -124,7 +139,15 @@ class ObjectStore(abc.ABC):
 
     @abc.abstractmethod
     def upload_bytes(self, data: bytes, uri: str, *, overwrite: bool = False) -> Uploaded:
-        """Uploads a small object from memory; where one exists only if `overwrite`."""
+        """Uploads a small object from memory (only where none exists unless `overwrite`)."""
+
+    @abc.abstractmethod
+    def read_with_token(self, uri: str) -> Versioned:
+        """A small object and the token a conditional write must match (None data if absent)."""
+
+    @abc.abstractmethod
+    def put_if_token(self, uri: str, data: bytes, token: Any) -> bool:
+        """Writes `uri` only if it still has `token` (None: only if absent); False if not."""
 
     @abc.abstractmethod
     def list(self, prefix_uri: str) -> dict[str, ObjectInfo]:
@@ -135,20 +158,16 @@ class ObjectStore(abc.ABC):
         """Names of the immediate "folders" and objects under `prefix_uri/`."""
 
     @abc.abstractmethod
-    def copy(self, src_uri: str, dst_uri: str) -> None:
-        """Server-side copy; no bytes pass through this process."""
+    def copy(self, src_uri: str, dst_uri: str, src_token: Any = None) -> None:
+        """Server-side copy (of exactly `src_token`'s content when given); no bytes pass here."""
 
     @abc.abstractmethod
     def delete(self, uris: Iterable[str]) -> None:
         """Deletes objects; missing ones are ignored."""
 
     @abc.abstractmethod
-    def open_read(self, uri: str) -> BinaryIO:
-        """A streaming reader (for verify)."""
-
-    def read_bytes(self, uri: str) -> bytes:
-        with self.open_read(uri) as f:
-            return f.read()
+    def open_read(self, uri: str, token: Any = None) -> BinaryIO:
+        """A streaming reader (of exactly `token`'s content when given)."""
 
     @abc.abstractmethod
     def stat(self, uri: str) -> ObjectInfo | None:
@@ -157,15 +176,30 @@ class ObjectStore(abc.ABC):
     def exists(self, uri: str) -> bool:
         return self.stat(uri) is not None
 
-    def hash_object(self, uri: str) -> tuple[int, str]:
-        """(size, SHA-256) of an object, streamed."""
+    def read_bytes(self, uri: str) -> bytes:
+        """A small object's bytes (FileNotFoundError if there is none)."""
+        data = self.read_with_token(uri).data
+        if data is None:
+            raise FileNotFoundError(uri)
+        return data
+
+    def download(
+        self, uri: str, local_path: str | None, progress: Progress | None, token: Any
+    ) -> FileEntry:
+        """Streams an object once, hashing it, into a new local file (or nowhere)."""
         digest = hashlib.sha256()
         size = 0
-        with self.open_read(uri) as f:
-            while chunk := f.read(PART_BYTES):
+        with contextlib.ExitStack() as stack:
+            src = stack.enter_context(self.open_read(uri, token))
+            out = stack.enter_context(open(local_path, 'xb')) if local_path else None
+            while chunk := src.read(PART_BYTES):
                 digest.update(chunk)
                 size += len(chunk)
-        return size, digest.hexdigest()
+                if out is not None:
+                    out.write(chunk)
+                if progress is not None:
+                    progress.add_bytes(len(chunk))
+        return FileEntry(uri, size, digest.hexdigest())
 
 
 def check_unchanged(local_path: str, before: os.stat_result, read: int) -> None:

@@ -8,14 +8,15 @@ import hashlib
 import os
 import threading
 from collections.abc import Iterable
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from final_exporter.common.errors import IntegrityError
 from final_exporter.common.progress import Progress
+from final_exporter.storage.base import Versioned
 from final_exporter.storage.objectstore import (
     UPLOAD_PART_BYTES,
+    ObjectClient,
     ObjectInfo,
-    ObjectStore,
     Uploaded,
     check_unchanged,
     split_uri,
@@ -25,23 +26,49 @@ from final_exporter.storage.objectstore import (
 # UPLOAD_PART_BYTES buffer, so this bounds the upload memory (8 x 32 MiB).
 _PARTS_PER_FILE = 4
 _PART_SLOTS = threading.BoundedSemaphore(8)
+# S3's own limit for one CopyObject; above it the managed copy uses UploadPartCopy. Below
+# it one CopyObject keeps a single-part object's ETag (its MD5) comparable with the copy's.
+_COPY_OBJECT_MAX = 5 * 1024**3
 
 
-class S3Store(ObjectStore):
-    """S3; `AWS_ENDPOINT_URL` points it at MinIO or a local server."""
+class S3Client(ObjectClient):
+    """S3; `AWS_ENDPOINT_URL` points it at MinIO or a local server.
+
+    Tokens are ETags: conditional writes (`If-Match`, `If-None-Match: *`), pinned
+    reads (`If-Match`) and pinned copies (`x-amz-copy-source-if-match`).
+    """
+
+    scheme = 's3'
 
     def __init__(self) -> None:
         import boto3
+        from boto3.s3.transfer import TransferConfig
 
         # boto3 clients are thread-safe; one is shared by the copy threads.
         self._s3 = boto3.client('s3')
+        self._copy_config = TransferConfig(
+            multipart_threshold=_COPY_OBJECT_MAX, multipart_chunksize=512 * 1024**2
+        )
 
-    def put_if_absent(self, uri: str, data: bytes) -> bool:
+    def read_with_token(self, uri: str) -> Versioned:
         from botocore.exceptions import ClientError
 
         _, bucket, key = split_uri(uri)
         try:
-            self._s3.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch='*')
+            got = self._s3.get_object(Bucket=bucket, Key=key)
+        except ClientError as e:
+            if e.response.get('Error', {}).get('Code') in ('NoSuchKey', '404'):
+                return Versioned(None, None)
+            raise
+        return Versioned(got['Body'].read(), got['ETag'])
+
+    def put_if_token(self, uri: str, data: bytes, token: Any) -> bool:
+        from botocore.exceptions import ClientError
+
+        _, bucket, key = split_uri(uri)
+        condition = {'IfMatch': token} if token else {'IfNoneMatch': '*'}
+        try:
+            self._s3.put_object(Bucket=bucket, Key=key, Body=data, **condition)
         except ClientError as e:
             if e.response.get('ResponseMetadata', {}).get('HTTPStatusCode') in (409, 412):
                 return False
@@ -154,7 +181,7 @@ class S3Store(ObjectStore):
     def list(self, prefix_uri: str) -> dict[str, ObjectInfo]:
         scheme, bucket, key = split_uri(prefix_uri.rstrip('/') + '/')
         return {
-            f'{scheme}://{bucket}/{o["Key"]}': ObjectInfo(o['Size'], o['ETag'].strip('"'))
+            f'{scheme}://{bucket}/{o["Key"]}': _info(o['Size'], o['ETag'])
             for page in self._pages(bucket, key)
             for o in page.get('Contents', [])
         }
@@ -167,11 +194,17 @@ class S3Store(ObjectStore):
             names |= {p['Prefix'][len(key) :].rstrip('/') for p in page.get('CommonPrefixes', [])}
         return names
 
-    def copy(self, src_uri: str, dst_uri: str) -> None:
+    def copy(self, src_uri: str, dst_uri: str, src_token: Any = None) -> None:
         _, src_bucket, src_key = split_uri(src_uri)
         _, bucket, key = split_uri(dst_uri)
-        # Managed copy: CopyObject, or UploadPartCopy for objects over 5 GB; server-side either way.
-        self._s3.copy({'Bucket': src_bucket, 'Key': src_key}, bucket, key)
+        # Managed copy: CopyObject, or UploadPartCopy above 5 GiB; server-side either way.
+        self._s3.copy(
+            {'Bucket': src_bucket, 'Key': src_key},
+            bucket,
+            key,
+            ExtraArgs={'CopySourceIfMatch': src_token} if src_token else None,
+            Config=self._copy_config,
+        )
 
     def delete(self, uris: Iterable[str]) -> None:
         by_bucket: dict[str, list[str]] = {}
@@ -185,9 +218,10 @@ class S3Store(ObjectStore):
                     Delete={'Objects': [{'Key': k} for k in keys[i : i + 1000]], 'Quiet': True},
                 )
 
-    def open_read(self, uri: str) -> BinaryIO:
+    def open_read(self, uri: str, token: Any = None) -> BinaryIO:
         _, bucket, key = split_uri(uri)
-        return self._s3.get_object(Bucket=bucket, Key=key)['Body']
+        pinned = {'IfMatch': token} if token else {}
+        return self._s3.get_object(Bucket=bucket, Key=key, **pinned)['Body']
 
     def stat(self, uri: str) -> ObjectInfo | None:
         from botocore.exceptions import ClientError
@@ -199,4 +233,11 @@ class S3Store(ObjectStore):
             if e.response.get('ResponseMetadata', {}).get('HTTPStatusCode') == 404:
                 return None
             raise
-        return ObjectInfo(head['ContentLength'], head['ETag'].strip('"'))
+        return _info(head['ContentLength'], head['ETag'])
+
+
+def _info(size: int, etag: str) -> ObjectInfo:
+    # A multipart ETag ("<md5 of part md5s>-<parts>") depends on the part sizes, so a
+    # copy made with other parts (or none) reports another one.
+    plain = etag.strip('"')
+    return ObjectInfo(size, plain, token=etag, portable='-' not in plain)

@@ -1,51 +1,88 @@
-"""Which object store serves a URI: one client per scheme, created on first use.
+"""Which store serves a path: the local store for a path, the bucket store of a URI's scheme.
 
-A new kind of bucket is one module implementing `ObjectStore` plus its line in
-`_STORES`; no other module looks at the scheme.
+The only place that looks at the kind of a path. A new kind of bucket is one
+client module plus its line in `_CLIENTS`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import os
+import threading
 from collections.abc import Iterator
 
-from final_exporter.storage.objectstore import SCHEMES, ObjectStore, split_uri
+from final_exporter.storage.base import Store
+from final_exporter.storage.bucket import LEASE_SECONDS, BucketStore
+from final_exporter.storage.local import LocalStore
+from final_exporter.storage.objectstore import SCHEMES, ObjectClient, is_object_store_uri, split_uri
 
-# scheme -> (module, class); imported on first use, so a local export loads no SDK.
-_STORES = {
-    'gs': ('final_exporter.storage.gcs', 'GCSStore'),
-    's3': ('final_exporter.storage.s3', 'S3Store'),
+# scheme -> (module, class) of its client; imported on first use, so a local export
+# loads neither SDK.
+_CLIENTS = {
+    'gs': ('final_exporter.storage.gcs', 'GCSClient'),
+    's3': ('final_exporter.storage.s3', 'S3Client'),
 }
-assert set(_STORES) == set(SCHEMES)
+assert set(_CLIENTS) == set(SCHEMES)
+# Operators can shorten the lease (and so how soon another host may clear a dead
+# exporter's leftovers); the margin after it is the bucket store's.
+LEASE_ENV = 'FINAL_EXPORTER_LEASE_SECONDS'
 
-_stores: dict[str, ObjectStore] = {}
+_clients: dict[str, ObjectClient] = {}
+_clients_lock = threading.Lock()
 
 
-def store_for(uri: str) -> ObjectStore:
-    """The store for `uri`'s scheme, created once per process."""
+def client_for(uri: str) -> ObjectClient:
+    """The SDK client for `uri`'s scheme, created once per process."""
     scheme, _, _ = split_uri(uri)
-    if scheme not in _stores:
-        module, name = _STORES[scheme]
-        _stores[scheme] = getattr(importlib.import_module(module), name)()
-    return _stores[scheme]
+    with _clients_lock:
+        if scheme not in _clients:
+            module, name = _CLIENTS[scheme]
+            _clients[scheme] = getattr(importlib.import_module(module), name)()
+        return _clients[scheme]
+
+
+def store_for(path: str) -> Store:
+    """The store holding `path`: a local folder tree, or the bucket store of its scheme."""
+    if not is_object_store_uri(path):
+        return _LOCAL
+    lease = float(os.environ.get(LEASE_ENV) or LEASE_SECONDS)
+    return BucketStore(client_for(path), lease_seconds=lease, source_clients=client_for)
+
+
+_LOCAL = LocalStore(source_clients=client_for)
+
+
+def same_store(a: str, b: str) -> bool:
+    """Whether two paths are on one store (a server-side copy or a rename can join them)."""
+    if is_object_store_uri(a) != is_object_store_uri(b):
+        return False
+    return not is_object_store_uri(a) or split_uri(a)[0] == split_uri(b)[0]
 
 
 @contextlib.contextmanager
-def override_store(scheme: str, store: ObjectStore) -> Iterator[ObjectStore]:
-    """Uses `store` for `scheme://` URIs within the block (a custom backend, or a test's
+def override_client(scheme: str, client: ObjectClient) -> Iterator[ObjectClient]:
+    """Uses `client` for `scheme://` URIs within the block (a custom backend, or a test's
     fault-injecting wrapper)."""
-    previous = _stores.get(scheme)
-    _stores[scheme] = store
+    with _clients_lock:
+        previous = _clients.get(scheme)
+        _clients[scheme] = client
     try:
-        yield store
+        yield client
     finally:
-        if previous is None:
-            _stores.pop(scheme, None)
-        else:
-            _stores[scheme] = previous
+        with _clients_lock:
+            if previous is None:
+                _clients.pop(scheme, None)
+            else:
+                _clients[scheme] = previous
 
 
 def reset_stores() -> None:
     """Forgets the cached clients (after the endpoint environment changed)."""
-    _stores.clear()
+    with _clients_lock:
+        _clients.clear()
+
+
+def list_versions(model_base: str) -> list[int]:
+    """The numeric versions under `model_base` (a folder or a bucket prefix), ascending."""
+    return store_for(model_base).list_versions(model_base)
