@@ -24,7 +24,7 @@ from final_exporter.common.errors import InvalidInputError
 from final_exporter.core.config import ExportConfig
 from final_exporter.core.exporter import ExportRequest, run_export
 from final_exporter.storage.local import STAGING_PREFIX
-from final_exporter.storage.objectstore import ObjectStore, split_uri
+from final_exporter.storage.objectstore import ObjectClient, split_uri
 from final_exporter.storage.stores import client_for, list_versions, override_client
 from final_exporter.storage.verify import verify_export
 
@@ -176,10 +176,11 @@ def test_eight_racing_exporters_on_object_stores(bucket_base, model_uri, tally):
     tally['racing_exporters'] += 8
 
 
-class FaultyStore(ObjectStore):
-    """Delegates to a real store, failing exactly the `fail_at`-th call (1-based)."""
+class FaultyClient(ObjectClient):
+    """Delegates to a real client, failing exactly the `fail_at`-th call (1-based)."""
 
-    def __init__(self, real: ObjectStore, fail_at: int):
+    def __init__(self, real: ObjectClient, fail_at: int):
+        self.scheme = real.scheme
         self._real = real
         self._fail_at = fail_at
         self.calls = 0
@@ -193,8 +194,11 @@ class FaultyStore(ObjectStore):
             raise OSError(f'injected fault in {name} (call {self._fail_at})')
         return getattr(self._real, name)(*args, **kwargs)
 
-    def put_if_absent(self, uri, data):
-        return self._call('put_if_absent', uri, data)
+    def read_with_token(self, uri):
+        return self._call('read_with_token', uri)
+
+    def put_if_token(self, uri, data, token):
+        return self._call('put_if_token', uri, data, token)
 
     def upload_file(self, local_path, uri, progress):
         return self._call('upload_file', local_path, uri, progress)
@@ -208,14 +212,14 @@ class FaultyStore(ObjectStore):
     def children(self, prefix_uri):
         return self._call('children', prefix_uri)
 
-    def copy(self, src_uri, dst_uri):
-        return self._call('copy', src_uri, dst_uri)
+    def copy(self, src_uri, dst_uri, src_token=None):
+        return self._call('copy', src_uri, dst_uri, src_token)
 
     def delete(self, uris):
         return self._call('delete', list(uris))
 
-    def open_read(self, uri):
-        return self._call('open_read', uri)
+    def open_read(self, uri, token=None):
+        return self._call('open_read', uri, token)
 
     def stat(self, uri):
         return self._call('stat', uri)
@@ -236,7 +240,7 @@ def test_failing_each_object_store_call_in_turn_never_publishes_a_partial_versio
             ),
             model_uri=model_uri,
         )
-        with override_client(scheme, FaultyStore(real, fail_at)) as faulty:
+        with override_client(scheme, FaultyClient(real, fail_at)) as faulty:
             try:
                 result = run_export(request, workers=1)
             except OSError as e:

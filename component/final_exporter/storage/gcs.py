@@ -52,12 +52,18 @@ class GCSClient(ObjectClient):
     def read_with_token(self, uri: str) -> Versioned:
         from google.api_core import exceptions
 
-        blob = self._blob(uri)
-        try:
-            data = blob.download_as_bytes()
-        except exceptions.NotFound:
-            return Versioned(None, None)
-        return Versioned(data, blob.generation)
+        _, bucket, key = split_uri(uri)
+        while True:
+            blob = self._client().bucket(bucket).get_blob(key)
+            if blob is None:
+                return Versioned(None, None)
+            try:
+                # The bytes of exactly the generation the token names.
+                return Versioned(
+                    blob.download_as_bytes(if_generation_match=blob.generation), blob.generation
+                )
+            except (exceptions.NotFound, exceptions.PreconditionFailed):
+                continue  # Replaced between the two calls: read the new one.
 
     def put_if_token(self, uri: str, data: bytes, token: Any) -> bool:
         from google.api_core import exceptions
