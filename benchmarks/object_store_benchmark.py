@@ -85,15 +85,19 @@ FSSPEC_DEFAULT = 'fsspec put, defaults'
 METHODS = (CLI, CORE, BASELINE, FSSPEC_DEFAULT)
 EXPORTER_METHODS = (CLI, CORE)
 
-# run_export's object-store steps (final_exporter.storage.remote functions) -> phase name.
+# run_export's object-store steps (final_exporter.storage.bucket.BucketStore methods) -> phase.
 PHASES = {
-    'upload_items': 'upload',
-    'upload_manifest': 'upload',
-    'verify_staging': 'verify staging',
-    'claim_version': 'claim',
-    'publish_copies': 'server-side copy',
-    'remove_prefix': 'delete staging',
+    'stage': 'upload',
+    'write_manifest': 'upload',
+    'verify_staged': 'verify staging',
+    '_claim_version': 'claim',
+    '_publish_copies': 'server-side copy',
+    'discard': 'delete staging',
 }
+# The model already in a bucket of the same store (a trainer wrote it to gs:// / s3://).
+SERVER_SIDE = 'run_export, model in the bucket'
+DOWNLOAD_UPLOAD = 'download, then run_export'
+SOURCE_METHODS = (SERVER_SIDE, DOWNLOAD_UPLOAD)
 OTHER_PHASE = 'other (plan, manifest)'
 
 # gcsfs only probes the bucket type over gRPC (which hangs against an emulator) in its
@@ -140,10 +144,10 @@ class Backend:
 
     def clear(self, prefix: str) -> None:
         """Deletes every object under `prefix` (untimed) with the exporter's own client."""
-        from final_exporter.storage.stores import store_for
+        from final_exporter.storage.stores import client_for
 
-        store = store_for(prefix)
-        store.delete(store.list(prefix))
+        client = client_for(prefix)
+        client.delete(client.list(prefix))
         self.fs.invalidate_cache()
 
 
@@ -271,11 +275,11 @@ def time_core(model: Any, base: str, workers: int | None) -> Run:
 
 @contextlib.contextmanager
 def phase_timer() -> Iterator[dict[str, float]]:
-    """Within the block, sums the time spent in each `remote_publish` step run_export calls."""
-    from final_exporter.storage import remote as remote_publish
+    """Within the block, sums the time spent in each bucket-store step run_export calls."""
+    from final_exporter.storage.bucket import BucketStore
 
     totals: dict[str, float] = {}
-    originals = {name: getattr(remote_publish, name) for name in PHASES}
+    originals = {name: getattr(BucketStore, name) for name in PHASES}
 
     def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
@@ -289,13 +293,14 @@ def phase_timer() -> Iterator[dict[str, float]]:
 
         return wrapper
 
+    # Benchmark-only instrumentation of the class, undone on exit; the tests never do this.
     for name, fn in originals.items():
-        setattr(remote_publish, name, timed(name, fn))
+        setattr(BucketStore, name, timed(name, fn))
     try:
         yield totals
     finally:
         for name, fn in originals.items():
-            setattr(remote_publish, name, fn)
+            setattr(BucketStore, name, fn)
 
 
 def time_fsspec(backend: Backend, model: Any, base: str, **put_kwargs: Any) -> Run:
@@ -395,6 +400,132 @@ def bench(backend: Backend, model: Any, repeats: int, workers: int | None) -> di
     }
 
 
+class CountingClient:
+    """The real client, counting the bytes this process downloads and uploads through it."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self.downloaded = 0
+        self.uploaded = 0
+
+    def download(self, uri: str, local_path: str | None, progress: Any, token: Any) -> Any:
+        entry = self._real.download(uri, local_path, progress, token)
+        self.downloaded += entry.size
+        return entry
+
+    def upload_file(self, local_path: str, uri: str, progress: Any) -> Any:
+        self.uploaded += os.path.getsize(local_path)
+        return self._real.upload_file(local_path, uri, progress)
+
+    def upload_bytes(self, data: bytes, uri: str, **kwargs: Any) -> Any:
+        self.uploaded += len(data)
+        return self._real.upload_bytes(data, uri, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def export_from(model_uri: str, base: str, workers: int | None) -> Any:
+    from final_exporter import ExportConfig, ExportRequest, run_export
+
+    request = ExportRequest(
+        config=ExportConfig(
+            name=EXPORT_NAME, export_base=base, require_blessing=False, smoke_test=False
+        ),
+        model_uri=model_uri,
+    )
+    return run_export(request, workers=workers)
+
+
+def bench_bucket_source(
+    backend: Backend, model: Any, repeats: int, workers: int | None
+) -> dict[str, Any]:
+    """A model already in the bucket: server-side copies against download-then-upload.
+
+    Both export the same objects to a fresh prefix of the same bucket, alternating;
+    the bytes this process moves are counted at the client.
+    """
+    import tempfile
+
+    from final_exporter.storage.stores import client_for, override_client
+
+    source = f'{backend.scheme}://{BUCKET}/trainer/{model.shape.name}'
+    real = client_for(source)
+    for dirpath, _, names in os.walk(model.saved_model_dir):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, model.saved_model_dir).replace(os.sep, '/')
+            real.upload_file(path, f'{source}/{rel}', None)
+
+    def server_side(base: str) -> tuple[Any, CountingClient]:
+        counting = CountingClient(real)
+        with override_client(backend.scheme, counting):
+            return export_from(source, base, workers), counting
+
+    def download_upload(base: str) -> tuple[Any, CountingClient]:
+        counting = CountingClient(real)
+        with override_client(backend.scheme, counting), tempfile.TemporaryDirectory() as local:
+            for uri in counting.list(source):
+                dest = os.path.join(local, *uri[len(source) + 1 :].split('/'))
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                counting.download(uri, dest, None, None)
+            return export_from(local, base, workers), counting
+
+    timed = {SERVER_SIDE: server_side, DOWNLOAD_UPLOAD: download_upload}
+    rows: dict[str, dict[str, list[float]]] = {
+        m: {'seconds': [], 'downloaded': [], 'uploaded': []} for m in SOURCE_METHODS
+    }
+    for repeat in range(repeats):
+        order = SOURCE_METHODS if repeat % 2 == 0 else SOURCE_METHODS[::-1]
+        for method in order:
+            base = backend.new_prefix()
+            try:
+                start = time.perf_counter()
+                result, counting = timed[method](base)
+                seconds = time.perf_counter() - start
+                if not result.pushed or result.total_bytes != model.total_bytes:
+                    raise RuntimeError(f'{method}: unexpected result {result.summary()}')
+                verify(result.export_dir, method)
+            finally:
+                backend.clear(base)
+            rows[method]['seconds'].append(seconds)
+            rows[method]['downloaded'].append(counting.downloaded)
+            rows[method]['uploaded'].append(counting.uploaded)
+    backend.clear(source)
+    baseline = statistics.median(rows[DOWNLOAD_UPLOAD]['seconds'])
+    return {
+        'backend': backend.scheme,
+        'model': model.shape.name,
+        'total_bytes': model.total_bytes,
+        'methods': {
+            m: {
+                'seconds': r['seconds'],
+                'median_s': statistics.median(r['seconds']),
+                'x_download_upload': statistics.median(r['seconds']) / baseline,
+                'bytes_downloaded': int(statistics.median(r['downloaded'])),
+                'bytes_uploaded': int(statistics.median(r['uploaded'])),
+            }
+            for m, r in rows.items()
+        },
+    }
+
+
+def format_source_table(results: list[dict[str, Any]]) -> str:
+    header = (
+        f'{"backend":<7} {"model":<6} {"MiB":>6} {"method":<32} {"median s":>8} '
+        f'{"x dl+ul":>7} {"MiB down":>8} {"MiB up":>7}'
+    )
+    lines = [header, '-' * len(header)]
+    for r in results:
+        for method, s in r['methods'].items():
+            lines.append(
+                f'{r["backend"]:<7} {r["model"]:<6} {r["total_bytes"] / 2**20:>6.0f} '
+                f'{method:<32} {s["median_s"]:>8.2f} {s["x_download_upload"]:>7.2f} '
+                f'{s["bytes_downloaded"] / 2**20:>8.1f} {s["bytes_uploaded"] / 2**20:>7.1f}'
+            )
+    return '\n'.join(lines)
+
+
 def format_table(results: list[dict[str, Any]]) -> str:
     header = (
         f'{"backend":<7} {"model":<6} {"MiB":>6} {"files":>5} {"method":<30} '
@@ -474,6 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.monotonic()
     results: list[dict[str, Any]] = []
+    source_results: list[dict[str, Any]] = []
     tf_probe: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
         endpoints = {}
@@ -497,6 +629,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             for backend in backends:
                 results.append(bench(backend, model, args.repeats, args.workers))
+                source_results.append(
+                    bench_bucket_source(backend, model, args.repeats, args.workers)
+                )
     elapsed = time.monotonic() - started
 
     out.mkdir(parents=True, exist_ok=True)
@@ -530,18 +665,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             'Exporter runs: upload to staging with SHA-256 + MD5, verify listing and checksums, '
             'claim, server-side copy, delete staging. verify_export (re-reads every object) '
             'runs after the timing.',
-            f'{CORE} phases: time inside each final_exporter.storage.remote step (wrapped '
-            'in-process); "other" is the rest (model inspection, planning, manifest).',
+            f'{CORE} phases: time inside each BucketStore step (wrapped in-process); '
+            '"other" is the rest (model inspection, planning, manifest).',
+            f'Model in the bucket: {SERVER_SIDE} copies server-side (pinned to the '
+            'generation/ETag) and streams each object once to hash it; '
+            f'{DOWNLOAD_UPLOAD} downloads the model to a local folder, then exports it. '
+            'Bytes counted at the client; leases and claims included in the uploads.',
             'MB/s = total_bytes / 1e6 / median seconds; x_baseline = median / median of '
             f'{BASELINE}.',
             'Other processes may share the machine: see loadavg_before/after.',
         ],
         'results': results,
+        'bucket_source_results': source_results,
     }
     path = out / 'object_store_results.json'
     path.write_text(json.dumps(report, indent=2) + '\n')
     print()
     print(format_table(results))
+    print()
+    print('A model already in the bucket:')
+    print(format_source_table(source_results))
     print(f'\nwrote {path} ({elapsed:.0f} s)')
     return 0
 

@@ -93,8 +93,8 @@ def test_flags_override_environment(environ, pipeline_job, tmp_path):
     assert exporter['executor']['container']['image'] == 'gcr.io/other/image:1'
     parameters = launcher.constant_parameters(exporter['task'])
     assert parameters['export_base'] == 'gs://serving-bucket/models'
-    # Retention is not supported on object stores yet; the demo's setting is turned off.
-    assert parameters['exports_to_keep'] == 0
+    # Retention holds on a bucket as on a local folder: the demo's setting is kept.
+    assert parameters['exports_to_keep'] == 3
     assert spec['schemaVersion'] == '2.0.0'
     assert 'cachingOptions' not in exporter['task']
 

@@ -74,7 +74,8 @@ def resolve_saved_model_dir(path: str, store: Any) -> str:
     names = store.children(path)
     if not names:
         raise InvalidInputError(
-            f'model path {path!r} does not exist or is not a folder (or it is empty)'
+            f'model path {path!r} does not exist, is not a folder or is empty: it holds no '
+            'SavedModel'
         )
     if is_saved_model_dir(path, store):
         return path

@@ -219,6 +219,7 @@ class Store(abc.ABC):
     def finish_removals(self, model_base: str) -> None:
         """Completes version removals a dead run left unfinished (nothing to do on a bucket,
         where a version stops loading once its `saved_model.pb` is gone)."""
+        return None
 
     @abc.abstractmethod
     def remove_incomplete_version(self, model_base: str, version: int) -> None:
