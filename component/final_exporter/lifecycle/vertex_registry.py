@@ -379,7 +379,7 @@ def register_version(
 
     parent = _find_parent(client, types, target, location)
     if parent is not None:
-        existing = _version_with_label(client, types, parent, label)
+        existing = _registered_version(client, types, parent, label, export_dir)
         if existing is not None:
             logger.info('%s@%s already holds this export; reporting it.', parent, existing.version_id)
             version = RegisteredVersion(
@@ -449,12 +449,15 @@ def _find_parent(client: Any, types: Any, target: RegistryTarget, location: str)
     return found[0] if found else None
 
 
-def _version_with_label(client: Any, types: Any, model: str, label: str) -> Any | None:
+def _registered_version(client: Any, types: Any, model: str, label: str, export_dir: str) -> Any:
+    """The version of `model` that already holds this export, or None."""
     request = types.ListModelVersionsRequest(
         name=model, filter=f'labels.{MANIFEST_LABEL}="{label}"'
     )
     for version in client.list_model_versions(request=request):
-        if version.labels.get(MANIFEST_LABEL) == label:
+        # Two identical exports in the same second share a manifest digest; the
+        # version folder tells them apart.
+        if version.labels.get(MANIFEST_LABEL) == label and version.artifact_uri == export_dir:
             return version
     return None
 
