@@ -1,7 +1,8 @@
 """Vertex AI Model Registry: the real ModelServiceClient against tests/vertex_server.py.
 
-Exports go to fake-gcs-server (a gs:// export base); the registry step talks
-gRPC to the loopback ModelService through `FINAL_EXPORTER_VERTEX_ENDPOINT`.
+Exports go to fake-gcs-server (a gs:// export base, fixture `gcs_base`); the
+registry step talks gRPC to the loopback ModelService (fixture `vertex`) through
+`FINAL_EXPORTER_VERTEX_ENDPOINT`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 
 import grpc
 import pytest
@@ -24,28 +24,10 @@ from final_exporter.lifecycle import vertex_registry
 from final_exporter.storage.local import list_versions
 from final_exporter.storage.manifest import verify_export
 
-from vertex_server import vertex_model_service
-
 PROJECT, REGION = 'test-project', 'europe-west4'
 LOCATION = f'projects/{PROJECT}/locations/{REGION}'
 KMS_KEY = f'projects/{PROJECT}/locations/{REGION}/keyRings/ring/cryptoKeys/models'
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture
-def vertex(monkeypatch):
-    with vertex_model_service() as service:
-        monkeypatch.setenv(vertex_registry.ENDPOINT_ENV, service.endpoint)
-        yield service
-
-
-@pytest.fixture
-def gcs_base(gcs_server) -> str:
-    from google.cloud import storage
-
-    bucket = f'models-{uuid.uuid4().hex[:12]}'
-    storage.Client().create_bucket(bucket)
-    return f'gs://{bucket}/serving'
 
 
 def export(model_uri: str, base: str, key: str | None = None, **vertex):
@@ -352,104 +334,3 @@ def test_sigkill_around_the_upload_then_the_retry_registers_exactly_once(
     assert sorted(version.version_aliases) == ['candidate', 'default']
     assert summary['lineage'][keys.VERTEX_MODEL_VERSION_ID_KEY] == version.version_id
 
-
-# --- The Kubeflow-native component: kfp.local run and the compiled spec ----------------
-
-
-@pytest.fixture
-def kfp_local(tmp_path):
-    from kfp import local
-    from kfp.local import config as local_config
-
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / 'kfp_root')
-    )
-    yield
-    # kfp 2.5 has no call to end a session; later tests must not run components locally.
-    local_config.LocalExecutionConfig.instance = None
-
-
-@pytest.mark.filterwarnings('ignore:You may be attemping:RuntimeWarning')
-def test_kfp_local_run_registers_and_outputs_a_vertex_model(
-    vertex, gcs_base, model_uri, kfp_local, monkeypatch
-):
-    from final_exporter.adapters.kfp import final_export_from_uri
-
-    monkeypatch.setenv(
-        'PYTHONPATH',
-        os.pathsep.join([os.path.join(REPO, 'component'), os.environ.get('PYTHONPATH', '')]),
-    )
-
-    task = final_export_from_uri(
-        model_uri=model_uri,
-        blessed=True,
-        name='penguin',
-        export_base=gcs_base,
-        smoke_test=False,
-        vertex_model='penguin',
-        vertex_project=PROJECT,
-        vertex_region=REGION,
-        vertex_version_aliases=['candidate'],
-        vertex_labels={'team': 'ml'},
-    )
-
-    (version,) = vertex.versions('penguin')
-    assert version.artifact_uri == task.outputs['destination']
-    registered = task.outputs['registered_model']
-    # kfp.local hands back types it does not know as system.Artifact; the spec says which.
-    outputs = final_export_from_uri.component_spec.outputs
-    assert outputs['registered_model'].type == 'google.VertexModel@0.0.1'
-    assert registered.metadata['resourceName'] == f'{version.name}@1'
-    assert registered.uri == f'https://{REGION}-aiplatform.googleapis.com/v1/{version.name}@1'
-    with open(task.outputs['report'].path, encoding='utf-8') as f:
-        report = f.read()
-    model_id = version.name.rsplit('/', 1)[1]
-    assert (
-        f'(https://console.cloud.google.com/vertex-ai/models/locations/{REGION}/models/{model_id}'
-        f'/versions/1?project={PROJECT})' in report
-    )
-    assert task.outputs['pushed_model'].metadata[keys.VERTEX_MODEL_VERSION_ID_KEY] == '1'
-
-
-def test_compiled_pipeline_has_the_vertex_model_output_for_model_deploy_op(tmp_path):
-    import yaml
-    from kfp import compiler, dsl
-
-    from final_exporter.adapters.kfp import VertexModel, final_export
-
-    @dsl.component(base_image='python:3.10')
-    def deploy(model: dsl.Input[VertexModel]) -> str:  # Stands in for GCPC's ModelDeployOp.
-        return model.metadata['resourceName']
-
-    @dsl.pipeline(name='register-penguin')
-    def register(model_uri: str):
-        model = dsl.importer(artifact_uri=model_uri, artifact_class=dsl.Model, reimport=False)
-        export = final_export(
-            model=model.output,
-            blessed=True,
-            name='penguin',
-            export_base='gs://bucket/serving',
-            vertex_model='penguin',
-            vertex_version_aliases=['candidate'],
-        )
-        deploy(model=export.outputs['registered_model'])
-
-    path = str(tmp_path / 'register.yaml')
-    compiler.Compiler().compile(register, path)
-
-    with open(path) as f:
-        spec = yaml.safe_load(f)
-    outputs = spec['components']['comp-final-export']['outputDefinitions']['artifacts']
-    assert outputs['registered_model']['artifactType'] == {
-        'schemaTitle': 'google.VertexModel',
-        'schemaVersion': '0.0.1',
-    }
-    deploy_input = spec['root']['dag']['tasks']['deploy']['inputs']['artifacts']['model']
-    assert deploy_input == {
-        'taskOutputArtifact': {
-            'outputArtifactKey': 'registered_model',
-            'producerTask': 'final-export',
-        }
-    }
-    command = spec['deploymentSpec']['executors']['exec-final-export']['container']['command']
-    assert 'from final_exporter.adapters.kfp import VertexModel' in ' '.join(command)
