@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 from final_exporter.common import compat, keys
 from final_exporter.common.errors import FinalExporterError, InvalidInputError
 from final_exporter.common.progress import human_bytes
-from final_exporter.core.blessing import blessing_from_folder
+from final_exporter.core.blessing import blessing_from_folder, stamped_model_dir
 from final_exporter.core.config import ExportConfig
 from final_exporter.core.exporter import ExportRequest, ExportResult, run_export
 from final_exporter.storage.local import list_versions
@@ -62,9 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument(
         flag(keys.MODEL_KEY),
-        required=True,
         metavar='PATH',
-        help='a TFX Model artifact folder (either layout) or a SavedModel folder',
+        help='a TFX Model artifact folder (either layout) or a SavedModel folder; without it, '
+        "the stamped model (with its warmup requests) in --infra-blessing's folder",
     )
     export.add_argument(
         flag(keys.MODEL_BLESSING_KEY), metavar='PATH', help='Evaluator blessing artifact folder'
@@ -287,9 +287,17 @@ def _export(args: argparse.Namespace) -> int:
 
         extra[keys.MODEL_EVALUATION_URI_KEY] = args.model_evaluation
         extra[keys.EVAL_RESULT_KEY] = overall_metrics(args.model_evaluation)
+    model_uri = args.model
+    if not model_uri:
+        if not args.infra_blessing:
+            raise InvalidInputError(
+                f'{flag(keys.MODEL_KEY)} is required, unless {flag(keys.INFRA_BLESSING_KEY)} '
+                "names an InfraValidator blessing holding a stamped model (make_warmup=True)"
+            )
+        model_uri = stamped_model_dir(args.infra_blessing, None)
     request = ExportRequest(
         config=config,
-        model_uri=args.model,
+        model_uri=model_uri,
         blessings=blessings,
         extra_lineage=extra,
         beam_pipeline_args=args.beam_pipeline_args,

@@ -51,9 +51,9 @@ class FinalExporter(base_beam_component.BaseBeamComponent):
 
     def __init__(
         self,
-        model: types.BaseChannel,
-        name: str,
-        export_base: str,
+        model: types.BaseChannel | None = None,
+        name: str = '',
+        export_base: str = '',
         model_blessing: types.BaseChannel | None = None,
         infra_blessing: types.BaseChannel | None = None,
         model_evaluation: types.BaseChannel | None = None,
@@ -85,7 +85,11 @@ class FinalExporter(base_beam_component.BaseBeamComponent):
         """Constructs a FinalExporter.
 
         Args:
-            model: Channel of `Model`, usually `trainer.outputs['model']`.
+            model: Channel of `Model`, usually `trainer.outputs['model']`. Without it,
+                the InfraValidator's stamped model (`<infra_blessing>/stamped_model/`,
+                with its warmup requests) is exported, as the TFX Pusher does; that
+                needs `infra_blessing` from an InfraValidator with
+                `request_spec.make_warmup=True`.
             name: Model name, one folder: the export goes to `<export_base>/<name>/<version>/`.
             export_base: Base folder; `<export_base>/<name>` is a TensorFlow Serving base path.
             model_blessing: Optional channel of `ModelBlessing` (Evaluator).
@@ -145,8 +149,12 @@ class FinalExporter(base_beam_component.BaseBeamComponent):
         Raises:
             ValueError: for a parameter that cannot work, saying how to fix it.
         """
-        if model is None:
-            raise ValueError('model is required: pass trainer.outputs["model"]')
+        if model is None and infra_blessing is None:
+            raise ValueError(
+                'model is required: pass model=trainer.outputs["model"], or '
+                'infra_blessing=infra_validator.outputs["blessing"] alone to export the '
+                "InfraValidator's stamped model (it needs request_spec.make_warmup=True)"
+            )
         if require_blessing and model_blessing is None and infra_blessing is None:
             raise ValueError(
                 'FinalExporter needs a blessing to gate the export: pass '
