@@ -82,9 +82,7 @@ def test_stamped_model_is_exported_with_its_warmup_requests(
     assert warmup == {'count': 1, 'source': 'supplied'}
 
 
-def test_infra_blessing_without_a_stamped_model_is_refused_with_the_reason(
-    tmp_path, export_base
-):
+def test_infra_blessing_without_a_stamped_model_is_refused_with_the_reason(tmp_path, export_base):
     blessing = _infra_blessing(str(tmp_path / 'InfraValidator' / 'blessing' / '6'), False)
 
     with pytest.raises(InvalidInputError, match=r'holds no model \(has_model=0\).*make_warmup'):
@@ -133,7 +131,9 @@ def test_cli_without_model_names_what_is_missing(tmp_path, make_blessing, export
 
     assert cli.main(['export', '--name', 'p', '--export-base', export_base]) == cli.EXIT_BAD_INPUT
     assert '--model is required' in capsys.readouterr().err
-    code = cli.main(['export', '--infra-blessing', infra, '--name', 'p', '--export-base', export_base])
+    code = cli.main(
+        ['export', '--infra-blessing', infra, '--name', 'p', '--export-base', export_base]
+    )
     assert code == cli.EXIT_BAD_INPUT
     assert 'no stamped_model folder' in capsys.readouterr().err
     assert_nothing_written(export_base)

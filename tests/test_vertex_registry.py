@@ -95,7 +95,9 @@ def test_export_becomes_a_new_version_of_an_existing_parent_and_aliases_move(
         vertex_version_aliases=['candidate'],
         vertex_is_default_version=False,
     )
-    third = export(model_uri, gcs_base, vertex_model='penguin', vertex_version_aliases=['candidate'])
+    third = export(
+        model_uri, gcs_base, vertex_model='penguin', vertex_version_aliases=['candidate']
+    )
 
     (upload, *_) = [r for m, r in vertex.calls if m == 'UploadModel']
     assert upload.parent_model == parent
@@ -203,7 +205,9 @@ def test_a_failed_call_fails_the_execution_and_the_retry_registers_once(
     vertex.add_model(LOCATION, 'penguin')
 
     with pytest.raises(FinalExporterError, match='backend down'):
-        export(model_uri, gcs_base, key='k', vertex_model='penguin', vertex_version_aliases=['prod'])
+        export(
+            model_uri, gcs_base, key='k', vertex_model='penguin', vertex_version_aliases=['prod']
+        )
     retry = export(
         model_uri, gcs_base, key='k', vertex_model='penguin', vertex_version_aliases=['prod']
     )
@@ -225,9 +229,7 @@ def test_retry_after_a_registered_export_registers_nothing_new(vertex, gcs_base,
     assert retry.lineage[keys.VERTEX_MODEL_VERSION_ID_KEY] == '1'
 
 
-def test_display_name_shared_by_two_models_is_refused_with_their_names(
-    vertex, gcs_base, model_uri
-):
+def test_display_name_shared_by_two_models_is_refused_with_their_names(vertex, gcs_base, model_uri):
     names = [vertex.add_model(LOCATION, 'penguin') for _ in range(2)]
 
     with pytest.raises(FinalExporterError) as failed:
@@ -248,7 +250,9 @@ def test_project_and_region_default_as_the_vertex_sdk_resolves_them(
     aiplatform.init(project='env-project')
     monkeypatch.setenv('GOOGLE_CLOUD_REGION', 'asia-east1')
 
-    result = export(model_uri, gcs_base, vertex_model='penguin', vertex_project='', vertex_region='')
+    result = export(
+        model_uri, gcs_base, vertex_model='penguin', vertex_project='', vertex_region=''
+    )
 
     assert result.lineage[keys.VERTEX_MODEL_RESOURCE_KEY].startswith(
         'projects/env-project/locations/asia-east1/models/'
@@ -333,4 +337,3 @@ def test_sigkill_around_the_upload_then_the_retry_registers_exactly_once(
     (version,) = vertex.versions('penguin')
     assert sorted(version.version_aliases) == ['candidate', 'default']
     assert summary['lineage'][keys.VERTEX_MODEL_VERSION_ID_KEY] == version.version_id
-

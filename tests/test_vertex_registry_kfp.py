@@ -9,9 +9,7 @@ import os
 import pytest
 
 from final_exporter.common import keys
-
 from test_vertex_registry import PROJECT, REGION, REPO
-
 
 
 @pytest.fixture

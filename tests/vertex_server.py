@@ -28,11 +28,13 @@ from google.rpc import status_pb2
 
 _SERVICE = 'google.cloud.aiplatform.v1.ModelService'
 _OPERATIONS = 'google.longrunning.Operations'
-_MODEL_RE = re.compile(r'(?P<location>projects/[^/]+/locations/[^/]+)/models/(?P<id>[^/@]+)(?:@(?P<ref>.+))?')
+_MODEL_RE = re.compile(
+    r'(?P<location>projects/[^/]+/locations/[^/]+)/models/(?P<id>[^/@]+)(?:@(?P<ref>.+))?'
+)
 _FILTER_RE = re.compile(r'([\w.]+)\s*=\s*"([^"]*)"')
 
 
-class _Abort(Exception):
+class _RpcError(Exception):
     def __init__(self, code: grpc.StatusCode, message: str):
         super().__init__(message)
         self.code, self.message = code, message
@@ -113,15 +115,15 @@ class VertexModelService:
                     break
         failure = self._failures.pop(method, None)
         if failure is not None:
-            raise _Abort(*failure)
+            raise _RpcError(*failure)
 
     def _model(self, name: str) -> tuple[str, list[types.Model], str | None]:
         match = _MODEL_RE.fullmatch(name)
         if not match:
-            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f'bad model name {name!r}')
+            raise _RpcError(grpc.StatusCode.INVALID_ARGUMENT, f'bad model name {name!r}')
         model = f'{match["location"]}/models/{match["id"]}'
         if model not in self.models:
-            raise _Abort(grpc.StatusCode.NOT_FOUND, f'Model {model} not found')
+            raise _RpcError(grpc.StatusCode.NOT_FOUND, f'Model {model} not found')
         return model, self.models[model], match['ref']
 
     def _version(self, name: str) -> types.Model:
@@ -130,7 +132,7 @@ class VertexModelService:
         for version in versions:
             if version.version_id == ref or ref in version.version_aliases:
                 return version
-        raise _Abort(grpc.StatusCode.NOT_FOUND, f'no version {ref!r} of {name}')
+        raise _RpcError(grpc.StatusCode.NOT_FOUND, f'no version {ref!r} of {name}')
 
     def upload_model(self, request: types.UploadModelRequest, context) -> operations_pb2.Operation:
         self._enter('UploadModel', request, context)
@@ -142,7 +144,7 @@ class VertexModelService:
                 taken = {a for v in versions for a in v.version_aliases} - {'default'}
                 clash = sorted(set(version.version_aliases) & taken)
                 if clash:
-                    raise _Abort(
+                    raise _RpcError(
                         grpc.StatusCode.FAILED_PRECONDITION,
                         f'version aliases {clash} are already used by another version',
                     )
@@ -152,7 +154,7 @@ class VertexModelService:
             else:
                 name = f'{request.parent}/models/{request.model_id or next(self._ids)}'
                 if name in self.models:
-                    raise _Abort(grpc.StatusCode.ALREADY_EXISTS, f'{name} already exists')
+                    raise _RpcError(grpc.StatusCode.ALREADY_EXISTS, f'{name} already exists')
                 versions = self.models[name] = []
                 if 'default' not in version.version_aliases:
                     version.version_aliases.append('default')
@@ -182,7 +184,7 @@ class VertexModelService:
     def get_operation(self, request: operations_pb2.GetOperationRequest, context):
         self._enter('GetOperation', request, context)
         if request.name not in self._operations:
-            raise _Abort(grpc.StatusCode.NOT_FOUND, f'no operation {request.name}')
+            raise _RpcError(grpc.StatusCode.NOT_FOUND, f'no operation {request.name}')
         _, done = self._operations[request.name]
         return done
 
@@ -217,12 +219,12 @@ class VertexModelService:
         with self._lock:
             _, versions, ref = self._model(request.name)
             if not ref or not ref.isdigit():
-                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, 'name needs @VERSION_ID')
+                raise _RpcError(grpc.StatusCode.INVALID_ARGUMENT, 'name needs @VERSION_ID')
             target = self._version(request.name)
             for alias in request.version_aliases:
                 if alias.startswith('-'):
                     if alias[1:] == 'default':
-                        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, 'cannot remove default')
+                        raise _RpcError(grpc.StatusCode.INVALID_ARGUMENT, 'cannot remove default')
                     _drop(target, alias[1:])
                     continue
                 for other in versions:
@@ -237,7 +239,7 @@ class VertexModelService:
             def call(request, context):
                 try:
                     return method(request, context)
-                except _Abort as e:
+                except _RpcError as e:
                     context.abort(e.code, e.message)
 
             return grpc.unary_unary_rpc_method_handler(

@@ -199,9 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar='KEY=VALUE',
         help='labels of the new version (repeatable)',
     )
-    registry.add_argument(
-        flag(keys.VERTEX_VERSION_DESCRIPTION_KEY), default='', metavar='TEXT'
-    )
+    registry.add_argument(flag(keys.VERTEX_VERSION_DESCRIPTION_KEY), default='', metavar='TEXT')
     registry.add_argument(
         flag(keys.VERTEX_IS_DEFAULT_VERSION_KEY),
         action=argparse.BooleanOptionalAction,
@@ -292,7 +290,7 @@ def _export(args: argparse.Namespace) -> int:
         if not args.infra_blessing:
             raise InvalidInputError(
                 f'{flag(keys.MODEL_KEY)} is required, unless {flag(keys.INFRA_BLESSING_KEY)} '
-                "names an InfraValidator blessing holding a stamped model (make_warmup=True)"
+                'names an InfraValidator blessing holding a stamped model (make_warmup=True)'
             )
         model_uri = stamped_model_dir(args.infra_blessing, None)
     request = ExportRequest(

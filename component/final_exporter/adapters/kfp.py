@@ -295,7 +295,9 @@ def record_vertex_model(artifact: Artifact, result: ExportResult) -> None:
         result.lineage.get(keys.VERTEX_MODEL_VERSION_ALIASES_KEY, [])
     )
     artifact.metadata[keys.VERTEX_CONSOLE_URL_KEY] = result.lineage[keys.VERTEX_CONSOLE_URL_KEY]
-    artifact.metadata[DISPLAY_NAME_KEY] = f'{result.lineage.get(keys.EXPORT_NAME_KEY, "")} version {version} (Vertex AI)'
+    artifact.metadata[DISPLAY_NAME_KEY] = (
+        f'{result.lineage.get(keys.EXPORT_NAME_KEY, "")} version {version} (Vertex AI)'
+    )
     artifact.uri = f'https://{region}-aiplatform.googleapis.com/v1/{model}@{version}'
 
 

@@ -191,4 +191,3 @@ def stamped_model_dir(infra_blessing_uri: str, has_model: Any) -> str:
             'make_warmup to export its stamped model with its warmup requests'
         )
     return path
-

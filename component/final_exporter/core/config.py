@@ -336,7 +336,9 @@ class ExportConfig:
             'vertex_is_default_version',
             _as_flag(self.vertex_is_default_version, 'vertex_is_default_version'),
         )
-        set_('vertex_version_aliases', registry.validate_version_aliases(self.vertex_version_aliases))
+        set_(
+            'vertex_version_aliases', registry.validate_version_aliases(self.vertex_version_aliases)
+        )
         set_('vertex_labels', registry.validate_labels(self.vertex_labels))
         if not self.vertex_model:
             given = [

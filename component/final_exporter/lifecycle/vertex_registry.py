@@ -131,7 +131,9 @@ def validate_labels(labels: Any) -> dict[str, str]:
                 f'vertex_labels: {MANIFEST_LABEL!r} is set by the exporter (the manifest '
                 'digest that lets a retry find its version); choose another key'
             )
-        if not (isinstance(value, str) and len(value) <= MAX_LABEL_CHARS and _label_chars_ok(value)):
+        if not (
+            isinstance(value, str) and len(value) <= MAX_LABEL_CHARS and _label_chars_ok(value)
+        ):
             raise InvalidInputError(
                 f'vertex_labels: value {value!r} of {key!r} is not a Vertex AI label value; '
                 'expected 0-63 lowercase letters, digits, "_" or "-" (e.g. "fraud-team")'
@@ -375,13 +377,18 @@ def register_version(
     client = client or model_service_client(region)
     location = f'projects/{project}/locations/{region}'
     label = manifest_label(manifest_sha256)
-    wanted_aliases = [*target.version_aliases, *([DEFAULT_ALIAS] if target.is_default_version else [])]
+    wanted_aliases = [
+        *target.version_aliases,
+        *([DEFAULT_ALIAS] if target.is_default_version else []),
+    ]
 
     parent = _find_parent(client, types, target, location)
     if parent is not None:
         existing = _registered_version(client, types, parent, label, export_dir)
         if existing is not None:
-            logger.info('%s@%s already holds this export; reporting it.', parent, existing.version_id)
+            logger.info(
+                '%s@%s already holds this export; reporting it.', parent, existing.version_id
+            )
             version = RegisteredVersion(
                 parent, existing.version_id, tuple(existing.version_aliases), True
             )
