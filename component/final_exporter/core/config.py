@@ -421,7 +421,9 @@ class ExportConfig:
                     value = json.loads(value)
                 except json.JSONDecodeError as e:
                     raise InvalidInputError(
-                        f'{field.name} must be JSON (an object or a list), got {value!r} ({e})'
+                        f'{field.name} must be a JSON '
+                        f'{"list" if isinstance(_default_of(field), list) else "object"}, '
+                        f'got {value!r} ({e})'
                     ) from e
             kwargs[field.name] = value
         return cls(**kwargs)
