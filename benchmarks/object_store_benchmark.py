@@ -32,7 +32,7 @@ fsspec baselines only upload. Each exporter run is checked with
 `final_exporter.verify_export(export_dir).ok` (every object re-read and hashed)
 and each fsspec upload by listing sizes, outside the timing; every run writes to
 a fresh prefix, deleted after it (untimed). For the in-process runs the time
-spent in each `final_exporter.storage.remote` step (upload, verify staging,
+spent in each `BucketStore` step (stage, verify staging,
 claim, server-side copy, delete staging) is also recorded and printed.
 
 `tf.io.gfile` is probed against the GCS emulator in a subprocess and timed

@@ -189,6 +189,27 @@ def bucket_base(request) -> tuple[str, dict[str, str]]:
     return f'{scheme}://{bucket}/models', env
 
 
+@pytest.fixture
+def gcs_base(gcs_server) -> str:
+    """A fresh bucket on fake-gcs-server: 'gs://bucket/serving'."""
+    from google.cloud import storage
+
+    bucket = f'models-{uuid.uuid4().hex[:12]}'
+    storage.Client().create_bucket(bucket)
+    return f'gs://{bucket}/serving'
+
+
+@pytest.fixture
+def vertex(monkeypatch):
+    """The loopback Vertex AI ModelService (tests/vertex_server.py), set as the exporter's endpoint."""
+    from final_exporter.lifecycle.vertex_registry import ENDPOINT_ENV
+    from vertex_server import vertex_model_service
+
+    with vertex_model_service() as service:
+        monkeypatch.setenv(ENDPOINT_ENV, service.endpoint)
+        yield service
+
+
 # --- The tally behind the README's "What the exporter guarantees" figures -------------
 
 _TALLY: collections.Counter = collections.Counter()

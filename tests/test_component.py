@@ -57,6 +57,15 @@ def test_spec_declares_inputs_outputs_and_parameters():
         keys.EXPORTS_TO_KEEP_KEY,
         keys.LABEL_KEY,
         keys.PARANOID_VERIFY_KEY,
+        keys.VERTEX_MODEL_KEY,
+        keys.VERTEX_PROJECT_KEY,
+        keys.VERTEX_REGION_KEY,
+        keys.VERTEX_SERVING_IMAGE_KEY,
+        keys.VERTEX_VERSION_ALIASES_KEY,
+        keys.VERTEX_LABELS_KEY,
+        keys.VERTEX_VERSION_DESCRIPTION_KEY,
+        keys.VERTEX_IS_DEFAULT_VERSION_KEY,
+        keys.VERTEX_ENCRYPTION_KEY_KEY,
     }
 
 

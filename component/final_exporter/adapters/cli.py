@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 from final_exporter.common import compat, keys
 from final_exporter.common.errors import FinalExporterError, InvalidInputError
 from final_exporter.common.progress import human_bytes
-from final_exporter.core.blessing import blessing_from_folder
+from final_exporter.core.blessing import blessing_from_folder, stamped_model_dir
 from final_exporter.core.config import ExportConfig
 from final_exporter.core.exporter import ExportRequest, ExportResult, run_export
 from final_exporter.storage.stores import store_for
@@ -60,9 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument(
         flag(keys.MODEL_KEY),
-        required=True,
         metavar='PATH',
-        help='a TFX Model artifact folder (either layout) or a SavedModel folder',
+        help='a TFX Model artifact folder (either layout) or a SavedModel folder; without it, '
+        "the stamped model (with its warmup requests) in --infra-blessing's folder",
     )
     export.add_argument(
         flag(keys.MODEL_BLESSING_KEY), metavar='PATH', help='Evaluator blessing artifact folder'
@@ -159,6 +159,57 @@ def build_parser() -> argparse.ArgumentParser:
         help='before publishing, read every staged byte back (from disk) and check it '
         'against the manifest; off by default: the copy hashed every byte it wrote',
     )
+    registry = export.add_argument_group(
+        'Vertex AI Model Registry', 'register the export (gs:// export base) as a model version'
+    )
+    registry.add_argument(
+        flag(keys.VERTEX_MODEL_KEY),
+        default='',
+        metavar='MODEL',
+        help='parent model: display name or projects/P/locations/L/models/ID (created if absent)',
+    )
+    registry.add_argument(
+        flag(keys.VERTEX_PROJECT_KEY), default='', metavar='PROJECT', help='default: as the SDK'
+    )
+    registry.add_argument(
+        flag(keys.VERTEX_REGION_KEY), default='', metavar='REGION', help='default: as the SDK'
+    )
+    registry.add_argument(
+        flag(keys.VERTEX_SERVING_IMAGE_KEY),
+        default='',
+        metavar='IMAGE',
+        help="default: the prebuilt TensorFlow CPU image of the model's TensorFlow version",
+    )
+    registry.add_argument(
+        flag(keys.VERTEX_VERSION_ALIASES_KEY),
+        nargs='+',
+        action='extend',
+        default=[],
+        metavar='ALIAS',
+        help='aliases the new version takes, e.g. candidate (repeatable)',
+    )
+    registry.add_argument(
+        flag(keys.VERTEX_LABELS_KEY),
+        nargs='+',
+        action='extend',
+        type=_label_pair,
+        default=[],
+        metavar='KEY=VALUE',
+        help='labels of the new version (repeatable)',
+    )
+    registry.add_argument(flag(keys.VERTEX_VERSION_DESCRIPTION_KEY), default='', metavar='TEXT')
+    registry.add_argument(
+        flag(keys.VERTEX_IS_DEFAULT_VERSION_KEY),
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help='the new version takes the default alias (default, as the Vertex SDK)',
+    )
+    registry.add_argument(
+        flag(keys.VERTEX_ENCRYPTION_KEY_KEY),
+        default='',
+        metavar='KMS_KEY',
+        help='Cloud KMS key (CMEK): projects/P/locations/L/keyRings/R/cryptoKeys/K',
+    )
     export.add_argument(
         '--beam-pipeline-args',
         metavar='ARGS',
@@ -216,6 +267,7 @@ def _export(args: argparse.Namespace) -> int:
     # Every ExportConfig field has the flag of the same name (test_cli checks it).
     params = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExportConfig)}
     params[keys.ASSETS_EXTRA_KEY] = _assets_extra_dict(args.assets_extra)
+    params[keys.VERTEX_LABELS_KEY] = _labels_dict(args.vertex_labels)
     config = ExportConfig(**params)
     blessings = [
         blessing_from_folder(kind, path)
@@ -231,9 +283,17 @@ def _export(args: argparse.Namespace) -> int:
 
         extra[keys.MODEL_EVALUATION_URI_KEY] = args.model_evaluation
         extra[keys.EVAL_RESULT_KEY] = overall_metrics(args.model_evaluation)
+    model_uri = args.model
+    if not model_uri:
+        if not args.infra_blessing:
+            raise InvalidInputError(
+                f'{flag(keys.MODEL_KEY)} is required, unless {flag(keys.INFRA_BLESSING_KEY)} '
+                'names an InfraValidator blessing holding a stamped model (make_warmup=True)'
+            )
+        model_uri = stamped_model_dir(args.infra_blessing, None)
     request = ExportRequest(
         config=config,
-        model_uri=args.model,
+        model_uri=model_uri,
         blessings=blessings,
         extra_lineage=extra,
         beam_pipeline_args=args.beam_pipeline_args,
@@ -259,14 +319,38 @@ def _assets_extra_dict(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
     return result
 
 
+def _label_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition('=')
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f'expected KEY=VALUE, got {text!r}')
+    return key, value
+
+
+def _labels_dict(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for key, value in pairs:
+        if key in result:
+            raise InvalidInputError(f'{flag(keys.VERTEX_LABELS_KEY)} names {key!r} twice')
+        result[key] = value
+    return result
+
+
 def _describe(result: ExportResult) -> str:
     if not result.pushed:
         return f'not exported: {result.reason}'
-    return (
+    text = (
         f'exported version {result.version} to {result.export_dir} '
         f'({result.file_count} files, {human_bytes(result.total_bytes)}, '
         f'manifest sha256 {result.manifest_sha256})'
     )
+    registered = result.lineage.get(keys.VERTEX_MODEL_RESOURCE_KEY)
+    if registered:
+        text += (
+            f'; registered as {registered}@{result.lineage[keys.VERTEX_MODEL_VERSION_ID_KEY]} '
+            f'(aliases: {", ".join(result.lineage[keys.VERTEX_MODEL_VERSION_ALIASES_KEY])}): '
+            f'{result.lineage[keys.VERTEX_CONSOLE_URL_KEY]}'
+        )
+    return text
 
 
 def _verify(args: argparse.Namespace) -> int:

@@ -81,9 +81,22 @@ LOCAL_IMAGE = f'{IMAGE_REPOSITORY}:{__version__}'
 BLESSED_PARAMETER_URI = 'parameter:blessed'
 PUSHED_MODEL_OUTPUT = keys.PUSHED_MODEL_KEY
 REPORT_OUTPUT = 'report'
+REGISTERED_MODEL_OUTPUT = 'registered_model'
 METRICS_INPUT = 'metrics'
 BLESSED_INPUT = 'blessed'
 DISPLAY_NAME_KEY = 'display_name'
+
+
+class VertexModel(Artifact):
+    """A Vertex AI model version, as Google Cloud Pipeline Components type it.
+
+    The same schema as `google_cloud_pipeline_components.types.artifact_types.VertexModel`
+    (`google.VertexModel`, metadata `resourceName`), so GCPC's `ModelDeployOp` and
+    `EndpointCreateOp` chain after the export without that package installed here.
+    """
+
+    schema_title = 'google.VertexModel'
+    schema_version = '0.0.1'
 
 
 class ExportOutputs(NamedTuple):
@@ -136,6 +149,7 @@ def export_for_kfp(arguments: Mapping[str, Any]) -> ExportOutputs:
         model_path = model_uri = args.pop('model_uri')
         model_name = None
     pushed_model, report = args.pop(PUSHED_MODEL_OUTPUT), args.pop(REPORT_OUTPUT)
+    registered_model = args.pop(REGISTERED_MODEL_OUTPUT, None)
     model_blessing = args.pop(keys.MODEL_BLESSING_KEY, None)
     infra_blessing = args.pop(keys.INFRA_BLESSING_KEY, None)
     metrics = args.pop(METRICS_INPUT, None)
@@ -186,6 +200,8 @@ def export_for_kfp(arguments: Mapping[str, Any]) -> ExportOutputs:
     else:
         logger.info('Model not exported: %s.', result.reason)
     record_for_kfp(pushed_model, report, result)
+    if registered_model is not None:
+        record_vertex_model(registered_model, result)
     return ExportOutputs(
         pushed=result.pushed,
         version='' if result.version is None else str(result.version),
@@ -261,6 +277,30 @@ def record_for_kfp(pushed_model: Artifact, report: Artifact, result: ExportResul
     report.metadata[DISPLAY_NAME_KEY] = f'Final export report: {export_name}'
 
 
+def record_vertex_model(artifact: Artifact, result: ExportResult) -> None:
+    """Describes the registered version as GCPC's `VertexModel` does.
+
+    `resourceName` is `projects/P/locations/L/models/ID@VERSION`, so a deploy step
+    deploys exactly this version; the URI is the version's API URL. Without a
+    registration (no `vertex_model`, or not exported) the metadata says so.
+    """
+    model = result.lineage.get(keys.VERTEX_MODEL_RESOURCE_KEY)
+    if not model:
+        artifact.metadata[DISPLAY_NAME_KEY] = 'not registered'
+        return
+    version = result.lineage[keys.VERTEX_MODEL_VERSION_ID_KEY]
+    region = model.split('/')[3]
+    artifact.metadata['resourceName'] = f'{model}@{version}'
+    artifact.metadata[keys.VERTEX_MODEL_VERSION_ALIASES_KEY] = list(
+        result.lineage.get(keys.VERTEX_MODEL_VERSION_ALIASES_KEY, [])
+    )
+    artifact.metadata[keys.VERTEX_CONSOLE_URL_KEY] = result.lineage[keys.VERTEX_CONSOLE_URL_KEY]
+    artifact.metadata[DISPLAY_NAME_KEY] = (
+        f'{result.lineage.get(keys.EXPORT_NAME_KEY, "")} version {version} (Vertex AI)'
+    )
+    artifact.uri = f'https://{region}-aiplatform.googleapis.com/v1/{model}@{version}'
+
+
 # The component functions. KFP ships each one's source to the container and
 # runs it there with `from kfp.dsl import *` and `from typing import *`, so the
 # bodies only import this installed module and call `export_for_kfp`.
@@ -272,6 +312,7 @@ def final_export(
     export_base: str,
     pushed_model: Output[Artifact],
     report: Output[Markdown],
+    registered_model: Output[VertexModel],
     model_blessing: Optional[Input[Artifact]] = None,  # noqa: UP045
     infra_blessing: Optional[Input[Artifact]] = None,  # noqa: UP045
     metrics: Optional[Input[Metrics]] = None,  # noqa: UP045
@@ -291,6 +332,15 @@ def final_export(
     exports_to_keep: int = 0,
     label: str = '',
     paranoid_verify: bool = False,
+    vertex_model: str = '',
+    vertex_project: str = '',
+    vertex_region: str = '',
+    vertex_serving_image: str = '',
+    vertex_version_aliases: Optional[list] = None,  # noqa: UP045
+    vertex_labels: Optional[dict] = None,  # noqa: UP045
+    vertex_version_description: str = '',
+    vertex_is_default_version: bool = True,
+    vertex_encryption_key: str = '',
 ) -> NamedTuple('Outputs', [('pushed', bool), ('version', str), ('destination', str)]):
     """Exports a blessed model once, as a SavedModel a model server can load (FinalExporter).
 
@@ -302,6 +352,8 @@ def final_export(
         pushed_model: Describes the outcome: metadata pushed, pushed_destination,
             pushed_version and the lineage.
         report: The export report (Markdown).
+        registered_model: The registered model version (google.VertexModel, metadata
+            resourceName MODEL@VERSION) for ModelDeployOp; unset without vertex_model.
         model_blessing: Blessing artifact: metadata blessed=1/0, or a BLESSED / NOT_BLESSED file.
         infra_blessing: Infra blessing artifact: metadata blessed=1/0, or an INFRA_BLESSED file.
         metrics: Evaluation metrics; recorded as eval_result and shown in the report.
@@ -323,6 +375,17 @@ def final_export(
         exports_to_keep: Keep this many newest versions; 0 keeps all.
         label: TensorFlow Serving version label to point at the new version; empty: none.
         paranoid_verify: Read every staged byte back and check it before publishing.
+        vertex_model: Register the export (gs:// export base) in the Vertex AI Model
+            Registry as a new version of this model: display name or
+            projects/P/locations/L/models/ID, created if absent; empty: no registry.
+        vertex_project: The model's project; empty: as the Vertex SDK resolves it.
+        vertex_region: The model's region; empty: as the Vertex SDK resolves it.
+        vertex_serving_image: Serving container; empty: the prebuilt TensorFlow CPU image.
+        vertex_version_aliases: Aliases the new version takes, e.g. ["candidate"].
+        vertex_labels: Labels of the new version.
+        vertex_version_description: Description of the new version.
+        vertex_is_default_version: The new version takes the default alias.
+        vertex_encryption_key: Cloud KMS key (CMEK) of the model.
     """
     arguments = dict(locals())
     from final_exporter.adapters.kfp import export_for_kfp
@@ -336,6 +399,7 @@ def final_export_from_uri(
     export_base: str,
     pushed_model: Output[Artifact],
     report: Output[Markdown],
+    registered_model: Output[VertexModel],
     blessed: Optional[bool] = None,  # noqa: UP045
     examples_uri: str = '',
     serving_fn: str = '',
@@ -352,6 +416,15 @@ def final_export_from_uri(
     exports_to_keep: int = 0,
     label: str = '',
     paranoid_verify: bool = False,
+    vertex_model: str = '',
+    vertex_project: str = '',
+    vertex_region: str = '',
+    vertex_serving_image: str = '',
+    vertex_version_aliases: Optional[list] = None,  # noqa: UP045
+    vertex_labels: Optional[dict] = None,  # noqa: UP045
+    vertex_version_description: str = '',
+    vertex_is_default_version: bool = True,
+    vertex_encryption_key: str = '',
 ) -> NamedTuple('Outputs', [('pushed', bool), ('version', str), ('destination', str)]):
     """Exports a blessed model given by its path once (FinalExporter, model as a parameter).
 
@@ -364,6 +437,8 @@ def final_export_from_uri(
         pushed_model: Describes the outcome: metadata pushed, pushed_destination,
             pushed_version and the lineage.
         report: The export report (Markdown).
+        registered_model: The registered model version (google.VertexModel, metadata
+            resourceName MODEL@VERSION) for ModelDeployOp; unset without vertex_model.
         blessed: The verdict of an upstream step.
         examples_uri: Folder of tf.Example records in the TFX Examples layout; empty: none.
         serving_fn: Import path of fn(loaded_model) -> signatures, to re-export with
@@ -381,6 +456,17 @@ def final_export_from_uri(
         exports_to_keep: Keep this many newest versions; 0 keeps all.
         label: TensorFlow Serving version label to point at the new version; empty: none.
         paranoid_verify: Read every staged byte back and check it before publishing.
+        vertex_model: Register the export (gs:// export base) in the Vertex AI Model
+            Registry as a new version of this model: display name or
+            projects/P/locations/L/models/ID, created if absent; empty: no registry.
+        vertex_project: The model's project; empty: as the Vertex SDK resolves it.
+        vertex_region: The model's region; empty: as the Vertex SDK resolves it.
+        vertex_serving_image: Serving container; empty: the prebuilt TensorFlow CPU image.
+        vertex_version_aliases: Aliases the new version takes, e.g. ["candidate"].
+        vertex_labels: Labels of the new version.
+        vertex_version_description: Description of the new version.
+        vertex_is_default_version: The new version takes the default alias.
+        vertex_encryption_key: Cloud KMS key (CMEK) of the model.
     """
     arguments = dict(locals())
     from final_exporter.adapters.kfp import export_for_kfp

@@ -268,6 +268,39 @@ def _parse_meta_graph(buf, start: int, end: int, tags: list[str], signatures: li
                     signatures.append(bytes(buf[s2:e2]).decode('utf-8'))
 
 
+_PBTXT_TF_VERSION_RE = re.compile(r'tensorflow_version:\s*"([^"]*)"')
+
+
+def tensorflow_version(path: str, store: Any) -> str | None:
+    """The TensorFlow version that saved the SavedModel in `path` (`2.16.1`), if recorded.
+
+    Read from the first meta graph's `meta_info_def.tensorflow_version`, at the
+    protobuf wire level (no TensorFlow import); `store` is where `path` lives.
+    """
+    pb_path = store.join(path, keys.SAVED_MODEL_PB)
+    if not store.is_file(pb_path):
+        pbtxt = store.join(path, keys.SAVED_MODEL_PBTXT)
+        if not store.is_file(pbtxt):
+            return None
+        text = store.read_bytes(pbtxt).decode('utf-8', errors='replace')
+        match = _PBTXT_TF_VERSION_RE.search(text)
+        return match.group(1) if match else None
+    buf = store.read_bytes(pb_path)
+    try:
+        for field, wire, s, e in _fields(buf, 0, len(buf)):
+            if field == 2 and wire == _LEN:
+                # MetaGraphDef 1: meta_info_def; MetaInfoDef 5: tensorflow_version.
+                for f2, w2, s2, e2 in _fields(buf, s, e):
+                    if f2 == 1 and w2 == _LEN:
+                        for f3, w3, s3, e3 in _fields(buf, s2, e2):
+                            if f3 == 5 and w3 == _LEN:
+                                return buf[s3:e3].decode('utf-8')
+                return None
+    except (_WireError, UnicodeDecodeError):
+        return None
+    return None
+
+
 def _parse_saved_model_pbtxt(pbtxt_path: str, data: bytes) -> tuple[list[str], list[str]]:
     try:
         text = data.decode('utf-8')

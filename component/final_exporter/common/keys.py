@@ -32,6 +32,16 @@ WARMUP_REQUESTS_KEY = 'warmup_requests'
 EXPORTS_TO_KEEP_KEY = 'exports_to_keep'
 LABEL_KEY = 'label'
 PARANOID_VERIFY_KEY = 'paranoid_verify'
+# The Vertex AI Model Registry parameters (lifecycle/vertex_registry.py).
+VERTEX_MODEL_KEY = 'vertex_model'
+VERTEX_PROJECT_KEY = 'vertex_project'
+VERTEX_REGION_KEY = 'vertex_region'
+VERTEX_SERVING_IMAGE_KEY = 'vertex_serving_image'
+VERTEX_VERSION_ALIASES_KEY = 'vertex_version_aliases'
+VERTEX_LABELS_KEY = 'vertex_labels'
+VERTEX_VERSION_DESCRIPTION_KEY = 'vertex_version_description'
+VERTEX_IS_DEFAULT_VERSION_KEY = 'vertex_is_default_version'
+VERTEX_ENCRYPTION_KEY_KEY = 'vertex_encryption_key'
 
 # PushedModel custom properties. The first three are the TFX Pusher's, so tools
 # that read Pusher output keep working.
@@ -73,11 +83,21 @@ WARMUP_LINEAGE_KEY = 'warmup_requests'
 LABELS_LINEAGE_KEY = 'version_labels'
 RETENTION_LINEAGE_KEY = 'retention'
 POST_PUBLISH_ERROR_KEY = 'post_publish_error'
+# Recorded after the Vertex AI Model Registry upload.
+VERTEX_MODEL_RESOURCE_KEY = 'vertex_model_resource_name'
+VERTEX_MODEL_VERSION_ID_KEY = 'vertex_model_version_id'
+VERTEX_MODEL_VERSION_ALIASES_KEY = 'vertex_model_version_aliases'
+VERTEX_MANIFEST_LABEL_KEY = 'vertex_manifest_label'
+VERTEX_CONSOLE_URL_KEY = 'vertex_console_url'
 
 # Properties the TFX Evaluator and InfraValidator set on their blessings.
 BLESSED_PROPERTY = 'blessed'
 CURRENT_MODEL_PROPERTY = 'current_model'
 CURRENT_MODEL_ID_PROPERTY = 'current_model_id'
+# Set by InfraValidator when its blessing holds the model with warmup requests
+# (`<blessing>/stamped_model/`), as the TFX Pusher reads it.
+HAS_MODEL_PROPERTY = 'has_model'
+STAMPED_MODEL_DIR = 'stamped_model'
 
 # Files and folders.
 ASSETS_EXTRA_DIR = 'assets.extra'

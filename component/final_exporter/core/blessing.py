@@ -163,3 +163,31 @@ def _check_same_model(b: Blessing, *, model_id: str | None, model_uri: str) -> N
         raise BlessingMismatchError(
             f'{b.kind} at {b.uri} was made for the model at {b.model_uri}, not for {model_uri}'
         )
+
+
+def stamped_model_dir(infra_blessing_uri: str, has_model: Any) -> str:
+    """The model to export when `model` is not wired: the InfraValidator's stamped model.
+
+    As the TFX Pusher does: an InfraValidator run with `request_spec.make_warmup`
+    copies the model it validated, with the warmup requests it sent, to
+    `<blessing>/stamped_model/` and sets `has_model` = 1 on its blessing.
+
+    Args:
+        infra_blessing_uri: The InfraBlessing folder.
+        has_model: Its `has_model` property (1 or 1.0 when it holds a model), or
+            None where properties are not known (the CLI): then the folder decides.
+
+    Raises:
+        InvalidInputError: if the blessing holds no model, saying what to wire.
+    """
+    path = f'{infra_blessing_uri.rstrip("/")}/{keys.STAMPED_MODEL_DIR}'
+    holds = os.path.isdir(path) if has_model is None else str(has_model) in ('1', '1.0', 'True')
+    if not holds:
+        found = 'no stamped_model folder' if has_model is None else f'has_model={has_model!r}'
+        raise InvalidInputError(
+            f'model is not wired, and infra_blessing {infra_blessing_uri!r} holds no model '
+            f'({found}); InfraValidator stamps one only with request_spec.make_warmup=True. '
+            'Wire model=trainer.outputs["model"] (CLI: --model), or run InfraValidator with '
+            'make_warmup to export its stamped model with its warmup requests'
+        )
+    return path

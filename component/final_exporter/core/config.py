@@ -12,13 +12,16 @@ import functools
 import json
 import re
 import unicodedata
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from final_exporter.common import keys
 from final_exporter.common.errors import InvalidInputError
 from final_exporter.common.keys import LABEL_PATTERN
 from final_exporter.storage.transfer import COPY_AUTO, check_method
+
+if TYPE_CHECKING:
+    from final_exporter.lifecycle.vertex_registry import RegistryTarget
 
 # Longest single path component most filesystems (ext4, xfs, GCS object name
 # segments in practice) accept.
@@ -168,6 +171,23 @@ PROPERTY_TYPES = {_STR: str, _FLAG: int, _INT: int, _FLOAT: float, _JSON: str}
 MAX_WARMUP_REQUESTS = 1000
 
 
+# The free-text registry parameters (trimmed; empty means unset or the SDK's default).
+_REGISTRY_STRINGS = (
+    'vertex_model',
+    'vertex_project',
+    'vertex_region',
+    'vertex_serving_image',
+    'vertex_version_description',
+    'vertex_encryption_key',
+)
+
+
+def _default_of(field: dataclasses.Field) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
 def _param(kind: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
     if callable(default) and not isinstance(default, (str, int, float)):
         return dataclasses.field(default_factory=default, metadata={'kind': kind}, **kw)
@@ -206,6 +226,20 @@ class ExportConfig:
         paranoid_verify: Before publishing, read every staged byte back (locally from
             disk: the flushed pages are dropped from the cache first) and check it
             against the manifest. Off by default: the copy hashed every byte it wrote.
+        vertex_model: Register each export in the Vertex AI Model Registry as a new
+            version of this model: a display name or
+            `projects/P/locations/L/models/ID`, created if absent. Empty: no
+            registry. Needs a `gs://` export base.
+        vertex_project: The model's project; empty: as the Vertex SDK resolves it.
+        vertex_region: The model's region; empty: as the Vertex SDK resolves it.
+        vertex_serving_image: Serving container image of the version; empty: the
+            prebuilt TensorFlow CPU image of the model's TensorFlow version.
+        vertex_version_aliases: Aliases the new version takes (moved from the
+            versions holding them), e.g. `['candidate']`.
+        vertex_labels: Labels of the new version.
+        vertex_version_description: Description of the new version.
+        vertex_is_default_version: The new version takes the `default` alias.
+        vertex_encryption_key: Cloud KMS key name (CMEK) of the model.
     """
 
     name: str = _param(_STR)
@@ -224,6 +258,15 @@ class ExportConfig:
     exports_to_keep: int = _param(_INT, 0)
     label: str = _param(_STR, '')
     paranoid_verify: bool = _param(_FLAG, False)
+    vertex_model: str = _param(_STR, '')
+    vertex_project: str = _param(_STR, '')
+    vertex_region: str = _param(_STR, '')
+    vertex_serving_image: str = _param(_STR, '')
+    vertex_version_aliases: Sequence[str] = _param(_JSON, list)
+    vertex_labels: Mapping[str, str] = _param(_JSON, dict)
+    vertex_version_description: str = _param(_STR, '')
+    vertex_is_default_version: bool = _param(_FLAG, True)
+    vertex_encryption_key: str = _param(_STR, '')
 
     def __post_init__(self) -> None:
         validate_export_name(self.name)
@@ -270,6 +313,72 @@ class ExportConfig:
                 f'label {self.label!r} is not a TensorFlow Serving version label; expected a '
                 'letter, then up to 62 letters, digits, "_", "." or "-" (e.g. "canary")'
             )
+        self._check_registry()
+
+    def _check_registry(self) -> None:
+        """Validates the `vertex_*` parameters as Vertex AI would, before anything is written."""
+        from final_exporter.lifecycle import vertex_registry as registry
+
+        set_ = functools.partial(object.__setattr__, self)
+        for key in _REGISTRY_STRINGS:
+            value = getattr(self, key)
+            if value is None:
+                value = ''
+            if not isinstance(value, str):
+                raise InvalidInputError(f'{key} must be a string, got {value!r}')
+            set_(key, value.strip())
+        set_(
+            'vertex_is_default_version',
+            _as_flag(self.vertex_is_default_version, 'vertex_is_default_version'),
+        )
+        set_(
+            'vertex_version_aliases', registry.validate_version_aliases(self.vertex_version_aliases)
+        )
+        set_('vertex_labels', registry.validate_labels(self.vertex_labels))
+        if not self.vertex_model:
+            given = [
+                f.name
+                for f in dataclasses.fields(self)
+                if f.name.startswith('vertex_') and getattr(self, f.name) != _default_of(f)
+            ]
+            if given:
+                raise InvalidInputError(
+                    f'{", ".join(given)} given without vertex_model; set vertex_model to the '
+                    'display name or resource name of the Vertex AI model to register into'
+                )
+            return
+        registry.validate_parent_model(self.vertex_model)
+        registry.validate_location(self.vertex_project, self.vertex_region, self.vertex_model)
+        registry.validate_encryption_key(self.vertex_encryption_key)
+        if any(ch.isspace() for ch in self.vertex_serving_image):
+            raise InvalidInputError(
+                f'vertex_serving_image {self.vertex_serving_image!r} contains whitespace; '
+                'expected an image URI, e.g. us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest'
+            )
+        if not self.export_base.startswith('gs://'):
+            raise InvalidInputError(
+                'vertex_model needs a gs:// export_base (Vertex AI serves a version from Cloud '
+                f'Storage), got export_base={self.export_base!r}'
+            )
+
+    @property
+    def registry_target(self) -> RegistryTarget | None:
+        """Where to register the export in the Vertex AI Model Registry; None: nowhere."""
+        from final_exporter.lifecycle.vertex_registry import RegistryTarget
+
+        if not self.vertex_model:
+            return None
+        return RegistryTarget(
+            parent_model=self.vertex_model,
+            project=self.vertex_project,
+            region=self.vertex_region,
+            serving_image=self.vertex_serving_image,
+            version_aliases=tuple(self.vertex_version_aliases),
+            labels=dict(self.vertex_labels),
+            version_description=self.vertex_version_description,
+            is_default_version=self.vertex_is_default_version,
+            encryption_key=self.vertex_encryption_key,
+        )
 
     @property
     def model_base(self) -> str:
@@ -282,7 +391,8 @@ class ExportConfig:
         for field in dataclasses.fields(self):
             value, kind = getattr(self, field.name), field.metadata['kind']
             if kind == _JSON:
-                value = json.dumps(dict(value), sort_keys=True)
+                plain = dict(value) if isinstance(value, Mapping) else list(value)
+                value = json.dumps(plain, sort_keys=True)
             elif kind == _FLAG:
                 value = int(value)
             elif value is None:
@@ -306,7 +416,9 @@ class ExportConfig:
                     value = json.loads(value)
                 except json.JSONDecodeError as e:
                     raise InvalidInputError(
-                        f'{field.name} must be a JSON object, got {value!r} ({e})'
+                        f'{field.name} must be a JSON '
+                        f'{"list" if isinstance(_default_of(field), list) else "object"}, '
+                        f'got {value!r} ({e})'
                     ) from e
             kwargs[field.name] = value
         return cls(**kwargs)

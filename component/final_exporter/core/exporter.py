@@ -203,7 +203,7 @@ def run_export(
     if request.idempotency_key:
         previous = _previous_export(store, config.model_base, request.idempotency_key)
         if previous is not None:
-            return previous
+            return _register(config, previous, source_dir)
     with contextlib.ExitStack() as cleanup:
         if config.serving_fn or config.as_text:
             # TensorFlow rewrites the graph, so it needs the source model as files: a
@@ -222,7 +222,7 @@ def run_export(
         export_dir,
         digest,
     )
-    return ExportResult(
+    result = ExportResult(
         pushed=True,
         reason=decision.reason,
         model_base=config.model_base,
@@ -232,6 +232,7 @@ def run_export(
         manifest=manifest,
         manifest_sha256=digest,
     )
+    return _register(config, result, source_dir)
 
 
 LineageFn = Callable[[Sequence[str], Mapping[str, FileEntry], Mapping[str, Any]], dict[str, Any]]
@@ -496,6 +497,33 @@ def _after_publish(config: ExportConfig, version: int) -> dict[str, Any]:
         logger.warning('Version %s is published, but label/retention failed: %s', version, e)
         done[keys.POST_PUBLISH_ERROR_KEY] = f'{type(e).__name__}: {e}'
     return done
+
+
+def _register(config: ExportConfig, result: ExportResult, source_dir: str) -> ExportResult:
+    """Registers the published export in the Vertex AI Model Registry, if asked to.
+
+    Runs on the retry path too, so a retry of an execution whose registration
+    failed (or was killed) only registers. A failure fails the execution (unlike
+    label and retention): the retry then registers the same export, once.
+    """
+    target = config.registry_target
+    if target is None:
+        return result
+    from final_exporter.checks.savedmodel import tensorflow_version
+    from final_exporter.lifecycle import vertex_registry
+
+    try:
+        registered = vertex_registry.register_version(
+            target,
+            export_dir=result.export_dir,
+            display_name=config.name,
+            manifest_sha256=result.manifest_sha256,
+            tensorflow_version=tensorflow_version(source_dir, store_for(source_dir)),
+        )
+    except Exception as e:
+        raise vertex_registry.registration_error(result.export_dir, e) from e
+    registry_lineage = registered.to_lineage(result.manifest_sha256)
+    return dataclasses.replace(result, lineage={**result.lineage, **registry_lineage})
 
 
 def _plan_copy(

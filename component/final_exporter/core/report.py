@@ -95,6 +95,14 @@ def _release_checks(lin: Mapping[str, Any]) -> list[str]:
     if retention:
         removed = ', '.join(str(v) for v in retention.get('removed_versions', [])) or 'none'
         rows.append(f'| Retention | keep {retention.get("exports_to_keep")}; removed {removed} |')
+    if lin.get(keys.VERTEX_MODEL_RESOURCE_KEY):
+        # The URL is built by lifecycle/vertex_registry.py from validated resource names.
+        aliases = ', '.join(escape(a) for a in lin.get(keys.VERTEX_MODEL_VERSION_ALIASES_KEY, []))
+        rows.append(
+            f'| Vertex AI Model Registry | [{escape(lin[keys.VERTEX_MODEL_RESOURCE_KEY])} version '
+            f'{escape(lin.get(keys.VERTEX_MODEL_VERSION_ID_KEY))}]'
+            f'({lin.get(keys.VERTEX_CONSOLE_URL_KEY)}); aliases: {aliases or "none"} |'
+        )
     if lin.get(keys.POST_PUBLISH_ERROR_KEY):
         rows.append(f'| After publish | **failed**: {escape(lin[keys.POST_PUBLISH_ERROR_KEY])} |')
     return rows

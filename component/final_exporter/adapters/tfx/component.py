@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tfx import types
@@ -51,9 +51,9 @@ class FinalExporter(base_beam_component.BaseBeamComponent):
 
     def __init__(
         self,
-        model: types.BaseChannel,
-        name: str,
-        export_base: str,
+        model: types.BaseChannel | None = None,
+        name: str = '',
+        export_base: str = '',
         model_blessing: types.BaseChannel | None = None,
         infra_blessing: types.BaseChannel | None = None,
         model_evaluation: types.BaseChannel | None = None,
@@ -72,11 +72,24 @@ class FinalExporter(base_beam_component.BaseBeamComponent):
         exports_to_keep: int = 0,
         label: str = '',
         paranoid_verify: bool = False,
+        vertex_model: str = '',
+        vertex_project: str = '',
+        vertex_region: str = '',
+        vertex_serving_image: str = '',
+        vertex_version_aliases: Sequence[str] | None = None,
+        vertex_labels: Mapping[str, str] | None = None,
+        vertex_version_description: str = '',
+        vertex_is_default_version: bool = True,
+        vertex_encryption_key: str = '',
     ):
         """Constructs a FinalExporter.
 
         Args:
-            model: Channel of `Model`, usually `trainer.outputs['model']`.
+            model: Channel of `Model`, usually `trainer.outputs['model']`. Without it,
+                the InfraValidator's stamped model (`<infra_blessing>/stamped_model/`,
+                with its warmup requests) is exported, as the TFX Pusher does; that
+                needs `infra_blessing` from an InfraValidator with
+                `request_spec.make_warmup=True`.
             name: Model name, one folder: the export goes to `<export_base>/<name>/<version>/`.
             export_base: Base folder; `<export_base>/<name>` is a TensorFlow Serving base path.
             model_blessing: Optional channel of `ModelBlessing` (Evaluator).
@@ -117,12 +130,31 @@ class FinalExporter(base_beam_component.BaseBeamComponent):
             paranoid_verify: Before publishing, read every staged byte back (from
                 disk, not the page cache, where the OS allows) and check it against
                 the manifest. Off by default: the copy hashed every byte it wrote.
+            vertex_model: Register each export (on a `gs://` export base) in the
+                Vertex AI Model Registry as a new version of this model: a display
+                name or `projects/P/locations/L/models/ID`, created if absent.
+            vertex_project: The model's project; empty: as the Vertex SDK resolves it
+                (`aiplatform.init`, `GOOGLE_CLOUD_PROJECT`, credentials).
+            vertex_region: The model's region; empty: as the Vertex SDK resolves it
+                (`aiplatform.init`, `GOOGLE_CLOUD_REGION`, `us-central1`).
+            vertex_serving_image: The version's serving container; empty: the
+                prebuilt TensorFlow CPU image of the model's TensorFlow version.
+            vertex_version_aliases: Aliases the new version takes, moved from the
+                versions that hold them (e.g. `['candidate']`).
+            vertex_labels: Labels of the new version (Vertex AI label rules).
+            vertex_version_description: Description of the new version.
+            vertex_is_default_version: The new version takes the `default` alias.
+            vertex_encryption_key: Cloud KMS key (CMEK) of the model.
 
         Raises:
             ValueError: for a parameter that cannot work, saying how to fix it.
         """
-        if model is None:
-            raise ValueError('model is required: pass trainer.outputs["model"]')
+        if model is None and infra_blessing is None:
+            raise ValueError(
+                'model is required: pass model=trainer.outputs["model"], or '
+                'infra_blessing=infra_validator.outputs["blessing"] alone to export the '
+                "InfraValidator's stamped model (it needs request_spec.make_warmup=True)"
+            )
         if require_blessing and model_blessing is None and infra_blessing is None:
             raise ValueError(
                 'FinalExporter needs a blessing to gate the export: pass '
@@ -148,6 +180,15 @@ class FinalExporter(base_beam_component.BaseBeamComponent):
                 exports_to_keep=exports_to_keep,
                 label=label,
                 paranoid_verify=paranoid_verify,
+                vertex_model=vertex_model,
+                vertex_project=vertex_project,
+                vertex_region=vertex_region,
+                vertex_serving_image=vertex_serving_image,
+                vertex_version_aliases=list(vertex_version_aliases or []),
+                vertex_labels=dict(vertex_labels or {}),
+                vertex_version_description=vertex_version_description,
+                vertex_is_default_version=vertex_is_default_version,
+                vertex_encryption_key=vertex_encryption_key,
             )
         except InvalidInputError as e:
             raise ValueError(f'FinalExporter: {e}') from None

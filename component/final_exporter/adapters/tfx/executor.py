@@ -20,7 +20,12 @@ from tfx.dsl.io import fileio
 from tfx.types import artifact_utils
 
 from final_exporter.common import keys
-from final_exporter.core.blessing import Blessing, normalize_id, parse_blessed
+from final_exporter.core.blessing import (
+    Blessing,
+    normalize_id,
+    parse_blessed,
+    stamped_model_dir,
+)
 from final_exporter.core.config import ExportConfig
 from final_exporter.core.exporter import ExportRequest, ExportResult, run_export
 from final_exporter.core.report import render_report
@@ -57,8 +62,17 @@ class Executor(base_beam_executor.BaseBeamExecutor):
     def _request(
         self, input_dict: dict[str, list[types.Artifact]], config: ExportConfig
     ) -> ExportRequest:
-        model = artifact_utils.get_single_instance(input_dict[keys.MODEL_KEY])
-        model_id = normalize_id(model.id)
+        if input_dict.get(keys.MODEL_KEY):
+            model = artifact_utils.get_single_instance(input_dict[keys.MODEL_KEY])
+            model_id, model_uri = normalize_id(model.id), model.uri
+        else:
+            # As the TFX Pusher: export the model InfraValidator stamped with warmup requests.
+            infra = artifact_utils.get_single_instance(input_dict[keys.INFRA_BLESSING_KEY])
+            model_id = None
+            model_uri = stamped_model_dir(
+                container_path(infra.uri), _property(infra, keys.HAS_MODEL_PROPERTY) or 0
+            )
+            logging.info('model not wired: exporting the stamped model %s.', model_uri)
         blessings = [
             same_model_by_runtime_name(
                 blessing_from_artifact(kind, artifact_utils.get_single_instance(input_dict[kind])),
@@ -67,7 +81,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             for kind in (keys.MODEL_BLESSING_KEY, keys.INFRA_BLESSING_KEY)
             if input_dict.get(kind)
         ]
-        extra: dict[str, Any] = {keys.SOURCE_MODEL_URI_KEY: model.uri}
+        extra: dict[str, Any] = {keys.SOURCE_MODEL_URI_KEY: model_uri}
         if input_dict.get(keys.MODEL_EVALUATION_KEY):
             from final_exporter.core.evaluation import overall_metrics
 
@@ -92,7 +106,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             if examples
             else None,
             config=config,
-            model_uri=container_path(model.uri),
+            model_uri=container_path(model_uri),
             model_id=model_id,
             blessings=blessings,
             extra_lineage=extra,

@@ -21,7 +21,8 @@ class FinalExporterSpec(ComponentSpec):
         for name, (type_, optional) in ExportConfig.property_types().items()
     }
     INPUTS = {
-        keys.MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
+        # Optional only with an infra_blessing holding InfraValidator's stamped model.
+        keys.MODEL_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True),
         keys.MODEL_BLESSING_KEY: ChannelParameter(
             type=standard_artifacts.ModelBlessing, optional=True
         ),
