@@ -212,9 +212,9 @@ def probe_tf_gfile(endpoint: str, timeout: float = 120.0) -> dict[str, str]:
         else:
             errors = [ln for ln in proc.stderr.splitlines() if 'Error' in ln or 'error' in ln]
             outcomes[name] = f'failed: {(errors or ["exit " + str(proc.returncode)])[-1][:200]}'
-    from final_exporter.storage.stores import store_for
+    from final_exporter.storage.stores import client_for
 
-    store_for(uri).delete([uri])
+    client_for(uri).delete([uri])
     return outcomes
 
 
