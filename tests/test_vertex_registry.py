@@ -245,8 +245,10 @@ def test_project_and_region_default_as_the_vertex_sdk_resolves_them(
     from google.cloud import aiplatform
     from google.cloud.aiplatform import initializer
 
-    # aiplatform.init's state, put back after the test.
+    # aiplatform.init's state, put back after the test; no location from an earlier test
+    # (the Vertex runner's tests set one), so the environment's region applies.
     monkeypatch.setattr(initializer.global_config, '_project', initializer.global_config._project)
+    monkeypatch.setattr(initializer.global_config, '_location', None)
     aiplatform.init(project='env-project')
     monkeypatch.setenv('GOOGLE_CLOUD_REGION', 'asia-east1')
 
