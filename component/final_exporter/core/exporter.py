@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from final_exporter.checks.savedmodel import (
@@ -165,10 +165,11 @@ def run_export(
         IntegrityError: if bytes changed under the copy; nothing was published.
     """
     config = request.config
-    source_dir = resolve_saved_model_dir(request.model_uri)
-    source = inspect_saved_model(source_dir)
-    assets = _check_assets_extra_sources(config.assets_extra)
-    items = _plan_copy(source, config, assets)
+    with _unreadable_is_bad_input():
+        source_dir = resolve_saved_model_dir(request.model_uri)
+        source = inspect_saved_model(source_dir)
+        assets = _check_assets_extra_sources(config.assets_extra)
+        items = _plan_copy(source, config, assets)
     _check_serving_inputs(config, request, items)
     decision = check_blessings(
         request.blessings,
@@ -246,6 +247,18 @@ def run_export(
         manifest=manifest,
         manifest_sha256=digest,
     )
+
+
+@contextlib.contextmanager
+def _unreadable_is_bad_input() -> Iterator[None]:
+    """A model file or folder this user cannot read is the input's fault (exit 2), not an I/O failure."""
+    try:
+        yield
+    except PermissionError as e:
+        raise InvalidInputError(
+            f'cannot read {e.filename!r} ({e.strerror}); expected the model to be readable by '
+            f'the user running the export (uid {os.geteuid()})'
+        ) from None
 
 
 LineageFn = Callable[[Sequence[str], Mapping[str, FileEntry], Mapping[str, Any]], dict[str, Any]]

@@ -98,8 +98,8 @@ def plan_tree(
         exclude: Relative paths (from `src_root`) to leave out.
 
     Raises:
-        InvalidInputError: for a symlink that points outside `src_root`, or a
-            file that is neither a regular file nor a folder.
+        InvalidInputError: for a symlink that points outside `src_root`, a file
+            that is neither a regular file nor a folder, or one this user cannot read.
     """
     root_real = os.path.realpath(src_root)
     items: list[CopyItem] = []
@@ -124,6 +124,13 @@ def plan_tree(
                     raise InvalidInputError(f'{entry.path!r} is a symlink loop')
                 visit(entry.path, f'{rel_path}/', seen | {real})
             elif entry.is_file():
+                if not os.access(entry.path, os.R_OK):
+                    # Found now, before anything is written; the copy still turns a file
+                    # made unreadable later into the same error.
+                    raise InvalidInputError(
+                        f'cannot read source file {entry.path!r} (permission denied); expected '
+                        f'a file readable by the user running the export (uid {os.geteuid()})'
+                    )
                 dest = f'{dest_prefix}{rel_path}'
                 items.append(CopyItem(src=entry.path, dest=dest, size=entry.stat().st_size))
             else:
