@@ -16,7 +16,12 @@ import pytest
 
 from final_exporter.common.errors import IntegrityError
 from final_exporter.common.progress import Progress
-from final_exporter.storage.transfer import SPLIT_MIN_BYTES, copy_and_hash, plan_tree
+from final_exporter.storage.transfer import (
+    KERNEL_COPY_MIN_BYTES,
+    SPLIT_MIN_BYTES,
+    copy_and_hash,
+    plan_tree,
+)
 
 from conftest import assert_nothing_written
 
@@ -56,7 +61,9 @@ class ChangesSourceAfterFirstRead(Progress):
 
 @pytest.mark.parametrize('change', [truncate, replace, remove])
 @pytest.mark.parametrize('method', ['auto', 'copy', 'hardlink'])
-@pytest.mark.parametrize('size', [3 * 1024 * 1024 + 1, SPLIT_MIN_BYTES + 5])  # whole; chunks
+@pytest.mark.parametrize(
+    'size', [3 * 1024 * 1024 + 1, KERNEL_COPY_MIN_BYTES + 5, SPLIT_MIN_BYTES + 5]
+)  # one read; chunks in one thread; chunks in parallel
 def test_source_truncated_replaced_or_removed_mid_copy_is_an_error_naming_it(
     tmp_path, change, method, size
 ):

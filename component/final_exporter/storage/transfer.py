@@ -31,6 +31,7 @@ import errno
 import fcntl
 import hashlib
 import logging
+import mmap
 import os
 import sys
 import threading
@@ -42,8 +43,12 @@ from final_exporter.common.progress import Progress
 from final_exporter.storage import manifest
 from final_exporter.storage.manifest import ChunkedHasher, FileEntry, entry_from_chunks
 
-# One read: small enough to stay in the CPU cache between its hash and its write.
-CHUNK_BYTES = 1024 * 1024
+# One read or write of a file copied through a buffer (files under KERNEL_COPY_MIN_BYTES,
+# or where the kernel cannot copy).
+CHUNK_BYTES = 8 * 1024 * 1024
+# Files from this size are copied in the kernel and hashed through a mapping of the
+# copy, chunk by chunk; smaller ones take one read and one write.
+KERNEL_COPY_MIN_BYTES = 4 * 1024 * 1024
 # Smaller files are left for the fsync before publishing: nothing to overlap with.
 WRITEBACK_MIN_BYTES = 1024 * 1024
 # Writeback is started per this many bytes written (one call per read would be 1 per MiB).
@@ -55,6 +60,8 @@ SPLIT_MIN_BYTES = SPLIT_CHUNK_BYTES + 1
 # A thread per this many bytes at most: starting one costs about as much as copying
 # and hashing 100 KiB, so a small model is copied inline.
 PARALLEL_MIN_BYTES = 8 * 1024 * 1024
+# MAP_POPULATE faults a window in with one call, not page by page.
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, 'MAP_POPULATE', 0)
 COPY_AUTO, COPY_PLAIN, COPY_HARDLINK = 'auto', 'copy', 'hardlink'
 COPY_METHODS = (COPY_AUTO, COPY_PLAIN, COPY_HARDLINK)
 # Saved graphs go last: TensorFlow Serving and other loaders treat the presence
@@ -294,17 +301,25 @@ def copy_chunk(
     length: int,
     progress: Progress | None = None,
 ) -> bytes:
-    """Reads [offset, offset+length) of `item.src` once: hashes it and writes it into `dest`.
+    """Copies [offset, offset+length) of `item.src` into `dest` and returns the chunk's SHA-256.
+
+    The kernel copies the range (`copy_file_range`), then the copy is hashed
+    through a read-only mapping of the destination: the digest is of the bytes
+    the export holds, and each byte is touched once in user space. The source
+    is never mapped (a source truncated mid-copy would raise SIGBUS); the
+    destination is this export's own staging file, which nothing else writes.
+    Large calls also matter: each one releases the GIL for its whole range, so
+    a thread importing TensorFlow meanwhile does not slow the copy down.
+    Where the kernel cannot copy this pair of files, and with `dest` None (a
+    reflinked file), the source is read with `pread` (and written).
 
     Returns:
-        The chunk's SHA-256 digest (raw bytes). With `dest` None, only hashes.
+        The chunk's SHA-256 digest (raw bytes).
 
     Raises:
         IntegrityError: if the source was replaced since `before` or ends early.
     """
     digest = hashlib.sha256()
-    buf = _buffer()
-    view = memoryview(buf)
     with contextlib.ExitStack() as stack:
         with _source_errors(item):
             src = stack.enter_context(open(item.src, 'rb', buffering=0))
@@ -312,21 +327,42 @@ def copy_chunk(
         if (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
             raise _changed(item, before, now.st_size, offset, 'was replaced')
         out = stack.enter_context(open(dest, 'r+b', buffering=0)) if dest is not None else None
-        done = 0
-        while done < length:
-            with _source_errors(item):
-                n = os.preadv(src.fileno(), [view[: min(len(buf), length - done)]], offset + done)
-            if n == 0:
-                raise _changed(item, before, os.fstat(src.fileno()).st_size, offset + done)
-            digest.update(view[:n])
-            if out is not None:
-                _pwrite_all(out.fileno(), view[:n], offset + done)
-            done += n
+        if (
+            out is not None
+            and length
+            and _copy_range(item, src.fileno(), out.fileno(), offset, length)
+        ):
+            with (
+                mmap.mmap(out.fileno(), length, flags=_MAP_FLAGS, prot=mmap.PROT_READ, offset=offset)
+                as window,
+                memoryview(window) as view,
+            ):  # fmt: skip
+                digest.update(view)
             if progress is not None:
-                progress.add_bytes(n)
+                progress.add_bytes(length)
+        else:
+            _read_chunk(item, before, src.fileno(), out, offset, length, digest, progress)
         if out is not None:
             start_writeback(out.fileno(), offset, length)
     return digest.digest()
+
+
+def _read_chunk(item, before, src_fd, out, offset, length, digest, progress) -> None:
+    """Reads a range with `pread`, hashing it and writing it to `out` (if any)."""
+    buf = _buffer()
+    view = memoryview(buf)
+    done = 0
+    while done < length:
+        with _source_errors(item):
+            n = os.preadv(src_fd, [view[: min(len(buf), length - done)]], offset + done)
+        if n == 0:
+            raise _changed(item, before, os.fstat(src_fd).st_size, offset + done)
+        digest.update(view[:n])
+        if out is not None:
+            _pwrite_all(out.fileno(), view[:n], offset + done)
+        done += n
+        if progress is not None:
+            progress.add_bytes(n)
 
 
 def copy_piece(
@@ -438,12 +474,28 @@ def copy_file(
     if linked:
         # The blocks are shared, not copied: one read of the source gives the hash.
         entry = _hash_unchanged(item, progress, out=None)
+    elif item.size >= KERNEL_COPY_MIN_BYTES:
+        entry = _copy_in_chunks(item, dest, progress)
     else:
         with open(dest, 'xb', buffering=0) as out:
             entry = _hash_unchanged(item, progress, out=out)
     if progress is not None:
         progress.file_done(item.dest)
     return entry
+
+
+def _copy_in_chunks(item: CopyItem, dest: str, progress: Progress | None) -> FileEntry:
+    """Copies a file chunk by chunk in this thread: the same entry as the parallel split."""
+    with _source_errors(item):
+        before = os.stat(item.src)
+    with open(dest, 'xb'):
+        pass
+    digests = [
+        copy_chunk(item, dest, before, offset, length, progress)
+        for offset, length in split_pieces(before.st_size)
+    ]
+    entry = entry_from_chunks(item.dest, before.st_size, digests)
+    return finish_split(item, dest, before, entry)
 
 
 def _copy_range(item: CopyItem, src_fd: int, out_fd: int, offset: int, length: int) -> bool:
