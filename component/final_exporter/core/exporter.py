@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -221,6 +222,9 @@ def run_export(
             return previous
     export = _export_to_object_store if is_object_store_uri(config.model_base) else _export_local
     with contextlib.ExitStack() as cleanup:
+        cleanup.enter_context(
+            _tensorflow_imported_meanwhile(config.smoke_test or bool(request.examples_uri))
+        )
         if any(is_object_store_uri(i.src) for i in items):
             downloads = cleanup.enter_context(
                 tempfile.TemporaryDirectory(prefix='final-exporter-assets-')
@@ -247,6 +251,31 @@ def run_export(
         manifest=manifest,
         manifest_sha256=digest,
     )
+
+
+@contextlib.contextmanager
+def _tensorflow_imported_meanwhile(needed: bool) -> Iterator[None]:
+    """Imports TensorFlow in a thread while the block (the copy) runs, for the checks after it.
+
+    The import is seconds of mostly single-threaded CPU, and the copy mostly waits on the
+    disk and the kernel: run side by side, the checks start with TensorFlow ready. The
+    checks still load the staged export itself. An import that fails is left for the
+    checks to report; the thread is joined either way, so none outlives the export.
+    """
+    if not needed:
+        yield
+        return
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            import tensorflow  # noqa: F401
+
+    thread = threading.Thread(target=load, name='final-exporter-import-tensorflow')
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
 
 
 @contextlib.contextmanager
