@@ -55,7 +55,9 @@ def write_tree(root: str, files: dict[str, bytes]) -> dict[str, FileEntry] | Non
     return entries
 
 
-@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(files=trees, lineage=st.dictionaries(st.text(max_size=10), st.text(max_size=20), max_size=3))
 def test_manifest_round_trips_and_verifies(tmp_path_factory, files, lineage):
     root = str(tmp_path_factory.mktemp('export'))
@@ -73,7 +75,9 @@ def test_manifest_round_trips_and_verifies(tmp_path_factory, files, lineage):
     assert report.files_checked == len(entries)
 
 
-@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(files=trees, data=st.data())
 def test_any_single_byte_flip_is_detected(tmp_path_factory, files, data):
     root = str(tmp_path_factory.mktemp('export'))

@@ -223,8 +223,16 @@ def digest_file(path: str, kind: str, chunk_bytes: int = CHUNK_BYTES) -> tuple[i
     return entry.size, entry.digest[1]
 
 
-def hash_local_chunks(path: str, chunk_bytes: int = CHUNK_BYTES) -> FileEntry:
-    """Hashes a local file's chunks in parallel (hashlib releases the GIL on large buffers)."""
+def hash_local_chunks(
+    path: str, chunk_bytes: int = CHUNK_BYTES, workers: int | None = None
+) -> FileEntry:
+    """Hashes a local file's chunks in parallel (hashlib releases the GIL on large buffers).
+
+    Args:
+        path: The file.
+        chunk_bytes: The manifest's chunk size.
+        workers: Threads; one per core when None.
+    """
     with open(path, 'rb', buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
 
@@ -247,7 +255,7 @@ def hash_local_chunks(path: str, chunk_bytes: int = CHUNK_BYTES) -> FileEntry:
             digests = [one(0)]
         else:
             with concurrent.futures.ThreadPoolExecutor(
-                max_workers=min(len(offsets), os.cpu_count() or 1)
+                max_workers=min(len(offsets), workers or os.cpu_count() or 1)
             ) as pool:
                 digests = list(pool.map(one, offsets))
     return entry_from_chunks(path, size, digests)
