@@ -65,11 +65,16 @@ class ObjectInfo:
 @dataclasses.dataclass(frozen=True)
 class Uploaded:
     """One uploaded file: size and SHA-256 from the single read, and the checksum the
-    server must report for it (GCS: base64 MD5; S3: the ETag, multipart form included)."""
+    server must report for it (GCS: base64 MD5; S3: the ETag, multipart form included).
+
+    A file uploaded in parallel parts of the manifest's chunk size has its
+    `chunked_sha256` (manifest.py) instead, hashed part by part, and `sha256` ''.
+    """
 
     size: int
     sha256: str
     expected_checksum: str
+    chunked_sha256: str = ''
 
 
 class HashingReader(io.RawIOBase):

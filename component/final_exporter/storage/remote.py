@@ -252,7 +252,7 @@ def upload_items(
         up = store.upload_file(item.src, join(staging, item.dest), progress)
         if progress is not None:
             progress.file_done(item.dest)
-        return FileEntry(item.dest, up.size, up.sha256), up
+        return FileEntry(item.dest, up.size, up.sha256, up.chunked_sha256), up
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
         return {entry.path: (entry, up) for entry, up in pool.map(one, items)}

@@ -12,6 +12,7 @@ from typing import BinaryIO
 
 from final_exporter.common.errors import IntegrityError
 from final_exporter.common.progress import Progress
+from final_exporter.storage.manifest import CHUNK_BYTES
 from final_exporter.storage.objectstore import (
     UPLOAD_PART_BYTES,
     ObjectInfo,
@@ -25,6 +26,8 @@ from final_exporter.storage.objectstore import (
 # UPLOAD_PART_BYTES buffer, so this bounds the upload memory (8 x 32 MiB).
 _PARTS_PER_FILE = 4
 _PART_SLOTS = threading.BoundedSemaphore(8)
+# A part's SHA-256 is a manifest chunk's digest only if the sizes agree.
+assert UPLOAD_PART_BYTES == CHUNK_BYTES, 'S3 parts must be manifest chunks'
 
 
 class S3Store(ObjectStore):
@@ -68,13 +71,11 @@ class S3Store(ObjectStore):
                 upload_id = self._s3.create_multipart_upload(Bucket=bucket, Key=key)['UploadId']
                 try:
                     futures = []
-                    # Parts are read (and hashed) in order, and uploaded in parallel.
+                    # Parts are read in order, and hashed and uploaded in parallel: each
+                    # part is one manifest chunk, so its SHA-256 is that chunk's digest.
                     with concurrent.futures.ThreadPoolExecutor(_PARTS_PER_FILE) as pool:
                         while chunk := f.read(UPLOAD_PART_BYTES):
-                            sha.update(chunk)
                             read += len(chunk)
-                            md5 = hashlib.md5(chunk).digest()
-                            part_md5s.append(md5)
                             _PART_SLOTS.acquire()
                             futures.append(
                                 pool.submit(
@@ -82,16 +83,18 @@ class S3Store(ObjectStore):
                                     bucket,
                                     key,
                                     upload_id,
-                                    len(part_md5s),
+                                    len(futures) + 1,
                                     chunk,
-                                    md5,
                                     progress,
                                 )
                             )
+                    done = [fut.result() for fut in futures]
                     parts = [
-                        {'ETag': fut.result(), 'PartNumber': number}
-                        for number, fut in enumerate(futures, start=1)
+                        {'ETag': etag, 'PartNumber': number}
+                        for number, (etag, _, _) in enumerate(done, start=1)
                     ]
+                    part_md5s = [md5 for _, md5, _ in done]
+                    chunked = hashlib.sha256(b''.join(digest for _, _, digest in done))
                     etag = self._s3.complete_multipart_upload(
                         Bucket=bucket,
                         Key=key,
@@ -107,6 +110,8 @@ class S3Store(ObjectStore):
         check_unchanged(local_path, before, read)
         if etag.strip('"') != expected:
             raise IntegrityError(f'{uri} was stored with ETag {etag}, but {expected} was expected')
+        if part_md5s:
+            return Uploaded(read, '', expected, chunked_sha256=chunked.hexdigest())
         return Uploaded(read, sha.hexdigest(), expected)
 
     def _upload_part(
@@ -116,10 +121,12 @@ class S3Store(ObjectStore):
         upload_id: str,
         number: int,
         data: bytes,
-        md5: bytes,
         progress: Progress | None,
-    ) -> str:
+    ) -> tuple[str, bytes, bytes]:
+        """Uploads one part; returns its ETag, MD5 and SHA-256 (hashed in this thread)."""
         try:
+            md5 = hashlib.md5(data).digest()
+            digest = hashlib.sha256(data).digest()
             etag = self._s3.upload_part(
                 Bucket=bucket,
                 Key=key,
@@ -132,7 +139,7 @@ class S3Store(ObjectStore):
             _PART_SLOTS.release()
         if progress is not None:
             progress.add_bytes(len(data))
-        return etag
+        return etag, md5, digest
 
     def _put(self, bucket: str, key: str, data: bytes, md5: bytes) -> str:
         return self._s3.put_object(
