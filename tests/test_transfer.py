@@ -411,3 +411,29 @@ def test_auto_reflinks_on_xfs_sharing_blocks_and_hashing_every_file(xfs_dir, wor
     assert progress.order[-1] == 'saved_model.pb'
     shutil.rmtree(src)
     shutil.rmtree(dst)
+
+
+class RecordingThreads(Progress):
+    """Records which threads reported copied bytes."""
+
+    def __init__(self):
+        super().__init__(0, 0)
+        self.threads: set[str] = set()
+
+    def add_bytes(self, n: int) -> None:
+        super().add_bytes(n)
+        self.threads.add(threading.current_thread().name)
+
+
+def test_one_large_file_alone_is_copied_and_hashed_by_several_threads(tmp_path):
+    src, dst = tmp_path / 'src', tmp_path / 'dst'
+    data = write_random(src / 'variables.data-00000-of-00001', 4 * SPLIT_CHUNK_BYTES + 1)
+    dst.mkdir()
+    progress = RecordingThreads()
+
+    entries = copy_and_hash(plan_tree(str(src)), str(dst), workers=4, progress=progress)
+
+    assert entries['variables.data-00000-of-00001'] == want_entry(
+        'variables.data-00000-of-00001', data
+    )
+    assert len(progress.threads) > 1, progress.threads

@@ -60,6 +60,9 @@ SPLIT_MIN_BYTES = SPLIT_CHUNK_BYTES + 1
 # A thread per this many bytes at most: starting one costs about as much as copying
 # and hashing 100 KiB, so a small model is copied inline.
 PARALLEL_MIN_BYTES = 8 * 1024 * 1024
+# The staged copy is hashed through read-only mappings of this size: what a thread
+# holds mapped (and counts in its RSS) stays small whatever the file size.
+MAP_WINDOW_BYTES = 8 * 1024 * 1024
 # MAP_POPULATE faults a window in with one call, not page by page.
 _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, 'MAP_POPULATE', 0)
 COPY_AUTO, COPY_PLAIN, COPY_HARDLINK = 'auto', 'copy', 'hardlink'
@@ -187,9 +190,10 @@ def copy_and_hash(
     first = [i for i in items if i.dest not in last]
     final = [i for i in items if i.dest in last]
     results: dict[str, FileEntry] = {}
+    tasks = sum(len(split_pieces(i.size)) if is_split(i, method) else 1 for i in items)
     threads = min(
         workers or local_copy_workers(),
-        len(items),
+        tasks,
         max(1, -(-sum(i.size for i in items) // PARALLEL_MIN_BYTES)),
     )
     if threads <= 1:
@@ -332,12 +336,14 @@ def copy_chunk(
             and length
             and _copy_range(item, src.fileno(), out.fileno(), offset, length)
         ):
-            with (
-                mmap.mmap(out.fileno(), length, flags=_MAP_FLAGS, prot=mmap.PROT_READ, offset=offset)
-                as window,
-                memoryview(window) as view,
-            ):  # fmt: skip
-                digest.update(view)
+            for start in range(offset, offset + length, MAP_WINDOW_BYTES):
+                size = min(MAP_WINDOW_BYTES, offset + length - start)
+                with (
+                    mmap.mmap(out.fileno(), size, flags=_MAP_FLAGS, prot=mmap.PROT_READ, offset=start)
+                    as window,
+                    memoryview(window) as view,
+                ):  # fmt: skip
+                    digest.update(view)
             if progress is not None:
                 progress.add_bytes(length)
         else:
