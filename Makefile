@@ -25,6 +25,7 @@ soak: venv
 
 benchmark: venv
 	$(VENV)/python benchmarks/export_benchmark.py --sizes all --repeats 5
+	$(VENV)/python benchmarks/large_model_benchmark.py --repeats 5 --plot docs/large_models.png
 
 lint: venv
 	$(VENV)/ruff check component pipelines tests

@@ -11,6 +11,8 @@ import pytest
 
 from final_exporter import FinalExporterSpec
 from final_exporter.adapters.cli import build_parser, flag
+from final_exporter.common import keys
+from final_exporter.storage.manifest import manifest_bytes
 
 from conftest import assert_nothing_written, published_versions
 
@@ -195,3 +197,32 @@ def test_every_component_parameter_and_input_has_a_cli_flag():
 
     for key in [*FinalExporterSpec.PARAMETERS, *FinalExporterSpec.INPUTS]:
         assert flag(key) in flags, f'component key {key!r} has no CLI flag {flag(key)}'
+
+
+def test_exports_with_a_format_1_manifest_verify_and_are_found_by_a_retry(model_uri, export_base):
+    """Exports written before the chunked digest (format 1) stay first-class."""
+    args = export_args(model_uri, export_base, '--no-smoke-test', '--no-require-blessing')
+    first = cli(*args, '--idempotency-key', 'run-1', '--json')
+    assert first.returncode == 0, first.stderr
+    export_dir = json.loads(first.stdout)['export_dir']
+    manifest_path = os.path.join(export_dir, keys.MANIFEST_RELPATH)
+    with open(manifest_path, 'rb') as f:
+        manifest = json.load(f)
+    assert manifest['format_version'] == 2
+    # As the exporter wrote it before: format 1, no chunk size, every file's whole sha256.
+    manifest['format_version'] = 1
+    del manifest['chunk_bytes']
+    assert all('sha256' in e and 'chunked_sha256' not in e for e in manifest['files'])
+    os.chmod(manifest_path, 0o644)
+    with open(manifest_path, 'wb') as f:
+        f.write(manifest_bytes(manifest))
+
+    verified = cli('verify', export_dir, '--json')
+    retry = cli(*args, '--idempotency-key', 'run-1', '--json')
+
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert retry.returncode == 0, retry.stderr
+    assert json.loads(retry.stdout)['export_dir'] == export_dir
+    assert published_versions(os.path.join(export_base, 'penguin')) == [
+        os.path.basename(export_dir)
+    ]

@@ -19,7 +19,7 @@ from final_exporter.common.errors import BlessingMismatchError, IntegrityError, 
 from final_exporter.core.blessing import Blessing, blessing_from_folder
 from final_exporter.core.config import ExportConfig
 from final_exporter.core.exporter import ExportRequest, ExportResult, reread_staging, run_export
-from final_exporter.storage.manifest import FileEntry, build_manifest
+from final_exporter.storage.manifest import CHUNK_BYTES, FileEntry, build_manifest
 from final_exporter.storage.verify import verify_export
 
 from conftest import (
@@ -410,4 +410,23 @@ def test_paranoid_verify_names_a_file_that_reads_back_different(tmp_path):
         f.write(b'X')  # what a bad disk or a stray writer would do between write and publish
 
     with pytest.raises(IntegrityError, match=r'paranoid verify.*variables/variables\.index'):
+        reread_staging(str(staging), manifest)
+
+
+def test_paranoid_verify_rereads_a_chunked_file_and_names_it_when_a_chunk_differs(tmp_path):
+    staging = tmp_path / 'staging'
+    (staging / 'variables').mkdir(parents=True)
+    data = os.urandom(2 * CHUNK_BYTES + 5)
+    rel = 'variables/variables.data-00000-of-00001'
+    (staging / rel).write_bytes(data)
+    parts = [data[o : o + CHUNK_BYTES] for o in range(0, len(data), CHUNK_BYTES)]
+    chunked = hashlib.sha256(b''.join(hashlib.sha256(p).digest() for p in parts)).hexdigest()
+    manifest = build_manifest([FileEntry(rel, len(data), '', chunked)], {})
+
+    reread_staging(str(staging), manifest)  # intact: passes
+    with open(staging / rel, 'r+b') as f:
+        f.seek(CHUNK_BYTES + 3)  # the second chunk
+        f.write(bytes([data[CHUNK_BYTES + 3] ^ 1]))
+
+    with pytest.raises(IntegrityError, match=r'paranoid verify.*variables\.data-00000-of-00001'):
         reread_staging(str(staging), manifest)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import random
+import re
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from final_exporter.common import keys
-from final_exporter.storage.manifest import FileEntry, build_manifest
+from final_exporter.common.errors import IntegrityError
+from final_exporter.storage.manifest import CHUNK_BYTES, ChunkedHasher, FileEntry, build_manifest
+from final_exporter.storage.transfer import hash_local_chunks
 from final_exporter.storage.verify import hash_file, read_manifest, verify_export, write_manifest
 
 file_names = st.text(alphabet='abcdefghijklmnopqrstuvwxyz0123456789_-.é', min_size=1, max_size=12)
@@ -41,7 +47,9 @@ def write_tree(root: str, files: dict[str, bytes]) -> dict[str, FileEntry] | Non
     return entries
 
 
-@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(files=trees, lineage=st.dictionaries(st.text(max_size=10), st.text(max_size=20), max_size=3))
 def test_manifest_round_trips_and_verifies(tmp_path_factory, files, lineage):
     root = str(tmp_path_factory.mktemp('export'))
@@ -59,7 +67,9 @@ def test_manifest_round_trips_and_verifies(tmp_path_factory, files, lineage):
     assert report.files_checked == len(entries)
 
 
-@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(files=trees, data=st.data())
 def test_any_single_byte_flip_is_detected(tmp_path_factory, files, data):
     root = str(tmp_path_factory.mktemp('export'))
@@ -101,3 +111,80 @@ def test_manifest_is_not_listed_in_itself(tmp_path):
     manifest, _ = read_manifest(root)
 
     assert keys.MANIFEST_RELPATH not in [f['path'] for f in manifest['files']]
+
+
+def chunked(data: bytes, chunk_bytes: int) -> str:
+    """The format-2 digest, computed here from its definition."""
+    parts = [data[o : o + chunk_bytes] for o in range(0, len(data), chunk_bytes)]
+    return hashlib.sha256(b''.join(hashlib.sha256(p).digest() for p in parts)).hexdigest()
+
+
+def flip(path: str, offset: int) -> None:
+    with open(path, 'r+b') as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 1]))
+
+
+@pytest.mark.parametrize('form', ['format 1, whole-file sha256', 'format 2, chunked_sha256'])
+def test_both_manifest_formats_verify_and_name_a_flipped_byte(tmp_path, form):
+    root = str(tmp_path)
+    data = random.Random(7).randbytes(5000)
+    with open(os.path.join(root, 'variables.data'), 'wb') as f:
+        f.write(data)
+    if form.startswith('format 1'):
+        entry = {'path': 'variables.data', 'size': 5000, 'sha256': hashlib.sha256(data).hexdigest()}
+        manifest = {'format_version': 1, 'files': [entry], 'file_count': 1, 'lineage': {}}
+    else:
+        entry = {'path': 'variables.data', 'size': 5000, 'chunked_sha256': chunked(data, 1000)}
+        manifest = {
+            'format_version': 2, 'chunk_bytes': 1000, 'files': [entry], 'file_count': 1,
+            'lineage': {},
+        }  # fmt: skip
+    write_manifest(root, manifest)
+
+    assert verify_export(root).ok
+    flip(os.path.join(root, 'variables.data'), 3456)
+    assert verify_export(root).changed == ['variables.data']
+
+
+def test_large_files_get_the_chunked_digest_and_small_ones_their_sha256(tmp_path):
+    data = random.Random(8).randbytes(2 * CHUNK_BYTES + 1)
+    hasher = ChunkedHasher()
+    for o in range(0, len(data), 7 * 1024 * 1024):  # fed in reads unaligned with the chunks
+        hasher.update(data[o : o + 7 * 1024 * 1024])
+    path = tmp_path / 'big'
+    path.write_bytes(data)
+
+    assert hasher.entry('big') == FileEntry('big', len(data), '', chunked(data, CHUNK_BYTES))
+    assert hash_local_chunks(str(path)) == FileEntry(
+        str(path), len(data), '', chunked(data, CHUNK_BYTES)
+    )
+    small = ChunkedHasher()
+    small.update(data[:CHUNK_BYTES])
+    assert small.entry('s') == FileEntry(
+        's', CHUNK_BYTES, hashlib.sha256(data[:CHUNK_BYTES]).hexdigest()
+    )
+    assert ChunkedHasher().entry('e') == FileEntry('e', 0, hashlib.sha256(b'').hexdigest())
+
+
+@pytest.mark.parametrize(
+    'change, message',
+    [
+        (
+            {'format_version': 3},
+            'format_version 3; this final-exporter reads format_version 1 and 2',
+        ),
+        ({'chunk_bytes': 0}, 'chunk_bytes 0; expected a positive number of bytes'),
+    ],
+)
+def test_a_manifest_this_version_cannot_read_is_refused_naming_what_it_found(
+    tmp_path, change, message
+):
+    root = str(tmp_path)
+    entries = write_tree(root, {'x': b'1'})
+    write_manifest(root, {**build_manifest(entries.values(), {}), **change})
+
+    with pytest.raises(IntegrityError, match=re.escape(message)):
+        verify_export(root)

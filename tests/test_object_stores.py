@@ -6,9 +6,11 @@ S3: moto's server. Both started and stopped by the fixtures in conftest.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from final_exporter.core.config import ExportConfig
 from final_exporter.core.exporter import ExportRequest, ExportResult, run_export
 from final_exporter.storage.bucket import CLAIMS_DIR
 from final_exporter.storage.local import STAGING_PREFIX
+from final_exporter.storage.manifest import CHUNK_BYTES
 from final_exporter.storage.stores import client_for, list_versions
 from final_exporter.storage.verify import verify_export
 
@@ -266,3 +269,25 @@ def test_next_run_removes_a_half_published_version_of_a_dead_exporter(bucket_bas
     assert list_versions(model_base) == [complete.version, newest.version]
     assert verify_export(complete.export_dir).ok
     assert not [rel for rel in objects(model_base) if rel.startswith(CLAIMS_DIR)]
+
+
+def test_a_file_larger_than_one_chunk_verifies_on_both_stores(bucket_base, model_uri, tmp_path):
+    """S3 hashes its parallel parts as manifest chunks; GCS streams one whole-file SHA-256."""
+    base, _ = bucket_base
+    data = random.Random(9).randbytes(2 * CHUNK_BYTES + 99)
+    big = tmp_path / 'big.bin'
+    big.write_bytes(data)
+
+    result = export(
+        model_uri, base, require_blessing=False, smoke_test=False,
+        assets_extra={'big.bin': str(big)}, paranoid_verify=True,
+    )  # fmt: skip
+
+    assert_pushed_remote(result, base)
+    entry = next(f for f in result.manifest['files'] if f['path'] == 'assets.extra/big.bin')
+    if base.startswith('s3://'):
+        parts = [data[o : o + CHUNK_BYTES] for o in range(0, len(data), CHUNK_BYTES)]
+        want = hashlib.sha256(b''.join(hashlib.sha256(p).digest() for p in parts)).hexdigest()
+        assert entry == {'path': 'assets.extra/big.bin', 'size': len(data), 'chunked_sha256': want}
+    else:
+        assert entry['sha256'] == hashlib.sha256(data).hexdigest()

@@ -17,18 +17,29 @@ from final_exporter.common.errors import IntegrityError, InvalidInputError
 from final_exporter.common.progress import Progress
 from final_exporter.storage import transfer
 from final_exporter.storage.beam_copy import copy_and_hash_beam
+from final_exporter.storage.manifest import CHUNK_BYTES as DIGEST_CHUNK_BYTES
 from final_exporter.storage.manifest import FileEntry
 from final_exporter.storage.transfer import (
     CHUNK_BYTES,
-    MAP_MIN_BYTES,
-    MAP_WINDOW_BYTES,
     SPLIT_CHUNK_BYTES,
     SPLIT_MIN_BYTES,
+    WRITEBACK_BATCH_BYTES,
+    WRITEBACK_MIN_BYTES,
     copy_and_hash,
+    hash_only,
     plan_tree,
 )
 
 from conftest import tree_files
+
+
+def want_entry(rel: str, data: bytes) -> FileEntry:
+    """The manifest entry of `data`, computed here from the format's definition."""
+    if len(data) <= DIGEST_CHUNK_BYTES:
+        return FileEntry(rel, len(data), hashlib.sha256(data).hexdigest())
+    chunks = [data[o : o + DIGEST_CHUNK_BYTES] for o in range(0, len(data), DIGEST_CHUNK_BYTES)]
+    tree = hashlib.sha256(b''.join(hashlib.sha256(c).digest() for c in chunks)).hexdigest()
+    return FileEntry(rel, len(data), '', tree)
 
 
 class RecordingProgress(Progress):
@@ -104,7 +115,7 @@ def test_saved_model_pb_is_written_after_every_other_file(tmp_path):
     assert progress.bytes_done == sum(i.size for i in items)
 
 
-@pytest.mark.parametrize('size', [1000, MAP_MIN_BYTES])  # read and write; mapped
+@pytest.mark.parametrize('size', [1000, 4 * CHUNK_BYTES])  # one read; several
 @pytest.mark.parametrize('method', ['auto', 'copy'])
 def test_source_that_changes_during_copy_is_detected(tmp_path, method, size):
     src, dst = tmp_path / 'src', tmp_path / 'dst'
@@ -233,17 +244,22 @@ def test_beam_multiprocess_copy_of_files_and_pieces_is_byte_identical_to_the_thr
     assert not os.path.exists(f'{beamed}.beam-results')
 
 
-def test_file_larger_than_one_mapping_window_is_copied_exactly(tmp_path):
+@pytest.mark.parametrize('method', ['auto', 'copy', 'hardlink'])
+def test_file_of_several_chunks_gets_the_chunked_digest_under_every_method(tmp_path, method):
     src, dst = tmp_path / 'src', tmp_path / 'dst'
     src.mkdir()
     dst.mkdir()
-    data = random.Random(1).randbytes(MAP_WINDOW_BYTES + 12345)
+    data = random.Random(1).randbytes(2 * DIGEST_CHUNK_BYTES + 12345)
     (src / 'variables.data-00000-of-00001').write_bytes(data)
 
-    entries = copy_and_hash(plan_tree(str(src)), str(dst), method='auto')
+    entries = copy_and_hash(plan_tree(str(src)), str(dst), method=method, workers=4)
 
     assert (dst / 'variables.data-00000-of-00001').read_bytes() == data
-    assert entries['variables.data-00000-of-00001'].sha256 == hashlib.sha256(data).hexdigest()
+    want = want_entry('variables.data-00000-of-00001', data)
+    assert want.chunked_sha256 and not want.sha256
+    assert entries['variables.data-00000-of-00001'] == want
+    # The one-thread path (read in order) and the parallel chunks agree.
+    assert hash_only(plan_tree(str(src))[0], method) == want
 
 
 class RecordingIncrements(Progress):
@@ -266,7 +282,7 @@ def write_random(path, size: int, seed: int = 3) -> bytes:
 
 
 @pytest.mark.parametrize('method', ['auto', 'copy'])
-def test_large_file_is_hashed_while_its_pieces_are_copied_in_parallel(tmp_path, method):
+def test_large_file_is_copied_and_hashed_in_parallel_chunks(tmp_path, method):
     src, dst = tmp_path / 'src', tmp_path / 'dst'
     size = SPLIT_MIN_BYTES + SPLIT_CHUNK_BYTES // 2 + 11
     data = write_random(src / 'variables' / 'variables.data-00000-of-00001', size)
@@ -280,8 +296,8 @@ def test_large_file_is_hashed_while_its_pieces_are_copied_in_parallel(tmp_path, 
 
     shard = 'variables/variables.data-00000-of-00001'
     assert (dst / shard).read_bytes() == data
-    assert entries[shard] == FileEntry(shard, size, hashlib.sha256(data).hexdigest())
-    assert entries['saved_model.pb'].sha256 == hashlib.sha256(pb).hexdigest()
+    assert entries[shard] == want_entry(shard, data)
+    assert entries['saved_model.pb'] == want_entry('saved_model.pb', pb)
     pieces = [SPLIT_CHUNK_BYTES] * (size // SPLIT_CHUNK_BYTES) + [size % SPLIT_CHUNK_BYTES]
     assert sorted(progress.increments[:-1]) == sorted(pieces)  # the last is saved_model.pb
 
@@ -301,7 +317,8 @@ def test_large_file_written_to_during_a_split_copy_is_detected(tmp_path):
 
 
 @pytest.mark.parametrize(
-    'size', [MAP_MIN_BYTES - 1, MAP_MIN_BYTES, 3 * CHUNK_BYTES + 5, SPLIT_MIN_BYTES + 7]
+    'size',
+    [WRITEBACK_MIN_BYTES, 4 * CHUNK_BYTES - 1, 3 * WRITEBACK_BATCH_BYTES + 5, SPLIT_MIN_BYTES + 7],
 )
 @pytest.mark.parametrize('workers', [1, 4])
 def test_writeback_is_started_for_every_byte_of_a_large_copy(tmp_path, size, workers):
@@ -335,7 +352,7 @@ def test_small_model_is_copied_inline_with_saved_model_pb_last(tmp_path):
     assert threading.active_count() == before
     assert progress.order[-1] == 'saved_model.pb'
     for item in items:
-        assert entries[item.dest].sha256 == hashlib.sha256(files[item.dest]).hexdigest()
+        assert entries[item.dest] == want_entry(item.dest, files[item.dest])
 
 
 @pytest.fixture(scope='module')
@@ -390,7 +407,33 @@ def test_auto_reflinks_on_xfs_sharing_blocks_and_hashing_every_file(xfs_dir, wor
     assert free_before - free_bytes(xfs_dir) < copied // 10
     assert tree_files(str(dst)) == tree_files(str(src))
     for rel, data in files.items():
-        assert entries[rel] == FileEntry(rel, len(data), hashlib.sha256(data).hexdigest())
+        assert entries[rel] == want_entry(rel, data)
     assert progress.order[-1] == 'saved_model.pb'
     shutil.rmtree(src)
     shutil.rmtree(dst)
+
+
+class RecordingThreads(Progress):
+    """Records which threads reported copied bytes."""
+
+    def __init__(self):
+        super().__init__(0, 0)
+        self.threads: set[str] = set()
+
+    def add_bytes(self, n: int) -> None:
+        super().add_bytes(n)
+        self.threads.add(threading.current_thread().name)
+
+
+def test_one_large_file_alone_is_copied_and_hashed_by_several_threads(tmp_path):
+    src, dst = tmp_path / 'src', tmp_path / 'dst'
+    data = write_random(src / 'variables.data-00000-of-00001', 4 * SPLIT_CHUNK_BYTES + 1)
+    dst.mkdir()
+    progress = RecordingThreads()
+
+    entries = copy_and_hash(plan_tree(str(src)), str(dst), workers=4, progress=progress)
+
+    assert entries['variables.data-00000-of-00001'] == want_entry(
+        'variables.data-00000-of-00001', data
+    )
+    assert len(progress.threads) > 1, progress.threads

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 from final_exporter.common import compat, keys
 from final_exporter.common.errors import FinalExporterError, InvalidInputError
-from final_exporter.common.progress import human_bytes
+from final_exporter.common.progress import TerminalLine, human_bytes
 from final_exporter.core.blessing import blessing_from_folder, stamped_model_dir
 from final_exporter.core.config import ExportConfig
 from final_exporter.core.exporter import ExportRequest, ExportResult, run_export
@@ -300,9 +300,15 @@ def _export(args: argparse.Namespace) -> int:
         examples_uri=args.examples,
         idempotency_key=args.idempotency_key,
     )
-    result = run_export(
-        request, report_progress=lambda line: print(line, file=sys.stderr), workers=args.workers
-    )
+    # A progress line only for a person watching a terminal: never in --json output,
+    # never in a log file or a pipe.
+    line = None if args.json else args.terminal
+    try:
+        result = run_export(request, report_progress=line, workers=args.workers)
+    finally:
+        if args.terminal is not None:
+            args.terminal.close()
+            args.terminal.stream.close()
     if args.json:
         print(json.dumps(result.summary(), sort_keys=True))
     else:
@@ -474,6 +480,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format='%(levelname)s %(name)s: %(message)s',
     )
+    # Taken before stderr is routed through the log filter, which is no terminal.
+    args.terminal = TerminalLine.for_stderr() if args.func is _export else None
     with contextlib.nullcontext() if args.verbose else compat.tensorflow_logs_dropped():
         try:
             return args.func(args)

@@ -56,6 +56,7 @@ from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 from final_exporter.common import keys
 from final_exporter.common.errors import InvalidInputError
+from final_exporter.common.progress import Throttled
 from final_exporter.core.blessing import Blessing, blessing_from_folder, normalize_id, parse_blessed
 from final_exporter.core.config import ExportConfig
 from final_exporter.core.exporter import ExportRequest, ExportResult, run_export
@@ -193,7 +194,7 @@ def export_for_kfp(arguments: Mapping[str, Any]) -> ExportOutputs:
             extra_lineage=extra,
             examples_uri=examples_uri or None,
         ),
-        report_progress=lambda line: logger.info('Copy: %s', line),
+        report_progress=Throttled(lambda line: logger.info('Copy: %s', line)),
     )
     if result.pushed:
         logger.info('Model exported to %s (version %s).', result.export_dir, result.version)

@@ -11,8 +11,9 @@ import dataclasses
 import hashlib
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from final_exporter.checks.savedmodel import (
@@ -149,11 +150,12 @@ def run_export(
         IntegrityError: if bytes changed under the copy; nothing was published.
     """
     config = request.config
-    source_store = store_for(request.model_uri)
-    source_dir = resolve_saved_model_dir(request.model_uri, source_store)
-    source = inspect_saved_model(source_dir, source_store)
-    assets = _check_assets_extra_sources(config.assets_extra)
-    items = _plan_copy(source_store, source, config, assets)
+    with _unreadable_is_bad_input():
+        source_store = store_for(request.model_uri)
+        source_dir = resolve_saved_model_dir(request.model_uri, source_store)
+        source = inspect_saved_model(source_dir, source_store)
+        assets = _check_assets_extra_sources(config.assets_extra)
+        items = _plan_copy(source_store, source, config, assets)
     _check_serving_inputs(config, request, items)
     decision = check_blessings(
         request.blessings,
@@ -205,6 +207,9 @@ def run_export(
         if previous is not None:
             return _register(config, previous, source_dir)
     with contextlib.ExitStack() as cleanup:
+        cleanup.enter_context(
+            _tensorflow_imported_meanwhile(config.smoke_test or bool(request.examples_uri))
+        )
         if config.serving_fn or config.as_text:
             # TensorFlow rewrites the graph, so it needs the source model as files: a
             # model in a bucket is downloaded once (a local one is used where it is).
@@ -233,6 +238,43 @@ def run_export(
         manifest_sha256=digest,
     )
     return _register(config, result, source_dir)
+
+
+@contextlib.contextmanager
+def _tensorflow_imported_meanwhile(needed: bool) -> Iterator[None]:
+    """Imports TensorFlow in a thread while the block (the copy) runs, for the checks after it.
+
+    The import is seconds of mostly single-threaded CPU, and the copy mostly waits on the
+    disk and the kernel: run side by side, the checks start with TensorFlow ready. The
+    checks still load the staged export itself. An import that fails is left for the
+    checks to report; the thread is joined either way, so none outlives the export.
+    """
+    if not needed:
+        yield
+        return
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            import tensorflow  # noqa: F401
+
+    thread = threading.Thread(target=load, name='final-exporter-import-tensorflow')
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+
+
+@contextlib.contextmanager
+def _unreadable_is_bad_input() -> Iterator[None]:
+    """A model file or folder this user cannot read is the input's fault (exit 2), not an I/O failure."""
+    try:
+        yield
+    except PermissionError as e:
+        raise InvalidInputError(
+            f'cannot read {e.filename!r} ({e.strerror}); expected the model to be readable by '
+            f'the user running the export (uid {os.geteuid()})'
+        ) from None
 
 
 LineageFn = Callable[[Sequence[str], Mapping[str, FileEntry], Mapping[str, Any]], dict[str, Any]]

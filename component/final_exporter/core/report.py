@@ -10,6 +10,7 @@ from typing import Any
 from final_exporter.common import keys
 from final_exporter.common.progress import human_bytes
 from final_exporter.core.exporter import ExportResult
+from final_exporter.storage.manifest import CHUNKED_SHA256, entry_digest
 
 _MARKDOWN_SPECIAL = re.compile(r'([\\`*_{}\[\]()#+\-.!|>~])')
 
@@ -62,8 +63,10 @@ def render_report(result: ExportResult) -> str:
     if result.manifest:
         lines += ['', '## Files', '', '| File | Bytes | SHA\\-256 |', '|---|---:|---|']
         lines += [
-            f'| {escape(f["path"])} | {f["size"]} | `{f["sha256"][:16]}…` |'
+            f'| {escape(f["path"])} | {f["size"]} | `{digest[:16]}…`{" (of chunks)" * chunked} |'
             for f in result.manifest['files']
+            for kind, digest in [entry_digest(f)]
+            for chunked in [kind == CHUNKED_SHA256]
         ]
     return '\n'.join(lines) + '\n'
 

@@ -117,8 +117,9 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def hash_file(self, path: str) -> tuple[int, str]:
-        """(size, SHA-256 hex) of a file, streamed."""
+    def digest_file(self, path: str, kind: str, chunk_bytes: int) -> tuple[int, str]:
+        """(size, hex digest) of a file, streamed: the manifest's `kind` of digest
+        (`sha256`, or `chunked_sha256` over `chunk_bytes` chunks)."""
 
     @abc.abstractmethod
     def download(self, path: str, local_path: str, progress: Progress | None = None) -> FileEntry:

@@ -195,9 +195,8 @@ class BucketStore(Store):
             raise FileNotFoundError(path)
         return data
 
-    def hash_file(self, path: str) -> tuple[int, str]:
-        entry = self.client.download(path, None, None, None)
-        return entry.size, entry.sha256
+    def digest_file(self, path: str, kind: str, chunk_bytes: int) -> tuple[int, str]:
+        return self.client.digest(path, kind, chunk_bytes)
 
     def download(self, path: str, local_path: str, progress: Progress | None = None) -> FileEntry:
         return self.client.download(path, local_path, progress, None)
@@ -296,7 +295,12 @@ class BucketStore(Store):
                         item.src, local if keep_local else None, progress, info.token
                     )
                     copied.result()
-                up = Uploaded(entry.size, entry.sha256, info.checksum if info.portable else '')
+                up = Uploaded(
+                    entry.size,
+                    entry.sha256,
+                    info.checksum if info.portable else '',
+                    entry.chunked_sha256,
+                )
             else:
                 src = item.src
                 if is_object_store_uri(src):  # Another store: through a local copy.
@@ -309,7 +313,7 @@ class BucketStore(Store):
             uploads[item.dest] = up
             if progress is not None:
                 progress.file_done(item.dest)
-            return FileEntry(item.dest, up.size, up.sha256)
+            return FileEntry(item.dest, up.size, up.sha256, up.chunked_sha256)
 
         with concurrent.futures.ThreadPoolExecutor(
             max_workers=workers or default_workers()

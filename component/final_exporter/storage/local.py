@@ -32,9 +32,17 @@ from final_exporter.common.errors import IntegrityError, InvalidInputError
 from final_exporter.common.fs import flush_tree, fsync_dir, rename_no_replace
 from final_exporter.common.progress import Progress
 from final_exporter.storage.base import Staging, Store, Versioned, is_version_name
-from final_exporter.storage.manifest import FileEntry, verify_tree
+from final_exporter.storage.manifest import SHA256, FileEntry, verify_tree
 from final_exporter.storage.objectstore import is_object_store_uri
-from final_exporter.storage.transfer import CopyItem, copy_and_hash, copy_file, hash_only, plan_tree
+from final_exporter.storage.transfer import (
+    CopyItem,
+    copy_and_hash,
+    copy_file,
+    hash_local_chunks,
+    hash_only,
+    plan_tree,
+    sha256_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -231,9 +239,11 @@ class LocalStore(Store):
         with open(path, 'rb') as f:
             return f.read()
 
-    def hash_file(self, path: str) -> tuple[int, str]:
-        entry = hash_only(CopyItem(path, os.path.basename(path), os.path.getsize(path)), 'copy')
-        return entry.size, entry.sha256
+    def digest_file(self, path: str, kind: str, chunk_bytes: int) -> tuple[int, str]:
+        if kind == SHA256:
+            return sha256_file(path)
+        entry = hash_local_chunks(path, chunk_bytes)
+        return entry.size, entry.digest[1]
 
     def download(self, path: str, local_path: str, progress: Progress | None = None) -> FileEntry:
         item = CopyItem(path, os.path.basename(local_path), os.path.getsize(path))

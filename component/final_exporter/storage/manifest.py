@@ -1,41 +1,124 @@
-"""The export manifest: every file's path, size and SHA-256, plus the lineage.
+"""The export manifest: every file's path, size and digest, plus the lineage.
 
 The manifest is written to `assets.extra/export_manifest.json` inside the export,
 so a served model carries the proof of what it is and where it came from. It
 lists every file of the export except itself. Its own SHA-256 (the digest
 recorded in the PushedModel artifact) pins the whole export.
+
+A file's digest is one of two (format 2; format 1 has only the first):
+`sha256`, the whole-file SHA-256, for files of at most one chunk; and
+`chunked_sha256` for larger ones: the SHA-256 of the concatenated raw SHA-256
+digests of its `chunk_bytes`-sized chunks (the last one shorter). SHA-256 is
+sequential, so a whole-file digest caps one file at one core's hash speed;
+chunks are hashed by every core at once. A one-chunk file's chunk digest is
+its whole-file SHA-256, so `sha256sum` still checks every small file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from final_exporter.common import keys
 from final_exporter.common.errors import IntegrityError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
+# 32 MiB: the piece size of a split local copy and of an S3 multipart upload, large
+# enough that a chunk's digest costs nothing next to its bytes (32 bytes per 32 MiB).
+CHUNK_BYTES = 32 * 1024 * 1024
+SHA256, CHUNKED_SHA256 = 'sha256', 'chunked_sha256'
 
 
 @dataclasses.dataclass(frozen=True)
 class FileEntry:
-    """One file of an export: POSIX path relative to the export root, size, SHA-256."""
+    """One file of an export: POSIX path relative to the export root, size, digest.
+
+    Exactly one of `sha256` (whole file) and `chunked_sha256` (see the module
+    docstring) is set; `sha256` is '' for a chunked entry.
+    """
 
     path: str
     size: int
     sha256: str
+    chunked_sha256: str = ''
 
     def as_dict(self) -> dict[str, Any]:
         # dataclasses.asdict deep-copies each field: a tenth of the export of a 2000-file model.
-        return {'path': self.path, 'size': self.size, 'sha256': self.sha256}
+        if self.chunked_sha256:
+            return {'path': self.path, 'size': self.size, CHUNKED_SHA256: self.chunked_sha256}
+        return {'path': self.path, 'size': self.size, SHA256: self.sha256}
+
+    @property
+    def digest(self) -> tuple[str, str]:
+        """(kind, hex): what a manifest entry's digest is compared with."""
+        if self.chunked_sha256:
+            return CHUNKED_SHA256, self.chunked_sha256
+        return SHA256, self.sha256
 
 
-def build_manifest(files: Iterable[FileEntry], lineage: Mapping[str, Any]) -> dict[str, Any]:
+def entry_digest(entry: Mapping[str, Any]) -> tuple[str, str]:
+    """(kind, hex) of a manifest's file entry, format 1 or 2."""
+    if CHUNKED_SHA256 in entry:
+        return CHUNKED_SHA256, str(entry[CHUNKED_SHA256])
+    return SHA256, str(entry.get(SHA256, ''))
+
+
+def entry_from_chunks(path: str, size: int, digests: Sequence[bytes]) -> FileEntry:
+    """The entry of a file whose chunks (in order, at least one) have these SHA-256 digests."""
+    if len(digests) == 1:
+        return FileEntry(path, size, digests[0].hex())
+    return FileEntry(path, size, '', hashlib.sha256(b''.join(digests)).hexdigest())
+
+
+def chunk_count(size: int, chunk_bytes: int = CHUNK_BYTES) -> int:
+    """Chunks a file of `size` bytes is hashed in (an empty file is one empty chunk)."""
+    return max(1, -(-size // chunk_bytes))
+
+
+class ChunkedHasher:
+    """Hashes bytes fed in order into the digest `entry_from_chunks` defines.
+
+    Args:
+        chunk_bytes: The chunk size.
+    """
+
+    def __init__(self, chunk_bytes: int = CHUNK_BYTES) -> None:
+        self._chunk_bytes = chunk_bytes
+        self._current = hashlib.sha256()
+        self._in_current = 0
+        self.digests: list[bytes] = []
+        self.size = 0
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self._chunk_bytes - self._in_current)
+            self._current.update(view[:take])
+            self._in_current += take
+            self.size += take
+            view = view[take:]
+            if self._in_current == self._chunk_bytes:
+                self.digests.append(self._current.digest())
+                self._current, self._in_current = hashlib.sha256(), 0
+
+    def entry(self, path: str) -> FileEntry:
+        digests = list(self.digests)
+        if self._in_current or not digests:
+            digests.append(self._current.digest())
+        return entry_from_chunks(path, self.size, digests)
+
+
+def build_manifest(
+    files: Iterable[FileEntry], lineage: Mapping[str, Any], chunk_bytes: int = CHUNK_BYTES
+) -> dict[str, Any]:
     entries = sorted(files, key=lambda f: f.path)
     return {
         'format_version': FORMAT_VERSION,
+        'chunk_bytes': chunk_bytes,
         'files': [f.as_dict() for f in entries],
         'file_count': len(entries),
         'total_bytes': sum(f.size for f in entries),
@@ -49,10 +132,10 @@ def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
 
 
 def parse_manifest(data: bytes, where: str) -> dict[str, Any]:
-    """The manifest in `data` (read from `where`).
+    """The manifest in `data` (read from `where`), format 1 or 2.
 
     Raises:
-        IntegrityError: if it is not a manifest.
+        IntegrityError: if it is not a manifest this release reads.
     """
     try:
         manifest = json.loads(data)
@@ -60,6 +143,17 @@ def parse_manifest(data: bytes, where: str) -> dict[str, Any]:
             raise ValueError('no "files" list')
     except ValueError as e:
         raise IntegrityError(f'{where!r} is not a valid export manifest ({e})') from None
+    found = manifest.get('format_version')
+    if found not in READABLE_FORMATS:
+        raise IntegrityError(
+            f'{where!r} has manifest format_version {found!r}; this final-exporter reads '
+            f'format_version {" and ".join(map(str, READABLE_FORMATS))} (a newer one wrote it?)'
+        )
+    chunk_bytes = manifest.get('chunk_bytes', CHUNK_BYTES)
+    if type(chunk_bytes) is not int or chunk_bytes <= 0:
+        raise IntegrityError(
+            f'{where!r} has chunk_bytes {chunk_bytes!r}; expected a positive number of bytes'
+        )
     return manifest
 
 
@@ -106,19 +200,22 @@ def verify_tree(
     found.pop(keys.MANIFEST_RELPATH, None)
     report.missing = sorted(set(expected) - set(found))
     report.extra = sorted(set(found) - set(expected))
+    chunk_bytes = int(manifest.get('chunk_bytes', CHUNK_BYTES))
     for path in sorted(set(expected) & set(found)):
         want = expected[path]
         report.files_checked += 1
         if found[path] != want['size']:
             report.changed.append(path)
             continue
+        kind, expected_hex = entry_digest(want)
         if rehash:
-            _, digest = store.hash_file(store.join(root, *path.split('/')))
+            _, got = store.digest_file(store.join(root, *path.split('/')), kind, chunk_bytes)
+            digest = (kind, got)
             report.bytes_checked += want['size']
         elif known is not None and path in known:
-            digest = known[path].sha256
+            digest = known[path].digest
         else:
-            digest = want['sha256']
-        if digest != want['sha256']:
+            digest = (kind, expected_hex)
+        if digest != (kind, expected_hex):
             report.changed.append(path)
     return report

@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 from final_exporter.common.errors import IntegrityError, InvalidInputError
 from final_exporter.common.progress import Progress
 from final_exporter.storage.base import Versioned
-from final_exporter.storage.manifest import FileEntry
+from final_exporter.storage.manifest import SHA256, ChunkedHasher, FileEntry
 
 SCHEMES = ('gs', 's3')
 PART_BYTES = 8 * 1024 * 1024
@@ -78,11 +78,16 @@ class ObjectInfo:
 @dataclasses.dataclass(frozen=True)
 class Uploaded:
     """One uploaded file: size and SHA-256 from the single read, and the checksum the
-    server must report for it (GCS: base64 MD5; S3: the ETag, multipart form included)."""
+    server must report for it (GCS: base64 MD5; S3: the ETag, multipart form included).
+
+    A file uploaded in parallel parts of the manifest's chunk size has its
+    `chunked_sha256` (manifest.py) instead, hashed part by part, and `sha256` ''.
+    """
 
     size: int
     sha256: str
     expected_checksum: str
+    chunked_sha256: str = ''
 
 
 class HashingReader(io.RawIOBase):
@@ -186,20 +191,35 @@ class ObjectClient(abc.ABC):
     def download(
         self, uri: str, local_path: str | None, progress: Progress | None, token: Any
     ) -> FileEntry:
-        """Streams an object once, hashing it, into a new local file (or nowhere)."""
-        digest = hashlib.sha256()
-        size = 0
+        """Streams an object once, hashing it as the manifest does, into a new local file
+        (or nowhere)."""
+        hasher = ChunkedHasher()
         with contextlib.ExitStack() as stack:
             src = stack.enter_context(self.open_read(uri, token))
             out = stack.enter_context(open(local_path, 'xb')) if local_path else None
             while chunk := src.read(PART_BYTES):
-                digest.update(chunk)
-                size += len(chunk)
+                hasher.update(chunk)
                 if out is not None:
                     out.write(chunk)
                 if progress is not None:
                     progress.add_bytes(len(chunk))
-        return FileEntry(uri, size, digest.hexdigest())
+        return hasher.entry(uri)
+
+    def digest(self, uri: str, kind: str, chunk_bytes: int) -> tuple[int, str]:
+        """(size, hex) of an object, streamed: `sha256` or `chunked_sha256` (manifest.py)."""
+        if kind == SHA256:
+            digest, size = hashlib.sha256(), 0
+            with self.open_read(uri) as src:
+                while chunk := src.read(PART_BYTES):
+                    digest.update(chunk)
+                    size += len(chunk)
+            return size, digest.hexdigest()
+        hasher = ChunkedHasher(chunk_bytes)
+        with self.open_read(uri) as src:
+            while chunk := src.read(PART_BYTES):
+                hasher.update(chunk)
+        entry = hasher.entry(uri)
+        return entry.size, entry.digest[1]
 
 
 def check_unchanged(local_path: str, before: os.stat_result, read: int) -> None:

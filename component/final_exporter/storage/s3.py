@@ -13,6 +13,7 @@ from typing import Any, BinaryIO
 from final_exporter.common.errors import IntegrityError
 from final_exporter.common.progress import Progress
 from final_exporter.storage.base import Versioned
+from final_exporter.storage.manifest import CHUNK_BYTES
 from final_exporter.storage.objectstore import (
     UPLOAD_PART_BYTES,
     ObjectClient,
@@ -29,6 +30,8 @@ _PART_SLOTS = threading.BoundedSemaphore(8)
 # S3's own limit for one CopyObject; above it the managed copy uses UploadPartCopy. Below
 # it one CopyObject keeps a single-part object's ETag (its MD5) comparable with the copy's.
 _COPY_OBJECT_MAX = 5 * 1024**3
+# A part's SHA-256 is a manifest chunk's digest only if the sizes agree.
+assert UPLOAD_PART_BYTES == CHUNK_BYTES, 'S3 parts must be manifest chunks'
 
 
 class S3Client(ObjectClient):
@@ -95,13 +98,11 @@ class S3Client(ObjectClient):
                 upload_id = self._s3.create_multipart_upload(Bucket=bucket, Key=key)['UploadId']
                 try:
                     futures = []
-                    # Parts are read (and hashed) in order, and uploaded in parallel.
+                    # Parts are read in order, and hashed and uploaded in parallel: each
+                    # part is one manifest chunk, so its SHA-256 is that chunk's digest.
                     with concurrent.futures.ThreadPoolExecutor(_PARTS_PER_FILE) as pool:
                         while chunk := f.read(UPLOAD_PART_BYTES):
-                            sha.update(chunk)
                             read += len(chunk)
-                            md5 = hashlib.md5(chunk).digest()
-                            part_md5s.append(md5)
                             _PART_SLOTS.acquire()
                             futures.append(
                                 pool.submit(
@@ -109,16 +110,18 @@ class S3Client(ObjectClient):
                                     bucket,
                                     key,
                                     upload_id,
-                                    len(part_md5s),
+                                    len(futures) + 1,
                                     chunk,
-                                    md5,
                                     progress,
                                 )
                             )
+                    done = [fut.result() for fut in futures]
                     parts = [
-                        {'ETag': fut.result(), 'PartNumber': number}
-                        for number, fut in enumerate(futures, start=1)
+                        {'ETag': etag, 'PartNumber': number}
+                        for number, (etag, _, _) in enumerate(done, start=1)
                     ]
+                    part_md5s = [md5 for _, md5, _ in done]
+                    chunked = hashlib.sha256(b''.join(digest for _, _, digest in done))
                     etag = self._s3.complete_multipart_upload(
                         Bucket=bucket,
                         Key=key,
@@ -134,6 +137,8 @@ class S3Client(ObjectClient):
         check_unchanged(local_path, before, read)
         if etag.strip('"') != expected:
             raise IntegrityError(f'{uri} was stored with ETag {etag}, but {expected} was expected')
+        if part_md5s:
+            return Uploaded(read, '', expected, chunked_sha256=chunked.hexdigest())
         return Uploaded(read, sha.hexdigest(), expected)
 
     def _upload_part(
@@ -143,10 +148,12 @@ class S3Client(ObjectClient):
         upload_id: str,
         number: int,
         data: bytes,
-        md5: bytes,
         progress: Progress | None,
-    ) -> str:
+    ) -> tuple[str, bytes, bytes]:
+        """Uploads one part; returns its ETag, MD5 and SHA-256 (hashed in this thread)."""
         try:
+            md5 = hashlib.md5(data).digest()
+            digest = hashlib.sha256(data).digest()
             etag = self._s3.upload_part(
                 Bucket=bucket,
                 Key=key,
@@ -159,7 +166,7 @@ class S3Client(ObjectClient):
             _PART_SLOTS.release()
         if progress is not None:
             progress.add_bytes(len(data))
-        return etag
+        return etag, md5, digest
 
     def _put(self, bucket: str, key: str, data: bytes, md5: bytes) -> str:
         return self._s3.put_object(

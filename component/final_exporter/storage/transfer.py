@@ -1,18 +1,20 @@
-"""Copies files and hashes them in the same read, files in parallel.
+"""Copies files and hashes them in the same read, files and chunks in parallel.
 
-One pass over the bytes: each file is read once, and every chunk read is both
-fed to SHA-256 and copied, so the manifest needs no second read. Files are
-copied by a thread pool (file I/O and hashlib release the GIL on large
-buffers). Files named in `last` are copied only after every other file is
-complete.
+One pass over the bytes: each file is read once, and every block read is both
+fed to SHA-256 and written, so the manifest needs no second read, and the bytes
+hashed are the bytes written. Files are copied by a thread pool (file I/O and
+hashlib release the GIL on large buffers); a file larger than one manifest
+chunk (`manifest.CHUNK_BYTES`) is copied and hashed chunk by chunk in parallel,
+so one multi-GiB variables file uses every core, not one.
 
-Methods: `auto` tries a reflink (btrfs, XFS), else hashes the source through a
-read-only memory mapping while the kernel copies it (`copy_file_range`): one
-user-space touch per byte, the least work short of a reflink. A mapped source
-that another process truncates mid-copy makes the kernel raise SIGBUS, which
-ends the process (nothing is published: the export is still in staging);
-`copy` (plain read, hash, write) turns that case into an IntegrityError.
-`hardlink` links the immutable source files and only reads them to hash.
+The source is read with `pread`, never mapped: a mapped source that another
+process truncates mid-copy makes the kernel raise SIGBUS and end the process.
+A source that shrinks, grows, is replaced or removed, or cannot be read is an
+error naming the file (IntegrityError; InvalidInputError when it is unreadable),
+and nothing is published.
+
+Methods: `auto` tries a reflink (btrfs, XFS), else copies; `copy` always
+copies; `hardlink` links the immutable source files and only reads them to hash.
 
 Copied bytes are handed to the disk as they are written (`start_writeback`),
 so the flush before publishing (`publish.flush_tree`) waits for little: the
@@ -22,6 +24,7 @@ disk writes while the next bytes are hashed.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import ctypes
 import dataclasses
 import errno
@@ -32,26 +35,35 @@ import mmap
 import os
 import sys
 import threading
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 
 from final_exporter.common import keys, libc
 from final_exporter.common.errors import IntegrityError, InvalidInputError
 from final_exporter.common.progress import Progress
-from final_exporter.storage.manifest import FileEntry
+from final_exporter.storage import manifest
+from final_exporter.storage.manifest import ChunkedHasher, FileEntry, entry_from_chunks
 
+# One read or write of a file copied through a buffer (files under KERNEL_COPY_MIN_BYTES,
+# or where the kernel cannot copy).
 CHUNK_BYTES = 8 * 1024 * 1024
-MAP_WINDOW_BYTES = 64 * 1024 * 1024
-# Smaller files are read and written: setting up a mapping costs more than the
-# copy it saves (measured on a 1 MiB variables file).
-MAP_MIN_BYTES = 4 * 1024 * 1024
-# Smaller writes are left for the fsync before publishing: nothing to overlap with.
+# Files from this size are copied in the kernel and hashed through a mapping of the
+# copy, chunk by chunk; smaller ones take one read and one write.
+KERNEL_COPY_MIN_BYTES = 4 * 1024 * 1024
+# Smaller files are left for the fsync before publishing: nothing to overlap with.
 WRITEBACK_MIN_BYTES = 1024 * 1024
-# Files this large are hashed by one task while others copy their pieces.
-SPLIT_CHUNK_BYTES = 32 * 1024 * 1024
-SPLIT_MIN_BYTES = 2 * SPLIT_CHUNK_BYTES
+# Writeback is started per this many bytes written (one call per read would be 1 per MiB).
+WRITEBACK_BATCH_BYTES = 8 * 1024 * 1024
+# Files larger than one manifest chunk are copied and hashed in chunk-sized pieces,
+# one task each: the chunk digests are the manifest's, so nothing is hashed twice.
+SPLIT_CHUNK_BYTES = manifest.CHUNK_BYTES
+SPLIT_MIN_BYTES = SPLIT_CHUNK_BYTES + 1
 # A thread per this many bytes at most: starting one costs about as much as copying
-# and hashing 100 KiB, so a small model (or one big file) is copied inline.
+# and hashing 100 KiB, so a small model is copied inline.
 PARALLEL_MIN_BYTES = 8 * 1024 * 1024
+# The staged copy is hashed through read-only mappings of this size: what a thread
+# holds mapped (and counts in its RSS) stays small whatever the file size.
+MAP_WINDOW_BYTES = 8 * 1024 * 1024
+# MAP_POPULATE faults a window in with one call, not page by page.
 _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, 'MAP_POPULATE', 0)
 COPY_AUTO, COPY_PLAIN, COPY_HARDLINK = 'auto', 'copy', 'hardlink'
 COPY_METHODS = (COPY_AUTO, COPY_PLAIN, COPY_HARDLINK)
@@ -96,8 +108,8 @@ def plan_tree(
         exclude: Relative paths (from `src_root`) to leave out.
 
     Raises:
-        InvalidInputError: for a symlink that points outside `src_root`, or a
-            file that is neither a regular file nor a folder.
+        InvalidInputError: for a symlink that points outside `src_root`, a file
+            that is neither a regular file nor a folder, or one this user cannot read.
     """
     root_real = os.path.realpath(src_root)
     items: list[CopyItem] = []
@@ -122,6 +134,13 @@ def plan_tree(
                     raise InvalidInputError(f'{entry.path!r} is a symlink loop')
                 visit(entry.path, f'{rel_path}/', seen | {real})
             elif entry.is_file():
+                if not os.access(entry.path, os.R_OK):
+                    # Found now, before anything is written; the copy still turns a file
+                    # made unreadable later into the same error.
+                    raise InvalidInputError(
+                        f'cannot read source file {entry.path!r} (permission denied); expected '
+                        f'a file readable by the user running the export (uid {os.geteuid()})'
+                    )
                 dest = f'{dest_prefix}{rel_path}'
                 items.append(CopyItem(src=entry.path, dest=dest, size=entry.stat().st_size))
             else:
@@ -171,9 +190,10 @@ def copy_and_hash(
     first = [i for i in items if i.dest not in last]
     final = [i for i in items if i.dest in last]
     results: dict[str, FileEntry] = {}
+    tasks = sum(len(split_pieces(i.size)) if is_split(i, method) else 1 for i in items)
     threads = min(
         workers or local_copy_workers(),
-        len(items),
+        tasks,
         max(1, -(-sum(i.size for i in items) // PARALLEL_MIN_BYTES)),
     )
     if threads <= 1:
@@ -220,29 +240,30 @@ def _submit_split(
     method: str,
     progress: Progress | None,
 ) -> Callable[[], FileEntry]:
-    """Submits one large file as parallel pieces; returns what gives its entry once they are done.
+    """Submits one large file as parallel chunks; returns what gives its entry once they are done.
 
-    SHA-256 of a file is one sequential pass, but its copy is not: one task
-    hashes the whole file while others copy its ranges in the kernel, so a
-    large file takes about the time of its hash, not hash plus copy. The
-    source is stat'ed before the first piece and after the last, as for a
-    whole-file copy: a file written to meanwhile is an IntegrityError.
+    Each chunk task reads its chunk once, hashes it and writes it (or only
+    hashes it where the file was reflinked), so a large file takes about the
+    time of its copy spread over every core. The source is stat'ed before the
+    first chunk and after the last, as for a whole-file copy: a file written
+    to, replaced or removed meanwhile is an IntegrityError.
     """
     dest = os.path.join(dest_root, item.dest)
-    before = os.stat(item.src)
-    if method == COPY_AUTO and _try_reflink(item.src, dest):
-        hashed = pool.submit(_hash_unchanged, item, progress, out=None)
-        futures.append(hashed)
-    else:
+    with _source_errors(item):
+        before = os.stat(item.src)
+        reflinked = method == COPY_AUTO and _try_reflink(item.src, dest)
+    if not reflinked:
         with open(dest, 'xb'):
             pass
-        hashed = pool.submit(hash_only, item, method)
-        futures.append(hashed)
-        for offset, length in split_pieces(before.st_size):
-            futures.append(pool.submit(copy_piece, item, dest, offset, length, progress))
+    chunks = [
+        pool.submit(copy_chunk, item, None if reflinked else dest, before, offset, length, progress)
+        for offset, length in split_pieces(before.st_size)
+    ]
+    futures.extend(chunks)
 
     def finish() -> FileEntry:
-        entry = finish_split(item, dest, before, hashed.result())
+        entry = entry_from_chunks(item.dest, before.st_size, [c.result() for c in chunks])
+        entry = finish_split(item, dest, before, entry)
         if progress is not None:
             progress.file_done(item.dest)
         return entry
@@ -256,13 +277,13 @@ def is_split(item: CopyItem, method: str, min_bytes: int = SPLIT_MIN_BYTES) -> b
 
 
 def split_pieces(size: int, piece_bytes: int = SPLIT_CHUNK_BYTES) -> list[tuple[int, int]]:
-    """The (offset, length) pieces a large file is copied in."""
-    return [(o, min(piece_bytes, size - o)) for o in range(0, size, piece_bytes)]
+    """The (offset, length) pieces a large file is copied in (an empty file is one empty piece)."""
+    return [(o, min(piece_bytes, size - o)) for o in range(0, size, piece_bytes)] or [(0, 0)]
 
 
 def finish_split(item: CopyItem, dest: str, before: os.stat_result, entry: FileEntry) -> FileEntry:
     """Checks a file copied in pieces: the source unchanged since `before`, `dest` its full size."""
-    _check_same(item, before, os.stat(item.src), entry.size)
+    _check_same(item, before, entry.size)
     written = os.path.getsize(dest)
     if written != entry.size:
         raise IntegrityError(
@@ -273,26 +294,100 @@ def finish_split(item: CopyItem, dest: str, before: os.stat_result, entry: FileE
 
 def hash_only(item: CopyItem, method: str) -> FileEntry:
     """Hashes `item.src` (the entry it would have as a copy) without writing anything."""
-    if method == COPY_AUTO and item.size >= MAP_MIN_BYTES:
-        entry = _mapped_copy(item, None, None)
-        if entry is not None:
-            return entry
     return _hash_unchanged(item, None, out=None)
+
+
+def copy_chunk(
+    item: CopyItem,
+    dest: str | None,
+    before: os.stat_result,
+    offset: int,
+    length: int,
+    progress: Progress | None = None,
+) -> bytes:
+    """Copies [offset, offset+length) of `item.src` into `dest` and returns the chunk's SHA-256.
+
+    The kernel copies the range (`copy_file_range`), then the copy is hashed
+    through a read-only mapping of the destination: the digest is of the bytes
+    the export holds, and each byte is touched once in user space. The source
+    is never mapped (a source truncated mid-copy would raise SIGBUS); the
+    destination is this export's own staging file, which nothing else writes.
+    Large calls also matter: each one releases the GIL for its whole range, so
+    a thread importing TensorFlow meanwhile does not slow the copy down.
+    Where the kernel cannot copy this pair of files, and with `dest` None (a
+    reflinked file), the source is read with `pread` (and written).
+
+    Returns:
+        The chunk's SHA-256 digest (raw bytes).
+
+    Raises:
+        IntegrityError: if the source was replaced since `before` or ends early.
+    """
+    digest = hashlib.sha256()
+    with contextlib.ExitStack() as stack:
+        with _source_errors(item):
+            src = stack.enter_context(open(item.src, 'rb', buffering=0))
+        now = os.fstat(src.fileno())
+        if (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
+            raise _changed(item, before, now.st_size, offset, 'was replaced')
+        out = stack.enter_context(open(dest, 'r+b', buffering=0)) if dest is not None else None
+        if (
+            out is not None
+            and length
+            and _copy_range(item, src.fileno(), out.fileno(), offset, length)
+        ):
+            for start in range(offset, offset + length, MAP_WINDOW_BYTES):
+                size = min(MAP_WINDOW_BYTES, offset + length - start)
+                with (
+                    mmap.mmap(out.fileno(), size, flags=_MAP_FLAGS, prot=mmap.PROT_READ, offset=start)
+                    as window,
+                    memoryview(window) as view,
+                ):  # fmt: skip
+                    digest.update(view)
+            if progress is not None:
+                progress.add_bytes(length)
+        else:
+            _read_chunk(item, before, src.fileno(), out, offset, length, digest, progress)
+        if out is not None:
+            start_writeback(out.fileno(), offset, length)
+    return digest.digest()
+
+
+def _read_chunk(item, before, src_fd, out, offset, length, digest, progress) -> None:
+    """Reads a range with `pread`, hashing it and writing it to `out` (if any)."""
+    buf = _buffer()
+    view = memoryview(buf)
+    done = 0
+    while done < length:
+        with _source_errors(item):
+            n = os.preadv(src_fd, [view[: min(len(buf), length - done)]], offset + done)
+        if n == 0:
+            raise _changed(item, before, os.fstat(src_fd).st_size, offset + done)
+        digest.update(view[:n])
+        if out is not None:
+            _pwrite_all(out.fileno(), view[:n], offset + done)
+        done += n
+        if progress is not None:
+            progress.add_bytes(n)
 
 
 def copy_piece(
     item: CopyItem, dest: str, offset: int, length: int, progress: Progress | None = None
 ) -> None:
     """Copies [offset, offset+length) of `item.src` into the existing `dest`, in the kernel if it can."""
-    with open(item.src, 'rb', buffering=0) as src, open(dest, 'r+b', buffering=0) as out:
-        if not _copy_range(src.fileno(), out.fileno(), offset, length):
+    with (
+        _source_errors(item),
+        open(item.src, 'rb', buffering=0) as src,
+        open(dest, 'r+b', buffering=0) as out,
+    ):
+        if not _copy_range(item, src.fileno(), out.fileno(), offset, length):
             buf = _buffer()
             done = 0
             while done < length:
                 n = os.preadv(src.fileno(), [memoryview(buf)[: min(len(buf), length - done)]],
                               offset + done)  # fmt: skip
                 if n == 0:
-                    raise IntegrityError(f'source file {item.src!r} shrank while it was copied')
+                    raise _changed(item, os.fstat(src.fileno()), None, offset + done)
                 _pwrite_all(out.fileno(), memoryview(buf)[:n], offset + done)
                 done += n
         start_writeback(out.fileno(), offset, length)
@@ -329,6 +424,39 @@ def _buffer() -> bytearray:
     return buf
 
 
+@contextlib.contextmanager
+def _source_errors(item: CopyItem) -> Iterator[None]:
+    """Turns "cannot read / no longer there" errors about `item.src` into one clear message."""
+    try:
+        yield
+    except PermissionError as e:
+        if e.filename not in (None, item.src):
+            raise
+        raise InvalidInputError(
+            f'cannot read source file {item.src!r} ({e.strerror}); expected a file readable by '
+            f'the user running the export (uid {os.geteuid()})'
+        ) from None
+    except FileNotFoundError as e:
+        if e.filename not in (None, item.src):
+            raise
+        raise IntegrityError(
+            f'source file {item.src!r} was removed (or renamed) while it was copied; '
+            'export a model that is no longer being written'
+        ) from None
+
+
+def _changed(
+    item: CopyItem, before: os.stat_result, size_now: int | None, read: int, how: str = ''
+) -> IntegrityError:
+    now = f' -> {size_now}' if size_now is not None else ''
+    what = how or ('shrank' if size_now is not None and size_now < before.st_size else 'changed')
+    return IntegrityError(
+        f'source file {item.src!r} {what} while it was copied '
+        f'(size {before.st_size}{now}, read {read} bytes); '
+        'export a model that is no longer being written'
+    )
+
+
 def copy_file(
     item: CopyItem,
     dest_root: str,
@@ -345,68 +473,38 @@ def copy_file(
     dest = os.path.join(dest_root, item.dest)
     if replace and os.path.lexists(dest):
         os.remove(dest)
-    linked = (method == COPY_HARDLINK and _try_hardlink(item.src, dest)) or (
-        method == COPY_AUTO and _try_reflink(item.src, dest)
-    )
+    with _source_errors(item):
+        linked = (method == COPY_HARDLINK and _try_hardlink(item.src, dest)) or (
+            method == COPY_AUTO and _try_reflink(item.src, dest)
+        )
     if linked:
         # The blocks are shared, not copied: one read of the source gives the hash.
         entry = _hash_unchanged(item, progress, out=None)
+    elif item.size >= KERNEL_COPY_MIN_BYTES:
+        entry = _copy_in_chunks(item, dest, progress)
     else:
         with open(dest, 'xb', buffering=0) as out:
-            mapped = method == COPY_AUTO and item.size >= MAP_MIN_BYTES
-            entry = (mapped and _mapped_copy(item, out, progress)) or (
-                _hash_unchanged(item, progress, out=out)
-            )
+            entry = _hash_unchanged(item, progress, out=out)
     if progress is not None:
         progress.file_done(item.dest)
     return entry
 
 
-def _mapped_copy(item: CopyItem, out, progress: Progress | None) -> FileEntry | None:
-    """Hashes the source through a read-only mapping and copies it in the kernel (if `out`).
-
-    Each byte is touched once in user space (by SHA-256, straight from the page
-    cache) and once by the kernel's copy (`copy_file_range`, or a write from
-    the mapping where the filesystem cannot): one copy fewer than read+write.
-    Returns None (nothing written) for an empty file, which needs no mapping.
-    """
-    with open(item.src, 'rb', buffering=0) as src:
-        before = os.fstat(src.fileno())
-        size = before.st_size
-        if size == 0:
-            return None
-        digest = hashlib.sha256()
-        in_kernel = hasattr(os, 'copy_file_range')
-        done = 0
-        while done < size:
-            length = min(MAP_WINDOW_BYTES, size - done)
-            # One window at a time keeps the mapped (resident) size bounded whatever the
-            # file size; MAP_POPULATE faults the window in with one call, not page by page.
-            with (
-                mmap.mmap(
-                    src.fileno(), length, flags=_MAP_FLAGS, prot=mmap.PROT_READ, offset=done
-                ) as window,
-                memoryview(window) as view,
-            ):
-                digest.update(view)
-                if out is not None and in_kernel:
-                    in_kernel = _copy_range(src.fileno(), out.fileno(), done, length)
-                if out is not None and not in_kernel:
-                    os.lseek(out.fileno(), done, os.SEEK_SET)
-                    failure = _write_mapped(out, view)
-                    if failure is not None:
-                        raise failure
-            if out is not None:
-                start_writeback(out.fileno(), done, length)
-            done += length
-            if progress is not None:
-                progress.add_bytes(length)
-        after = os.fstat(src.fileno())
-    _check_same(item, before, after, done)
-    return FileEntry(path=item.dest, size=done, sha256=digest.hexdigest())
+def _copy_in_chunks(item: CopyItem, dest: str, progress: Progress | None) -> FileEntry:
+    """Copies a file chunk by chunk in this thread: the same entry as the parallel split."""
+    with _source_errors(item):
+        before = os.stat(item.src)
+    with open(dest, 'xb'):
+        pass
+    digests = [
+        copy_chunk(item, dest, before, offset, length, progress)
+        for offset, length in split_pieces(before.st_size)
+    ]
+    entry = entry_from_chunks(item.dest, before.st_size, digests)
+    return finish_split(item, dest, before, entry)
 
 
-def _copy_range(src_fd: int, out_fd: int, offset: int, length: int) -> bool:
+def _copy_range(item: CopyItem, src_fd: int, out_fd: int, offset: int, length: int) -> bool:
     """Copies [offset, offset+length) in the kernel; False if this filesystem pair cannot."""
     copied = 0
     while copied < length:
@@ -414,12 +512,12 @@ def _copy_range(src_fd: int, out_fd: int, offset: int, length: int) -> bool:
             n = os.copy_file_range(
                 src_fd, out_fd, length - copied, offset + copied, offset + copied
             )
-        except OSError as e:
-            if copied == 0 and e.errno in _UNSUPPORTED:
+        except (OSError, AttributeError) as e:
+            if copied == 0 and (isinstance(e, AttributeError) or e.errno in _UNSUPPORTED):
                 return False
             raise
         if n == 0:
-            raise IntegrityError('source file shrank while it was copied')
+            raise _changed(item, os.fstat(src_fd), os.fstat(src_fd).st_size, offset + copied)
         copied += n
     return True
 
@@ -428,50 +526,44 @@ def _hash_unchanged(item: CopyItem, progress: Progress | None, out) -> FileEntry
     """Reads `item.src` once, hashing it (and writing it to `out`); fails if it changes."""
     buf = _buffer()
     view = memoryview(buf)
-    digest = hashlib.sha256()
-    size = 0
-    with open(item.src, 'rb', buffering=0) as src:
+    hasher = ChunkedHasher()
+    flushed = 0
+    with contextlib.ExitStack() as stack:
+        with _source_errors(item):
+            src = stack.enter_context(open(item.src, 'rb', buffering=0))
         before = os.fstat(src.fileno())
-        while n := src.readinto(buf):
+        while True:
+            with _source_errors(item):
+                n = src.readinto(buf)
+            if not n:
+                break
             chunk = view[:n]
-            digest.update(chunk)
+            hasher.update(chunk)
             if out is not None:
                 _write_all(out, chunk)
-                if n >= WRITEBACK_MIN_BYTES:
-                    start_writeback(out.fileno(), size, n)
-            size += n
+                if hasher.size - flushed >= WRITEBACK_BATCH_BYTES:
+                    start_writeback(out.fileno(), flushed, hasher.size - flushed)
+                    flushed = hasher.size
             if progress is not None:
                 progress.add_bytes(n)
-        after = os.fstat(src.fileno())
-    _check_same(item, before, after, size)
-    return FileEntry(path=item.dest, size=size, sha256=digest.hexdigest())
+        if out is not None and hasher.size >= WRITEBACK_MIN_BYTES and hasher.size > flushed:
+            start_writeback(out.fileno(), flushed, hasher.size - flushed)
+    _check_same(item, before, hasher.size)
+    return hasher.entry(item.dest)
 
 
-def _check_same(item: CopyItem, before: os.stat_result, after: os.stat_result, read: int) -> None:
+def _check_same(item: CopyItem, before: os.stat_result, read: int) -> None:
+    """Fails unless `item.src` is still the file `before` describes and `read` is all of it."""
+    with _source_errors(item):
+        after = os.stat(item.src)
+    if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
+        raise _changed(item, before, after.st_size, read, 'was replaced')
     if (
         read != before.st_size
         or after.st_size != before.st_size
         or after.st_mtime_ns != before.st_mtime_ns
     ):
-        raise IntegrityError(
-            f'source file {item.src!r} changed while it was copied '
-            f'(size {before.st_size} -> {after.st_size}, read {read} bytes); '
-            'export a model that is no longer being written'
-        )
-
-
-def _write_mapped(out, view: memoryview) -> OSError | None:
-    """Writes a mapped window; returns (not raises) a failure as a fresh OSError.
-
-    A raised error's traceback would keep slices of the mapping alive, and the
-    mapping could then not be closed (BufferError), hiding the real error (e.g.
-    ENOSPC) behind that one.
-    """
-    try:
-        _write_all(out, view)
-    except OSError as e:
-        return OSError(e.errno, e.strerror, out.name)
-    return None
+        raise _changed(item, before, after.st_size, read)
 
 
 def _write_all(out, chunk: memoryview) -> None:
@@ -550,3 +642,54 @@ def hash_tree(
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers or local_copy_workers()) as pool:
         return {e.path: e for e in pool.map(one, items)}
+
+
+def sha256_file(path: str) -> tuple[int, str]:
+    """(size, whole-file SHA-256 hex) of a local file, read in fixed-size pieces."""
+    digest = hashlib.sha256()
+    buf = bytearray(CHUNK_BYTES)
+    view = memoryview(buf)
+    size = 0
+    with open(path, 'rb', buffering=0) as f:
+        while n := f.readinto(buf):
+            digest.update(view[:n])
+            size += n
+    return size, digest.hexdigest()
+
+
+def hash_local_chunks(
+    path: str, chunk_bytes: int = manifest.CHUNK_BYTES, workers: int | None = None
+) -> FileEntry:
+    """Hashes a local file's chunks in parallel (hashlib releases the GIL on large buffers).
+
+    Args:
+        path: The file.
+        chunk_bytes: The manifest's chunk size.
+        workers: Threads; one per core when None.
+    """
+    with open(path, 'rb', buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+
+        def one(offset: int) -> bytes:
+            digest = hashlib.sha256()
+            buf = bytearray(min(CHUNK_BYTES, chunk_bytes))
+            view = memoryview(buf)
+            done = 0
+            length = min(chunk_bytes, size - offset)
+            while done < length:
+                n = os.preadv(f.fileno(), [view[: min(len(buf), length - done)]], offset + done)
+                if n == 0:
+                    raise IntegrityError(f'{path!r} shrank while it was hashed')
+                digest.update(view[:n])
+                done += n
+            return digest.digest()
+
+        offsets = [i * chunk_bytes for i in range(manifest.chunk_count(size, chunk_bytes))]
+        if len(offsets) == 1:
+            digests = [one(0)]
+        else:
+            with concurrent.futures.ThreadPoolExecutor(
+                max_workers=min(len(offsets), workers or os.cpu_count() or 1)
+            ) as pool:
+                digests = list(pool.map(one, offsets))
+    return entry_from_chunks(path, size, digests)

@@ -9,6 +9,8 @@ from typing import Any
 from final_exporter.common import keys
 from final_exporter.common.errors import InvalidInputError
 from final_exporter.storage.manifest import (
+    CHUNK_BYTES,
+    SHA256,
     FileEntry,
     VerifyReport,
     manifest_bytes,
@@ -73,8 +75,13 @@ def write_manifest(export_dir: str, manifest: Mapping[str, Any]) -> str:
 
 
 def hash_file(path: str) -> tuple[int, str]:
-    """(size, SHA-256 hex) of a file or object, streamed."""
-    return store_for(path).hash_file(path)
+    """(size, whole-file SHA-256 hex) of a file or object, streamed."""
+    return store_for(path).digest_file(path, SHA256, CHUNK_BYTES)
+
+
+def digest_file(path: str, kind: str, chunk_bytes: int = CHUNK_BYTES) -> tuple[int, str]:
+    """(size, hex) of a file or object: the manifest digest of `kind` (manifest.py)."""
+    return store_for(path).digest_file(path, kind, chunk_bytes)
 
 
 def list_files(root: str) -> dict[str, int]:

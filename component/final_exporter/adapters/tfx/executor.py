@@ -20,6 +20,7 @@ from tfx.dsl.io import fileio
 from tfx.types import artifact_utils
 
 from final_exporter.common import keys
+from final_exporter.common.progress import Throttled
 from final_exporter.core.blessing import (
     Blessing,
     normalize_id,
@@ -52,7 +53,9 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         self._log_startup(input_dict, output_dict, exec_properties)
         pushed_model = artifact_utils.get_single_instance(output_dict[keys.PUSHED_MODEL_KEY])
         request = self._request(input_dict, ExportConfig.from_exec_properties(exec_properties))
-        result = run_export(request, report_progress=lambda line: logging.info('Copy: %s', line))
+        result = run_export(
+            request, report_progress=Throttled(lambda line: logging.info('Copy: %s', line))
+        )
         if result.pushed:
             logging.info('Model exported to %s (version %s).', result.export_dir, result.version)
         else:
