@@ -48,7 +48,7 @@ from final_exporter.common import keys
 from final_exporter.common.errors import IntegrityError, InvalidInputError
 from final_exporter.common.progress import Progress
 from final_exporter.storage.base import Staging, Store, Versioned, is_version_name
-from final_exporter.storage.manifest import FileEntry
+from final_exporter.storage.manifest import FileEntry, entry_digest
 from final_exporter.storage.objectstore import ObjectClient, Uploaded, is_object_store_uri, join
 from final_exporter.storage.transfer import PUBLISH_LAST, CopyItem, default_workers
 
@@ -369,8 +369,8 @@ class BucketStore(Store):
                 )
         for f in manifest['files']:
             entry = known.get(f['path'])
-            if entry is not None and entry.sha256 != f['sha256']:
-                problems.append(f'changed: {f["path"]} (hashed {entry.sha256} while staging)')
+            if entry is not None and entry.digest != entry_digest(f):
+                problems.append(f'changed: {f["path"]} (hashed {entry.digest[1]} while staging)')
         if problems:
             raise IntegrityError(
                 f'staged upload {staging.path} is not intact: {"; ".join(problems)}'
