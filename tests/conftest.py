@@ -31,6 +31,7 @@ NEEDS_KFP = [
     'test_kubeflow_image.py',
     'test_kubeflow_native.py',
     'test_kubeflow_v2_runner.py',
+    'test_vertex_registry_kfp.py',
 ]
 KFP_DECLARED = sys.version_info < (3, 12) or not importlib.metadata.version('tfx').startswith(
     '1.21.'
