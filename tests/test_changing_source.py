@@ -44,7 +44,10 @@ def remove(path: str) -> None:
 
 
 class ChangesSourceAfterFirstRead(Progress):
-    """Applies `change` to a source file once the copy has read its first bytes."""
+    """Applies `change` to a source file once the copy has copied or read its first bytes.
+
+    A hard link copies nothing: its first bytes read are its first bytes hashed.
+    """
 
     def __init__(self, path: str, change) -> None:
         super().__init__(0, 0)
@@ -52,8 +55,15 @@ class ChangesSourceAfterFirstRead(Progress):
         self.change = change
         self.done = False
 
+    def add_copied(self, n: int) -> None:
+        super().add_copied(n)
+        self._first_bytes()
+
     def add_bytes(self, n: int) -> None:
         super().add_bytes(n)
+        self._first_bytes()
+
+    def _first_bytes(self) -> None:
         if not self.done:
             self.done = True
             self.change(self.path)

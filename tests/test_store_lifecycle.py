@@ -8,8 +8,10 @@ and models read straight from a bucket (server-side copies on the same store).
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -23,6 +25,7 @@ from final_exporter.core.config import ExportConfig
 from final_exporter.core.exporter import ExportRequest, ExportResult, run_export
 from final_exporter.lifecycle import model_config
 from final_exporter.storage.bucket import LEASES_DIR
+from final_exporter.storage.manifest import CHUNK_BYTES, entry_from_chunks
 from final_exporter.storage.stores import client_for, list_versions, override_client, store_for
 from final_exporter.storage.verify import verify_export
 
@@ -169,6 +172,29 @@ def test_a_model_in_a_bucket_is_exported_without_a_mount_to_every_store(
     assert files == {f['path']: f['sha256'] for f in local.manifest['files']}
     if smoke_test:
         assert result.lineage['smoke_test']['passed'] is True
+
+
+def test_a_file_over_one_chunk_in_a_bucket_model_keeps_its_chunked_digest_in_a_local_export(
+    bucket_base, model_uri, make_blessing, tmp_path
+):
+    source_bucket, _ = bucket_base
+    model = tmp_path / 'model'
+    shutil.copytree(model_uri, model)
+    saved_model = next(p.parent for p in model.rglob('saved_model.pb'))
+    big = os.urandom(CHUNK_BYTES + 5)
+    (saved_model / 'assets' / 'big.bin').parent.mkdir(exist_ok=True)
+    (saved_model / 'assets' / 'big.bin').write_bytes(big)
+    source = upload_tree(str(model), f'{source_bucket}-trainer/model/8')
+
+    result = export(source, str(tmp_path / 'serving'), make_blessing, smoke_test=False)
+
+    entry = next(f for f in result.manifest['files'] if f['path'] == 'assets/big.bin')
+    assert entry['chunked_sha256'] == entry_from_chunks(
+        'assets/big.bin', len(big), [hashlib.sha256(big[:CHUNK_BYTES]).digest(),
+                                     hashlib.sha256(big[CHUNK_BYTES:]).digest()],
+    ).chunked_sha256  # fmt: skip
+    report = verify_export(result.export_dir, rehash=True)
+    assert report.ok, report.problems()
 
 
 class CountingClient:

@@ -42,28 +42,16 @@ def want_entry(rel: str, data: bytes) -> FileEntry:
     return FileEntry(rel, len(data), '', tree)
 
 
-class RecordingProgress(Progress):
-    """Records the order in which files complete."""
-
-    def __init__(self, items):
-        super().__init__(sum(i.size for i in items), len(items))
-        self.order: list[str] = []
-
-    def file_done(self, path: str) -> None:
-        super().file_done(path)
-        self.order.append(path)
-
-
 class GrowsSourceOnFirstChunk(Progress):
-    """Appends to a source file after its first chunk was read: a file still being written."""
+    """Appends to a source file once its first chunk was copied: a file still being written."""
 
     def __init__(self, path: str):
         super().__init__(0, 0)
         self.path = path
         self.done = False
 
-    def add_bytes(self, n: int) -> None:
-        super().add_bytes(n)
+    def add_copied(self, n: int) -> None:
+        super().add_copied(n)
         if not self.done:
             self.done = True
             with open(self.path, 'ab') as f:
@@ -101,17 +89,39 @@ def test_copy_is_byte_identical_and_hashes_match(tmp_path, workers, method):
         assert entries[rel].size == len(data)
 
 
+class SizesWhenDone(Progress):
+    """Records, as `saved_model.pb` is done, how many bytes every other destination holds."""
+
+    def __init__(self, items, dst):
+        super().__init__(sum(i.size for i in items), len(items))
+        self.dst = dst
+        self.others_then: dict[str, int] | None = None
+
+    def file_done(self, path: str) -> None:
+        super().file_done(path)
+        if path == 'saved_model.pb':
+            self.others_then = {
+                str(p.relative_to(self.dst)): p.stat().st_size
+                for p in self.dst.rglob('*')
+                if p.is_file() and p.name != 'saved_model.pb'
+            }
+
+
 def test_saved_model_pb_is_written_after_every_other_file(tmp_path):
     src, dst = tmp_path / 'src', tmp_path / 'dst'
-    make_model_tree(src)
+    files = make_model_tree(src)
+    files['variables/variables.data-00000-of-00040'] = write_random(
+        src / 'variables/variables.data-00000-of-00040', SPLIT_MIN_BYTES + 5
+    )  # also a file copied in pieces
     dst.mkdir()
     items = plan_tree(str(src))
-    progress = RecordingProgress(items)
+    progress = SizesWhenDone(items, dst)
 
     copy_and_hash(items, str(dst), workers=8, progress=progress)
 
-    assert progress.order[-1] == 'saved_model.pb'
-    assert len(progress.order) == len(items)
+    others = {rel: len(data) for rel, data in files.items() if rel != 'saved_model.pb'}
+    assert progress.others_then == others
+    assert progress.files_done == len(items)
     assert progress.bytes_done == sum(i.size for i in items)
 
 
@@ -299,7 +309,7 @@ def test_large_file_is_copied_and_hashed_in_parallel_chunks(tmp_path, method):
     assert entries[shard] == want_entry(shard, data)
     assert entries['saved_model.pb'] == want_entry('saved_model.pb', pb)
     pieces = [SPLIT_CHUNK_BYTES] * (size // SPLIT_CHUNK_BYTES) + [size % SPLIT_CHUNK_BYTES]
-    assert sorted(progress.increments[:-1]) == sorted(pieces)  # the last is saved_model.pb
+    assert sorted(progress.increments) == sorted([*pieces, len(pb)])  # each chunk hashed once
 
 
 def test_large_file_written_to_during_a_split_copy_is_detected(tmp_path):
@@ -344,13 +354,13 @@ def test_small_model_is_copied_inline_with_saved_model_pb_last(tmp_path):
     files = make_model_tree(src, n_files=3, seed=5)
     dst.mkdir()
     items = [i for i in plan_tree(str(src)) if i.size < CHUNK_BYTES]
-    progress = RecordingProgress(items)
+    progress = SizesWhenDone(items, dst)
     before = threading.active_count()
 
     entries = copy_and_hash(items, str(dst), progress=progress)
 
     assert threading.active_count() == before
-    assert progress.order[-1] == 'saved_model.pb'
+    assert progress.others_then == {i.dest: i.size for i in items if i.dest != 'saved_model.pb'}
     for item in items:
         assert entries[item.dest] == want_entry(item.dest, files[item.dest])
 
@@ -395,7 +405,7 @@ def test_auto_reflinks_on_xfs_sharing_blocks_and_hashing_every_file(xfs_dir, wor
     files[big] = write_random(src / big, SPLIT_MIN_BYTES + 3)  # the split path's reflink branch
     dst.mkdir()
     items = plan_tree(str(src))
-    progress = RecordingProgress(items)
+    progress = SizesWhenDone(items, dst)
     os.sync()
     free_before = free_bytes(xfs_dir)
 
@@ -408,7 +418,7 @@ def test_auto_reflinks_on_xfs_sharing_blocks_and_hashing_every_file(xfs_dir, wor
     assert tree_files(str(dst)) == tree_files(str(src))
     for rel, data in files.items():
         assert entries[rel] == want_entry(rel, data)
-    assert progress.order[-1] == 'saved_model.pb'
+    assert progress.others_then == {i.dest: i.size for i in items if i.dest != 'saved_model.pb'}
     shutil.rmtree(src)
     shutil.rmtree(dst)
 

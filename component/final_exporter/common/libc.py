@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 from typing import Any
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        # The symbols this process already has, libc among them: no `ldconfig` run,
+        # which `find_library` spawns, costing milliseconds at every start of the CLI.
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        name = ctypes.util.find_library('c')
+        return ctypes.CDLL(name, use_errno=True) if name else None
+
+
 def function(name: str, argtypes: list[Any]) -> Any | None:
     """The libc function `name` returning int, or None where libc or the function is missing."""
-    libc_name = ctypes.util.find_library('c')
-    if not libc_name:
-        return None
-    fn = getattr(ctypes.CDLL(libc_name, use_errno=True), name, None)
+    fn = getattr(_libc(), name, None)
     if fn is not None:
         fn.argtypes = argtypes
         fn.restype = ctypes.c_int

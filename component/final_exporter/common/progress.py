@@ -46,6 +46,7 @@ class Progress:
         self.total_bytes = total_bytes
         self.total_files = total_files
         self.bytes_done = 0
+        self.bytes_copied = 0
         self.files_done = 0
         self._report = report
         self._interval = getattr(report, 'interval', interval)
@@ -65,6 +66,11 @@ class Progress:
         if due:
             self._report(self.status())
 
+    def add_copied(self, n: int) -> None:
+        """Counts n more bytes in place in the copy (done once also hashed: `add_bytes`)."""
+        with self._lock:
+            self.bytes_copied += n
+
     def file_done(self, path: str) -> None:
         """Counts one more complete file (`path` is for subclasses that track order)."""
         with self._lock:
@@ -75,8 +81,14 @@ class Progress:
         rate = self.bytes_done / elapsed
         left = (self.total_bytes - self.bytes_done) / rate if rate > 0 else float('inf')
         eta = f'{left:.0f} s left' if left != float('inf') else 'time left unknown'
+        # The kernel copies a large file's chunks before they are hashed: both are shown.
+        copied = (
+            f' ({human_bytes(self.bytes_copied)} copied)'
+            if self.bytes_copied > self.bytes_done
+            else ''
+        )
         return (
-            f'{human_bytes(self.bytes_done)} of {human_bytes(self.total_bytes)}, '
+            f'{human_bytes(self.bytes_done)} of {human_bytes(self.total_bytes)}{copied}, '
             f'{self.files_done} of {self.total_files} files, '
             f'{human_bytes(rate)}/s, {eta}'
         )

@@ -303,11 +303,15 @@ def _export(
         progress = Progress(
             total_bytes=sum(i.size for i in items), total_files=len(items), report=report_progress
         )
-        files, signatures = _build(
-            store, staging, source, config, items, request, progress, workers
-        )
         warmup = os.path.join(staging.local_dir, *WARMUP_RELPATH.split('/'))
-        checks = _serving_checks(staging.local_dir, source.path, config, request, warmup)
+        checks: dict[str, Any] = {}
+
+        def run_checks() -> None:
+            checks.update(_serving_checks(staging.local_dir, source.path, config, request, warmup))
+
+        files, signatures = _build(
+            store, staging, source, config, items, request, progress, workers, run_checks
+        )
         if os.path.exists(warmup) and WARMUP_RELPATH not in files:
             files.update(store.stage_local_files(staging, [WARMUP_RELPATH]))
         manifest = build_manifest(files.values(), make_lineage(signatures, files, checks))
@@ -618,11 +622,16 @@ def _build(
     request: ExportRequest,
     progress: Progress,
     workers: int | None,
+    run_checks: Callable[[], None],
 ) -> tuple[dict[str, FileEntry], tuple[str, ...]]:
-    """Fills the staging area; returns its files' entries and signature names.
+    """Fills the staging area and runs the serving checks on it; returns its files' entries
+    and signature names.
 
-    `staging.local_dir` then holds the export as it will be served, for the checks.
+    The checks load `staging.local_dir`, the export as it will be served. A copied
+    model is checked as soon as its bytes are in place, while they are still being
+    hashed; one that TensorFlow rewrites, once it has.
     """
+    rewritten = bool(config.serving_fn or config.as_text)
     if config.serving_fn:
         from final_exporter.core import tf_export  # TensorFlow only when needed.
 
@@ -635,8 +644,9 @@ def _build(
         progress=progress,
         keep_local=_needs_local_tree(config, request, items),
         copier=_copier(request),
+        when_complete=None if rewritten else run_checks,
     )
-    if not (config.serving_fn or config.as_text):
+    if not rewritten:
         return staged, source.signature_names
     from final_exporter.core import tf_export  # TensorFlow only when needed.
 
@@ -651,7 +661,9 @@ def _build(
     signatures = tf_export.check_loads(local)
     # Stage only what TensorFlow wrote; the copy already hashed the rest.
     written = sorted(set(store_for(local).list_files(local)) - set(staged))
-    return {**staged, **store.stage_local_files(staging, written)}, signatures
+    staged.update(store.stage_local_files(staging, written))
+    run_checks()
+    return staged, signatures
 
 
 def _needs_local_tree(config: ExportConfig, request: ExportRequest, items: list[CopyItem]) -> bool:

@@ -162,6 +162,7 @@ class Store(abc.ABC):
         progress: Progress | None,
         keep_local: bool,
         copier: Callable[[list[CopyItem], str], dict[str, FileEntry]] | None = None,
+        when_complete: Callable[[], None] | None = None,
     ) -> dict[str, FileEntry]:
         """Copies (or uploads) files into the staging area, hashing every byte once.
 
@@ -174,6 +175,11 @@ class Store(abc.ABC):
             keep_local: Also make every staged file readable under
                 `staging.local_dir` (for the serving checks).
             copier: Replaces the local thread-pool copy (the Beam fan-out).
+            when_complete: Called once, in this thread, when every staged file
+                holds its final bytes (under `staging.local_dir` with
+                `keep_local`), possibly while they are still being hashed: the
+                serving checks run there, overlapping the hashing. What it
+                raises fails the staging.
 
         Returns:
             {destination: FileEntry} with the size and SHA-256 of what was staged.

@@ -275,6 +275,7 @@ class BucketStore(Store):
         progress: Progress | None,
         keep_local: bool,
         copier: Callable[[list[CopyItem], str], dict[str, FileEntry]] | None = None,
+        when_complete: Callable[[], None] | None = None,
     ) -> dict[str, FileEntry]:
         del method, copier  # Local copy choices; a bucket is written by uploads and copies.
         uploads: dict[str, Uploaded] = staging.staged
@@ -318,7 +319,10 @@ class BucketStore(Store):
         with concurrent.futures.ThreadPoolExecutor(
             max_workers=workers or default_workers()
         ) as pool:
-            return {e.path: e for e in pool.map(one, items)}
+            staged = {e.path: e for e in pool.map(one, items)}
+        if when_complete is not None:
+            when_complete()
+        return staged
 
     def _source_client(self, uri: str) -> ObjectClient:
         if self._source_clients is None:

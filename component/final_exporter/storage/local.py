@@ -281,6 +281,7 @@ class LocalStore(Store):
         progress: Progress | None,
         keep_local: bool,
         copier: Callable[[list[CopyItem], str], dict[str, FileEntry]] | None = None,
+        when_complete: Callable[[], None] | None = None,
     ) -> dict[str, FileEntry]:
         del keep_local  # The staging folder is local already.
         local = [i for i in items if not is_object_store_uri(i.src)]
@@ -288,16 +289,26 @@ class LocalStore(Store):
         if copier is not None:
             staged = copier(local, staging.path)
         else:
+            # With every source local, the checks overlap the hashing of the copies.
             staged = copy_and_hash(
-                local, staging.path, method=method, workers=workers, progress=progress
+                local,
+                staging.path,
+                method=method,
+                workers=workers,
+                progress=progress,
+                when_copied=None if remote else when_complete,
             )
+            if not remote:
+                when_complete = None
         for item in remote:  # Sources in a bucket: downloaded, hashed in the same read.
             if self._source_clients is None:
                 raise InvalidInputError(f'{item.src} is in a bucket, which this store cannot read')
             dest = os.path.join(staging.path, *item.dest.split('/'))
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             entry = self._source_clients(item.src).download(item.src, dest, progress, None)
-            staged[item.dest] = FileEntry(item.dest, entry.size, entry.sha256)
+            staged[item.dest] = FileEntry(item.dest, entry.size, entry.sha256, entry.chunked_sha256)
+        if when_complete is not None:
+            when_complete()
         return staged
 
     def stage_local_files(self, staging: Staging, paths: Sequence[str]) -> dict[str, FileEntry]:

@@ -160,11 +160,16 @@ def copy_and_hash(
     workers: int | None = None,
     progress: Progress | None = None,
     last: Sequence[str] = PUBLISH_LAST,
+    when_copied: Callable[[], None] | None = None,
 ) -> dict[str, FileEntry]:
-    """Copies `items` under `dest_root`, hashing every byte in the same read.
+    """Copies `items` under `dest_root`, hashing every byte once.
 
     Destination files are created exclusively: an existing file is an error,
-    never overwritten.
+    never overwritten. The copy runs in two phases over a thread pool: first the
+    bytes are placed (the kernel copies each chunk of a large file; a small file
+    is read once, hashed and written), then the placed chunks are hashed. So the
+    staged files are complete, and `when_copied` runs, while the hashes are still
+    being computed.
 
     Args:
         items: The files to copy.
@@ -175,6 +180,11 @@ def copy_and_hash(
         workers: Copy threads; `local_copy_workers()` when None.
         progress: Counts bytes and files.
         last: Destinations copied only after every other file is complete.
+        when_copied: Called once, in this thread, as soon as every file under
+            `dest_root` holds its final bytes and every copied source was found
+            unchanged; the hashing goes on meanwhile. The serving checks run
+            here, so loading the export overlaps its hashing. What it raises
+            is raised, once the running hashes have stopped.
 
     Returns:
         {destination path: FileEntry} with the size and SHA-256 of what was written.
@@ -189,86 +199,141 @@ def copy_and_hash(
     make_dest_folders(items, dest_root)
     first = [i for i in items if i.dest not in last]
     final = [i for i in items if i.dest in last]
-    results: dict[str, FileEntry] = {}
-    tasks = sum(len(split_pieces(i.size)) if is_split(i, method) else 1 for i in items)
+    tasks = sum(len(split_pieces(i.size)) if _in_pieces(i) else 1 for i in items)
     threads = min(
         workers or local_copy_workers(),
         tasks,
         max(1, -(-sum(i.size for i in items) // PARALLEL_MIN_BYTES)),
     )
     if threads <= 1:
+        results = {}
         for item in first + final:
             entry = copy_file(item, dest_root, method=method, progress=progress)
             results[entry.path] = entry
+        if when_copied is not None:
+            when_copied()
         return results
     with concurrent.futures.ThreadPoolExecutor(
         max_workers=threads, thread_name_prefix='final-exporter-copy'
     ) as pool:
-        for batch in (first, final):
-            futures: list[concurrent.futures.Future] = []
-            finishers = []
-            for item in batch:
-                if is_split(item, method):
-                    finishers.append(
-                        _submit_split(pool, futures, item, dest_root, method, progress)
-                    )
-                else:
-                    future = pool.submit(
-                        copy_file, item, dest_root, method=method, progress=progress
-                    )
-                    futures.append(future)
-                    finishers.append(future.result)
-            _, pending = concurrent.futures.wait(
-                futures, return_when=concurrent.futures.FIRST_EXCEPTION
-            )
-            for f in pending:
-                f.cancel()
-            for f in futures:
-                if f.done() and not f.cancelled() and f.exception() is not None:
-                    raise f.exception()
-            for finish in finishers:
-                entry = finish()
-                results[entry.path] = entry
-    return results
+        files: list[_FileCopy] = []
+        try:
+            # Every byte placed before any hashing: `when_copied` (the checks) can start
+            # as soon as possible. `last` waits for every other file's bytes.
+            for batch in (first, final):
+                started = [_FileCopy(pool, item, dest_root, method, progress) for item in batch]
+                files += started
+                _wait([f for c in started for f in c.placing])
+                for c in started:
+                    c.check_copied()
+            for c in files:
+                c.start_hashing(pool)
+            if when_copied is not None:
+                when_copied()
+            _wait([f for c in files for f in c.hashing])
+            entries = [c.entry() for c in files]
+        except BaseException:
+            for c in files:
+                for f in c.placing + c.hashing:
+                    f.cancel()
+            raise
+    return {e.path: e for e in entries}
 
 
-def _submit_split(
-    pool: concurrent.futures.ThreadPoolExecutor,
-    futures: list[concurrent.futures.Future],
-    item: CopyItem,
-    dest_root: str,
-    method: str,
-    progress: Progress | None,
-) -> Callable[[], FileEntry]:
-    """Submits one large file as parallel chunks; returns what gives its entry once they are done.
+def _wait(futures: Sequence[concurrent.futures.Future]) -> None:
+    """Waits for every future; raises the first exception (the others are not run)."""
+    _, pending = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+    for f in pending:
+        f.cancel()
+    for f in futures:
+        if f.done() and not f.cancelled() and f.exception() is not None:
+            raise f.exception()
 
-    Each chunk task reads its chunk once, hashes it and writes it (or only
-    hashes it where the file was reflinked), so a large file takes about the
-    time of its copy spread over every core. The source is stat'ed before the
-    first chunk and after the last, as for a whole-file copy: a file written
-    to, replaced or removed meanwhile is an IntegrityError.
+
+def _in_pieces(item: CopyItem) -> bool:
+    """Whether a file is copied by the kernel chunk by chunk, then hashed (else in one pass)."""
+    return item.size >= KERNEL_COPY_MIN_BYTES
+
+
+class _FileCopy:
+    """One file in flight: its bytes placed, then hashed, piece by piece on a pool.
+
+    A small file is one task that reads, hashes and writes it. A large one is
+    placed one manifest chunk per task (copied by the kernel, or cloned or
+    linked at once here), then each chunk is hashed from the staged copy: the
+    digests are of the bytes the export holds. The source is stat'ed before and
+    after, so a file written to, replaced or removed meanwhile is an IntegrityError.
     """
-    dest = os.path.join(dest_root, item.dest)
-    with _source_errors(item):
-        before = os.stat(item.src)
-        reflinked = method == COPY_AUTO and _try_reflink(item.src, dest)
-    if not reflinked:
-        with open(dest, 'xb'):
-            pass
-    chunks = [
-        pool.submit(copy_chunk, item, None if reflinked else dest, before, offset, length, progress)
-        for offset, length in split_pieces(before.st_size)
-    ]
-    futures.extend(chunks)
 
-    def finish() -> FileEntry:
-        entry = entry_from_chunks(item.dest, before.st_size, [c.result() for c in chunks])
-        entry = finish_split(item, dest, before, entry)
-        if progress is not None:
-            progress.file_done(item.dest)
+    def __init__(
+        self,
+        pool: concurrent.futures.ThreadPoolExecutor,
+        item: CopyItem,
+        dest_root: str,
+        method: str,
+        progress: Progress | None,
+    ) -> None:
+        self.item, self.progress = item, progress
+        self.dest = os.path.join(dest_root, item.dest)
+        self.hashing: list[concurrent.futures.Future] = []
+        if not _in_pieces(item):
+            self.placing = [
+                pool.submit(copy_file, item, dest_root, method=method, progress=progress)
+            ]
+            return
+        with _source_errors(item):
+            self.before = os.stat(item.src)
+            hardlinked = method == COPY_HARDLINK and _try_hardlink(item.src, self.dest)
+            reflinked = not hardlinked and method == COPY_AUTO and _try_reflink(item.src, self.dest)
+        self.pieces = split_pieces(self.before.st_size)
+        if hardlinked:
+            # The export shares the source's inode, which others may still write: it is
+            # only in place once hashed (read, never mapped: it can be truncated), and
+            # the source is checked after that.
+            self.placing = [
+                pool.submit(hash_range, item, self.dest, offset, length, progress, mapped=False)
+                for offset, length in self.pieces
+            ]
+        elif reflinked:  # An independent copy sharing the blocks: only to hash.
+            self.placing = []
+        else:
+            with open(self.dest, 'xb'):
+                pass
+            self.placing = [
+                pool.submit(place_piece, item, self.dest, self.before, offset, length, progress)
+                for offset, length in self.pieces
+            ]
+
+    def start_hashing(self, pool: concurrent.futures.ThreadPoolExecutor) -> None:
+        """Hashes each placed piece the placing did not hash already (a small file's, a fallback's)."""
+        if not _in_pieces(self.item):
+            self.hashing = self.placing
+            return
+        placed = [f.result() for f in self.placing] or [None] * len(self.pieces)
+        for (offset, length), digest in zip(self.pieces, placed, strict=True):
+            if digest is None:  # This export's own copy: mapped, nothing else writes it.
+                future = pool.submit(
+                    hash_range, self.item, self.dest, offset, length, self.progress, mapped=True
+                )
+            else:
+                future = concurrent.futures.Future()
+                future.set_result(digest)
+            self.hashing.append(future)
+
+    def check_copied(self) -> None:
+        """Fails unless the source is unchanged since its copy began (a small file's: checked)."""
+        if _in_pieces(self.item):
+            _check_same(self.item, self.before, self.before.st_size)
+
+    def entry(self) -> FileEntry:
+        if not _in_pieces(self.item):
+            return self.placing[0].result()
+        digests = [f.result() for f in self.hashing]
+        entry = entry_from_chunks(self.item.dest, self.before.st_size, digests)
+        entry = finish_split(self.item, self.dest, self.before, entry)
+        if self.progress is not None:
+            self.progress.file_done(self.item.dest)
         return entry
-
-    return finish
 
 
 def is_split(item: CopyItem, method: str, min_bytes: int = SPLIT_MIN_BYTES) -> bool:
@@ -297,49 +362,69 @@ def hash_only(item: CopyItem, method: str) -> FileEntry:
     return _hash_unchanged(item, None, out=None)
 
 
-def copy_chunk(
+def place_piece(
     item: CopyItem,
-    dest: str | None,
+    dest: str,
     before: os.stat_result,
     offset: int,
     length: int,
     progress: Progress | None = None,
-) -> bytes:
-    """Copies [offset, offset+length) of `item.src` into `dest` and returns the chunk's SHA-256.
+) -> bytes | None:
+    """Copies [offset, offset+length) of `item.src` into the existing `dest`.
 
-    The kernel copies the range (`copy_file_range`), then the copy is hashed
-    through a read-only mapping of the destination: the digest is of the bytes
-    the export holds, and each byte is touched once in user space. The source
-    is never mapped (a source truncated mid-copy would raise SIGBUS); the
-    destination is this export's own staging file, which nothing else writes.
-    Large calls also matter: each one releases the GIL for its whole range, so
-    a thread importing TensorFlow meanwhile does not slow the copy down.
-    Where the kernel cannot copy this pair of files, and with `dest` None (a
-    reflinked file), the source is read with `pread` (and written).
+    The kernel copies the range (`copy_file_range`): no byte passes through
+    user space, and the call releases the GIL for the whole range, so a thread
+    importing TensorFlow meanwhile is not held up. The range is then hashed
+    from the staged copy (`hash_range`). Where the kernel cannot copy this pair
+    of files, the source is read with `pread`, hashed and written in one pass.
 
     Returns:
-        The chunk's SHA-256 digest (raw bytes).
+        The range's SHA-256 digest where it was hashed while copied, else None.
 
     Raises:
         IntegrityError: if the source was replaced since `before` or ends early.
     """
-    digest = hashlib.sha256()
     with contextlib.ExitStack() as stack:
         with _source_errors(item):
             src = stack.enter_context(open(item.src, 'rb', buffering=0))
         now = os.fstat(src.fileno())
         if (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
             raise _changed(item, before, now.st_size, offset, 'was replaced')
-        out = stack.enter_context(open(dest, 'r+b', buffering=0)) if dest is not None else None
-        if (
-            out is not None
-            and length
-            and _copy_range(item, src.fileno(), out.fileno(), offset, length)
-        ):
+        out = stack.enter_context(open(dest, 'r+b', buffering=0))
+        digest = None
+        if not (length and _copy_range(item, src.fileno(), out.fileno(), offset, length)):
+            digest = hashlib.sha256()
+            _read_chunk(item, before, src.fileno(), out, offset, length, digest, progress)
+        elif progress is not None:
+            progress.add_copied(length)
+        start_writeback(out.fileno(), offset, length)
+    return digest.digest() if digest is not None else None
+
+
+def hash_range(
+    item: CopyItem,
+    path: str,
+    offset: int,
+    length: int,
+    progress: Progress | None = None,
+    *,
+    mapped: bool,
+) -> bytes:
+    """The SHA-256 of [offset, offset+length) of `path`, a staged file.
+
+    `mapped` hashes through read-only mappings of `MAP_WINDOW_BYTES`: each byte
+    is touched once in user space, with no copy into a buffer. Only this
+    export's own staged copies are mapped: a file another process can truncate
+    (a hard link to the source) is read with `pread`, since a mapped file cut
+    short kills the process with SIGBUS.
+    """
+    digest = hashlib.sha256()
+    with open(path, 'rb', buffering=0) as f:
+        if mapped and length:
             for start in range(offset, offset + length, MAP_WINDOW_BYTES):
                 size = min(MAP_WINDOW_BYTES, offset + length - start)
                 with (
-                    mmap.mmap(out.fileno(), size, flags=_MAP_FLAGS, prot=mmap.PROT_READ, offset=start)
+                    mmap.mmap(f.fileno(), size, flags=_MAP_FLAGS, prot=mmap.PROT_READ, offset=start)
                     as window,
                     memoryview(window) as view,
                 ):  # fmt: skip
@@ -347,9 +432,8 @@ def copy_chunk(
             if progress is not None:
                 progress.add_bytes(length)
         else:
-            _read_chunk(item, before, src.fileno(), out, offset, length, digest, progress)
-        if out is not None:
-            start_writeback(out.fileno(), offset, length)
+            before = os.fstat(f.fileno())
+            _read_chunk(item, before, f.fileno(), None, offset, length, digest, progress)
     return digest.digest()
 
 
@@ -368,31 +452,18 @@ def _read_chunk(item, before, src_fd, out, offset, length, digest, progress) -> 
             _pwrite_all(out.fileno(), view[:n], offset + done)
         done += n
         if progress is not None:
+            if out is not None:
+                progress.add_copied(n)
             progress.add_bytes(n)
 
 
 def copy_piece(
     item: CopyItem, dest: str, offset: int, length: int, progress: Progress | None = None
 ) -> None:
-    """Copies [offset, offset+length) of `item.src` into the existing `dest`, in the kernel if it can."""
-    with (
-        _source_errors(item),
-        open(item.src, 'rb', buffering=0) as src,
-        open(dest, 'r+b', buffering=0) as out,
-    ):
-        if not _copy_range(item, src.fileno(), out.fileno(), offset, length):
-            buf = _buffer()
-            done = 0
-            while done < length:
-                n = os.preadv(src.fileno(), [memoryview(buf)[: min(len(buf), length - done)]],
-                              offset + done)  # fmt: skip
-                if n == 0:
-                    raise _changed(item, os.fstat(src.fileno()), None, offset + done)
-                _pwrite_all(out.fileno(), memoryview(buf)[:n], offset + done)
-                done += n
-        start_writeback(out.fileno(), offset, length)
-    if progress is not None:
-        progress.add_bytes(length)
+    """Copies [offset, offset+length) of `item.src` into the existing `dest` (a Beam element)."""
+    with _source_errors(item):
+        before = os.stat(item.src)
+    place_piece(item, dest, before, offset, length, progress)
 
 
 def _pwrite_all(fd: int, chunk: memoryview, offset: int) -> None:
@@ -491,15 +562,17 @@ def copy_file(
 
 
 def _copy_in_chunks(item: CopyItem, dest: str, progress: Progress | None) -> FileEntry:
-    """Copies a file chunk by chunk in this thread: the same entry as the parallel split."""
+    """Copies a large file piece by piece in this thread: the same entry as the pool gives."""
     with _source_errors(item):
         before = os.stat(item.src)
     with open(dest, 'xb'):
         pass
-    digests = [
-        copy_chunk(item, dest, before, offset, length, progress)
-        for offset, length in split_pieces(before.st_size)
-    ]
+    digests = []
+    for offset, length in split_pieces(before.st_size):
+        digest = place_piece(item, dest, before, offset, length, progress)
+        if digest is None:
+            digest = hash_range(item, dest, offset, length, progress, mapped=True)
+        digests.append(digest)
     entry = entry_from_chunks(item.dest, before.st_size, digests)
     return finish_split(item, dest, before, entry)
 
@@ -545,6 +618,8 @@ def _hash_unchanged(item: CopyItem, progress: Progress | None, out) -> FileEntry
                     start_writeback(out.fileno(), flushed, hasher.size - flushed)
                     flushed = hasher.size
             if progress is not None:
+                if out is not None:
+                    progress.add_copied(n)
                 progress.add_bytes(n)
         if out is not None and hasher.size >= WRITEBACK_MIN_BYTES and hasher.size > flushed:
             start_writeback(out.fileno(), flushed, hasher.size - flushed)
