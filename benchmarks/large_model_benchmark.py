@@ -13,8 +13,10 @@ Models (real `tf.saved_model.save` outputs, generated once in a subprocess):
 Every repeat runs each method once, in the same alternating order, each as a
 whole process and each followed by `sync -f` of the destination filesystem
 (timed with it: a copy is finished when its bytes are on disk). Destinations
-are removed, untimed, between runs, followed by `sync`. The sources are read
-once before timing: every method reads them from the page cache.
+are removed, untimed, between runs, followed by `sync`. Before a model's runs
+the page cache is emptied (as root), the source read once and every method run
+once untimed: every method reads the source from the page cache, and all start
+with the same memory free.
 
 - `cp -r && sync -f`: the durable copy, the floor for the copy.
 - `export, no smoke test`: `final-exporter export --no-smoke-test`.
@@ -106,12 +108,13 @@ def timed(cmd: str) -> tuple[eb.ChildRun, float]:
 
 def bench(model_uri: Path, scratch: Path, repeats: int, smoke: bool) -> dict[str, Any]:
     saved = model_uri / 'Format-Serving'
+    settle_page_cache()
     eb.warm_read(saved)
     methods = [CP, EXPORT] + ([SMOKE, TF_LOAD] if smoke else [])
     seconds: dict[str, list[float]] = {m: [] for m in methods}
     rss: dict[str, list[float]] = {m: [] for m in methods}
     cpu: dict[str, list[float]] = {m: [] for m in methods}
-    for r in range(repeats):
+    for r in range(-1, repeats):  # Round -1 is a warm-up, not counted.
         # Alternate the order between repeats, so none always runs after the same one.
         order = methods if r % 2 == 0 else methods[::-1]
         for method in order:
@@ -128,12 +131,14 @@ def bench(model_uri: Path, scratch: Path, repeats: int, smoke: bool) -> dict[str
                     f'--no-require-blessing {flags} --json && sync -f {scratch}'
                 )
             run, cpu_s = timed(cmd)
+            eb.remove(dest, base)
+            subprocess.run(['sync'], check=True)
+            if r < 0:
+                continue
             seconds[method].append(run.seconds)
             cpu[method].append(cpu_s)
             if run.max_rss_mib is not None:
                 rss[method].append(run.max_rss_mib)
-            eb.remove(dest, base)
-            subprocess.run(['sync'], check=True)
     return {
         m: {
             'median_s': statistics.median(seconds[m]),
@@ -143,6 +148,22 @@ def bench(model_uri: Path, scratch: Path, repeats: int, smoke: bool) -> dict[str
         }
         for m in methods
     }
+
+
+def settle_page_cache() -> None:
+    """Starts a model's runs with the page cache emptied (as root; else left as it is).
+
+    What earlier work left cached decides how much memory is free, and with little
+    free every page a run writes or allocates must first be reclaimed: the same
+    command then takes up to twice as long. Emptied once, then refilled by the
+    source read and a warm-up round, every method starts from the same state.
+    """
+    os.sync()
+    try:
+        with open('/proc/sys/vm/drop_caches', 'w') as f:
+            f.write('1\n')
+    except OSError as e:
+        print(f'page cache left as it is ({e.strerror}): figures depend on what is cached')
 
 
 def hash_throughput(path: Path, repeats: int) -> dict[str, dict[str, float]]:

@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -207,9 +206,6 @@ def run_export(
         if previous is not None:
             return _register(config, previous, source_dir)
     with contextlib.ExitStack() as cleanup:
-        cleanup.enter_context(
-            _tensorflow_imported_meanwhile(config.smoke_test or bool(request.examples_uri))
-        )
         if config.serving_fn or config.as_text:
             # TensorFlow rewrites the graph, so it needs the source model as files: a
             # model in a bucket is downloaded once (a local one is used where it is).
@@ -240,29 +236,20 @@ def run_export(
     return _register(config, result, source_dir)
 
 
-@contextlib.contextmanager
-def _tensorflow_imported_meanwhile(needed: bool) -> Iterator[None]:
-    """Imports TensorFlow in a thread while the block (the copy) runs, for the checks after it.
+def _import_tensorflow() -> None:
+    """Imports TensorFlow for the checks; the copy calls it while its threads copy.
 
-    The import is seconds of mostly single-threaded CPU, and the copy mostly waits on the
-    disk and the kernel: run side by side, the checks start with TensorFlow ready. The
-    checks still load the staged export itself. An import that fails is left for the
-    checks to report; the thread is joined either way, so none outlives the export.
+    The import is seconds of mostly single-threaded CPU, and the copy's threads
+    mostly wait on the kernel and the disk: side by side, the checks start with
+    TensorFlow ready. It runs in the exporter's own thread, never in a thread of
+    its own: an import in a second thread can deadlock with one in this thread
+    (CPython before 3.12 holds its global import lock while a meta-path finder
+    runs, and setuptools' distutils finder, which TensorFlow's import reaches,
+    imports modules from there). An import that fails is left for the checks
+    to report.
     """
-    if not needed:
-        yield
-        return
-
-    def load() -> None:
-        with contextlib.suppress(Exception):
-            import tensorflow  # noqa: F401
-
-    thread = threading.Thread(target=load, name='final-exporter-import-tensorflow')
-    thread.start()
-    try:
-        yield
-    finally:
-        thread.join()
+    with contextlib.suppress(Exception):
+        import tensorflow  # noqa: F401
 
 
 @contextlib.contextmanager
@@ -644,6 +631,7 @@ def _build(
         progress=progress,
         keep_local=_needs_local_tree(config, request, items),
         copier=_copier(request),
+        meanwhile=_import_tensorflow if config.smoke_test or request.examples_uri else None,
         when_complete=None if rewritten else run_checks,
     )
     if not rewritten:

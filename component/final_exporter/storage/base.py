@@ -162,6 +162,7 @@ class Store(abc.ABC):
         progress: Progress | None,
         keep_local: bool,
         copier: Callable[[list[CopyItem], str], dict[str, FileEntry]] | None = None,
+        meanwhile: Callable[[], None] | None = None,
         when_complete: Callable[[], None] | None = None,
     ) -> dict[str, FileEntry]:
         """Copies (or uploads) files into the staging area, hashing every byte once.
@@ -175,6 +176,9 @@ class Store(abc.ABC):
             keep_local: Also make every staged file readable under
                 `staging.local_dir` (for the serving checks).
             copier: Replaces the local thread-pool copy (the Beam fan-out).
+            meanwhile: Called once, in this thread, while the transfer's own
+                threads (which import nothing) move the bytes: the TensorFlow
+                import of the checks.
             when_complete: Called once, in this thread, when every staged file
                 holds its final bytes (under `staging.local_dir` with
                 `keep_local`), possibly while they are still being hashed: the

@@ -275,6 +275,7 @@ class BucketStore(Store):
         progress: Progress | None,
         keep_local: bool,
         copier: Callable[[list[CopyItem], str], dict[str, FileEntry]] | None = None,
+        meanwhile: Callable[[], None] | None = None,
         when_complete: Callable[[], None] | None = None,
     ) -> dict[str, FileEntry]:
         del method, copier  # Local copy choices; a bucket is written by uploads and copies.
@@ -316,6 +317,11 @@ class BucketStore(Store):
                 progress.file_done(item.dest)
             return FileEntry(item.dest, up.size, up.sha256, up.chunked_sha256)
 
+        if meanwhile is not None:
+            # Before the uploads, not beside them: the client libraries may import
+            # on first use, and two threads importing at once can deadlock (see
+            # core/exporter.py `_import_tensorflow`).
+            meanwhile()
         with concurrent.futures.ThreadPoolExecutor(
             max_workers=workers or default_workers()
         ) as pool:

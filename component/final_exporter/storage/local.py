@@ -281,12 +281,15 @@ class LocalStore(Store):
         progress: Progress | None,
         keep_local: bool,
         copier: Callable[[list[CopyItem], str], dict[str, FileEntry]] | None = None,
+        meanwhile: Callable[[], None] | None = None,
         when_complete: Callable[[], None] | None = None,
     ) -> dict[str, FileEntry]:
         del keep_local  # The staging folder is local already.
         local = [i for i in items if not is_object_store_uri(i.src)]
         remote = [i for i in items if is_object_store_uri(i.src)]
         if copier is not None:
+            if meanwhile is not None:
+                meanwhile()
             staged = copier(local, staging.path)
         else:
             # With every source local, the checks overlap the hashing of the copies.
@@ -296,6 +299,7 @@ class LocalStore(Store):
                 method=method,
                 workers=workers,
                 progress=progress,
+                meanwhile=meanwhile,
                 when_copied=None if remote else when_complete,
             )
             if not remote:

@@ -160,16 +160,16 @@ def copy_and_hash(
     workers: int | None = None,
     progress: Progress | None = None,
     last: Sequence[str] = PUBLISH_LAST,
+    meanwhile: Callable[[], None] | None = None,
     when_copied: Callable[[], None] | None = None,
 ) -> dict[str, FileEntry]:
     """Copies `items` under `dest_root`, hashing every byte once.
 
     Destination files are created exclusively: an existing file is an error,
-    never overwritten. The copy runs in two phases over a thread pool: first the
-    bytes are placed (the kernel copies each chunk of a large file; a small file
-    is read once, hashed and written), then the placed chunks are hashed. So the
-    staged files are complete, and `when_copied` runs, while the hashes are still
-    being computed.
+    never overwritten. Each chunk of a large file is copied by the kernel, then
+    hashed from the staged copy (`_FileCopy`); a small file is read once, hashed
+    and written. The staged files are complete, and `when_copied` runs, while
+    the last chunks are still being hashed.
 
     Args:
         items: The files to copy.
@@ -180,6 +180,8 @@ def copy_and_hash(
         workers: Copy threads; `local_copy_workers()` when None.
         progress: Counts bytes and files.
         last: Destinations copied only after every other file is complete.
+        meanwhile: Called once, in this thread, while the copy threads work
+            (they import nothing, so this may import: TensorFlow for the checks).
         when_copied: Called once, in this thread, as soon as every file under
             `dest_root` holds its final bytes and every copied source was found
             unchanged; the hashing goes on meanwhile. The serving checks run
@@ -206,6 +208,8 @@ def copy_and_hash(
         max(1, -(-sum(i.size for i in items) // PARALLEL_MIN_BYTES)),
     )
     if threads <= 1:
+        if meanwhile is not None:
+            meanwhile()
         results = {}
         for item in first + final:
             entry = copy_file(item, dest_root, method=method, progress=progress)
@@ -218,23 +222,23 @@ def copy_and_hash(
     ) as pool:
         files: list[_FileCopy] = []
         try:
-            # Every byte placed before any hashing: `when_copied` (the checks) can start
-            # as soon as possible. `last` waits for every other file's bytes.
+            # `last` waits until every other file's bytes are in place.
             for batch in (first, final):
                 started = [_FileCopy(pool, item, dest_root, method, progress) for item in batch]
                 files += started
-                _wait([f for c in started for f in c.placing])
+                if meanwhile is not None:
+                    meanwhile()
+                    meanwhile = None
+                _wait([f for c in started for f in c.placed])
                 for c in started:
                     c.check_copied()
-            for c in files:
-                c.start_hashing(pool)
             if when_copied is not None:
                 when_copied()
-            _wait([f for c in files for f in c.hashing])
+            _wait([f for c in files for f in c.tasks])
             entries = [c.entry() for c in files]
         except BaseException:
             for c in files:
-                for f in c.placing + c.hashing:
+                for f in c.tasks:
                     f.cancel()
             raise
     return {e.path: e for e in entries}
@@ -256,13 +260,16 @@ def _in_pieces(item: CopyItem) -> bool:
 
 
 class _FileCopy:
-    """One file in flight: its bytes placed, then hashed, piece by piece on a pool.
+    """One file in flight on a pool: a task per manifest chunk places its bytes, then hashes them.
 
-    A small file is one task that reads, hashes and writes it. A large one is
-    placed one manifest chunk per task (copied by the kernel, or cloned or
-    linked at once here), then each chunk is hashed from the staged copy: the
-    digests are of the bytes the export holds. The source is stat'ed before and
-    after, so a file written to, replaced or removed meanwhile is an IntegrityError.
+    A small file is one task that reads, hashes and writes it. A large one has a
+    task per chunk that has the kernel copy the chunk, then hashes it from the
+    staged copy: the digest is of the bytes the export holds. Placing and hashing
+    in the same task keeps every core busy while the kernel holds a writer back
+    for the disk to catch up (dirty-page throttling). `placed` completes per
+    chunk once its bytes are in place, so the checks can start before the last
+    hash. The source is stat'ed before and after, so a file written to,
+    replaced or removed meanwhile is an IntegrityError.
     """
 
     def __init__(
@@ -275,50 +282,46 @@ class _FileCopy:
     ) -> None:
         self.item, self.progress = item, progress
         self.dest = os.path.join(dest_root, item.dest)
-        self.hashing: list[concurrent.futures.Future] = []
         if not _in_pieces(item):
-            self.placing = [
-                pool.submit(copy_file, item, dest_root, method=method, progress=progress)
-            ]
+            task = pool.submit(copy_file, item, dest_root, method=method, progress=progress)
+            self.tasks, self.placed = [task], [task]
             return
         with _source_errors(item):
             self.before = os.stat(item.src)
-            hardlinked = method == COPY_HARDLINK and _try_hardlink(item.src, self.dest)
-            reflinked = not hardlinked and method == COPY_AUTO and _try_reflink(item.src, self.dest)
-        self.pieces = split_pieces(self.before.st_size)
-        if hardlinked:
-            # The export shares the source's inode, which others may still write: it is
-            # only in place once hashed (read, never mapped: it can be truncated), and
-            # the source is checked after that.
-            self.placing = [
-                pool.submit(hash_range, item, self.dest, offset, length, progress, mapped=False)
-                for offset, length in self.pieces
-            ]
-        elif reflinked:  # An independent copy sharing the blocks: only to hash.
-            self.placing = []
-        else:
+            self.hardlinked = method == COPY_HARDLINK and _try_hardlink(item.src, self.dest)
+            self.reflinked = (
+                not self.hardlinked and method == COPY_AUTO and _try_reflink(item.src, self.dest)
+            )
+        if not (self.hardlinked or self.reflinked):
             with open(self.dest, 'xb'):
                 pass
-            self.placing = [
-                pool.submit(place_piece, item, self.dest, self.before, offset, length, progress)
-                for offset, length in self.pieces
-            ]
+        self.placed, self.tasks = [], []
+        for offset, length in split_pieces(self.before.st_size):
+            placed: concurrent.futures.Future = concurrent.futures.Future()
+            self.placed.append(placed)
+            self.tasks.append(pool.submit(self._piece, offset, length, placed))
 
-    def start_hashing(self, pool: concurrent.futures.ThreadPoolExecutor) -> None:
-        """Hashes each placed piece the placing did not hash already (a small file's, a fallback's)."""
-        if not _in_pieces(self.item):
-            self.hashing = self.placing
-            return
-        placed = [f.result() for f in self.placing] or [None] * len(self.pieces)
-        for (offset, length), digest in zip(self.pieces, placed, strict=True):
-            if digest is None:  # This export's own copy: mapped, nothing else writes it.
-                future = pool.submit(
-                    hash_range, self.item, self.dest, offset, length, self.progress, mapped=True
+    def _piece(self, offset: int, length: int, placed: concurrent.futures.Future) -> bytes:
+        try:
+            if self.hardlinked:
+                # The source's own inode, which others may still write: in place only once
+                # hashed, and read, never mapped (a mapped file cut short is a SIGBUS).
+                digest = hash_range(
+                    self.item, self.dest, offset, length, self.progress, mapped=False
                 )
+            elif self.reflinked:  # An independent copy sharing the blocks: only to hash.
+                digest = None
             else:
-                future = concurrent.futures.Future()
-                future.set_result(digest)
-            self.hashing.append(future)
+                digest = place_piece(
+                    self.item, self.dest, self.before, offset, length, self.progress
+                )
+        except BaseException as e:
+            placed.set_exception(e)
+            raise
+        placed.set_result(None)
+        if digest is None:  # This export's own copy: mapped, as nothing else writes it.
+            digest = hash_range(self.item, self.dest, offset, length, self.progress, mapped=True)
+        return digest
 
     def check_copied(self) -> None:
         """Fails unless the source is unchanged since its copy began (a small file's: checked)."""
@@ -327,8 +330,8 @@ class _FileCopy:
 
     def entry(self) -> FileEntry:
         if not _in_pieces(self.item):
-            return self.placing[0].result()
-        digests = [f.result() for f in self.hashing]
+            return self.tasks[0].result()
+        digests = [f.result() for f in self.tasks]
         entry = entry_from_chunks(self.item.dest, self.before.st_size, digests)
         entry = finish_split(self.item, self.dest, self.before, entry)
         if self.progress is not None:
