@@ -8,9 +8,8 @@ cd "$(dirname "$0")/.."
 # The reflink test formats a small XFS image (tests/test_transfer.py). As root on
 # Debian, install mkfs.xfs when it is missing; elsewhere that test says what is missing.
 if ! command -v mkfs.xfs >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  apt-get install -y -q xfsprogs >/dev/null 2>&1 \
-    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q xfsprogs >/dev/null 2>&1; } \
-    || echo "bootstrap: could not install xfsprogs (mkfs.xfs)" >&2
+  source scripts/apt_install.sh
+  apt_install xfsprogs || echo "bootstrap: could not install xfsprogs (mkfs.xfs)" >&2
 fi
 
 stamp=.venv/.installed

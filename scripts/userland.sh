@@ -70,7 +70,7 @@ build_rootfs() { # $1: final directory. Built beside it, renamed into place when
   rm -rf "$tmp"
   command -v debootstrap >/dev/null || {
     say "installing debootstrap on the host (apt)"
-    apt-get install -y -q debootstrap >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q debootstrap >/dev/null; }
+    source "$REPO/scripts/apt_install.sh" && apt_install debootstrap
   } || die "debootstrap is missing and could not be installed (apt-get install debootstrap)"
   # The host's default Debian mirror (its apt sources), not a hard-coded one.
   local mirror
@@ -98,7 +98,9 @@ ensure_rootfs() {
       build_rootfs "$root"
       prune "$root" "$CACHE/userland-$SUITE-"
     fi
-  ) 9>"$CACHE/.userland.lock"
+  ) 9>"$CACHE/.userland.lock" || exit $?
+  # Only a finished debootstrap is renamed into place; anything else there is not a userland.
+  [ -x "$root/usr/bin/python3" ] || die "$root is not a complete userland (no /usr/bin/python3): remove it and run again"
   printf '%s' "$root"
 }
 
@@ -232,7 +234,7 @@ ensure_venv() {
 }
 
 setup() { # sets ROOT (userland mode) before any venv work
-  if native; then ROOT=; else ROOT=$(ensure_rootfs) && hold "$ROOT"; fi
+  if native; then ROOT=; else ROOT=$(ensure_rootfs) || exit $?; hold "$ROOT"; fi
 }
 
 describe() { # ENV VENV: the banner over each block of results.
