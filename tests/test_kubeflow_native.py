@@ -73,9 +73,9 @@ def tfx_pushed_model(tmp_path, model_uri: str, export_base: str) -> standard_art
         {keys.MODEL_KEY: [model], keys.MODEL_BLESSING_KEY: [blessing]},
         {keys.PUSHED_MODEL_KEY: [pushed]},
         {
-            keys.NAME_KEY: 'penguin',
-            keys.EXPORT_BASE_KEY: export_base,
-            keys.ASSETS_EXTRA_KEY: json.dumps(ASSETS_EXTRA),
+            'name': 'penguin',
+            'export_base': export_base,
+            'assets_extra': json.dumps(ASSETS_EXTRA),
         },
     )
     return pushed

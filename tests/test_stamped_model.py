@@ -59,7 +59,7 @@ def _run_executor(tmp_path, blessing, export_base, **params):
     Executor(base_beam_executor.BaseBeamExecutor.Context()).Do(
         {keys.INFRA_BLESSING_KEY: [blessing]},
         {keys.PUSHED_MODEL_KEY: [pushed]},
-        {keys.NAME_KEY: 'penguin', keys.EXPORT_BASE_KEY: export_base, **params},
+        {'name': 'penguin', 'export_base': export_base, **params},
     )
     return pushed
 
