@@ -14,7 +14,7 @@ import logging
 import shlex
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
 from final_exporter.common import compat, keys
@@ -78,12 +78,14 @@ def _add_export(commands: Any) -> None:
     )
     for key, text in _INPUT_HELP.items():
         export.add_argument(flag(key), metavar='PATH', help=text)
-    registry = export.add_argument_group(
-        'Vertex AI Model Registry', 'register the export (gs:// export base) as a model version'
+    params = ExportConfig.parameters()
+    add_parameter_options(export, [p for p in params if not p.name.startswith(REGISTRY_PREFIX)])
+    add_parameter_options(
+        export.add_argument_group(
+            'Vertex AI Model Registry', 'register the export (gs:// export base) as a model version'
+        ),
+        [p for p in params if p.name.startswith(REGISTRY_PREFIX)],
     )
-    for param in ExportConfig.parameters():
-        group = registry if param.name.startswith(REGISTRY_PREFIX) else export
-        group.add_argument(flag(param.name), **_option(param))
     export.add_argument(
         '--beam-pipeline-args',
         metavar='ARGS',
@@ -101,6 +103,29 @@ def _add_export(commands: Any) -> None:
     export.add_argument('--workers', type=int, default=None, help='copy threads')
     export.add_argument('--json', action='store_true', help='print the result as one JSON object')
     export.set_defaults(func=_export)
+
+
+def add_parameter_options(parser: Any, params: Iterable[Parameter]) -> None:
+    """Adds each parameter's option, as its `ExportConfig` field declares it, to `parser`.
+
+    Args:
+        parser: An `argparse.ArgumentParser` or argument group.
+        params: Parameters from `ExportConfig.parameters()`.
+    """
+    for param in params:
+        parser.add_argument(flag(param.name), **_option(param))
+
+
+def parameter_values(args: argparse.Namespace, params: Iterable[Parameter]) -> dict[str, Any]:
+    """The parsed values of `add_parameter_options`, as `ExportConfig` takes them.
+
+    Raises:
+        InvalidInputError: for a repeated key of a `KEY=VALUE` option.
+    """
+    return {
+        p.name: _mapping(p, getattr(args, p.name)) if p.is_mapping else getattr(args, p.name)
+        for p in params
+    }
 
 
 def _option(param: Parameter) -> dict[str, Any]:
@@ -178,13 +203,7 @@ def _add_list(commands: Any) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    # Every ExportConfig field has the option of the same name (_add_export).
-    config = ExportConfig(
-        **{
-            p.name: _mapping(p, getattr(args, p.name)) if p.is_mapping else getattr(args, p.name)
-            for p in ExportConfig.parameters()
-        }
-    )
+    config = ExportConfig(**parameter_values(args, ExportConfig.parameters()))
     blessings = [
         blessing_from_folder(kind, path)
         for kind, path in (
