@@ -49,10 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('-v', '--verbose', action='store_true', help='log each step')
     commands = parser.add_subparsers(dest='command', required=True, parser_class=_Parser)
     _add_export(commands)
-    _add_verify(commands)
-    _add_label(commands)
-    _add_rollback(commands)
-    _add_list(commands)
+    _add_maintenance(commands)
     return parser
 
 
@@ -161,16 +158,18 @@ def _pair(text: str, *, metavar: str) -> tuple[str, str]:
     return key, value
 
 
-def _add_verify(commands: Any) -> None:
-    verify = commands.add_parser('verify', help='check an export against its manifest')
+def _add_maintenance(commands: Any) -> None:
+    """verify, label, rollback and list: the commands on exports already published."""
+
+    def command(name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
+        parser = commands.add_parser(name, help=help_text)
+        parser.set_defaults(func=func)
+        return parser
+
+    verify = command('verify', 'check an export against its manifest', _verify)
     verify.add_argument('export_dir', metavar='EXPORT_DIR')
-    verify.add_argument('--json', action='store_true')
-    verify.set_defaults(func=_verify)
-
-
-def _add_label(commands: Any) -> None:
-    label = commands.add_parser(
-        'label', help='point a TensorFlow Serving version label at a version (models.config)'
+    label = command(
+        'label', 'point a TensorFlow Serving version label at a version (models.config)', _label
     )
     label.add_argument('model_base', metavar='BASE/NAME')
     label.add_argument('version', type=int, metavar='VERSION')
@@ -180,26 +179,16 @@ def _add_label(commands: Any) -> None:
         action='store_true',
         help='move the label even to a version the server was not yet asked to load',
     )
-    label.add_argument('--json', action='store_true')
-    label.set_defaults(func=_label)
-
-
-def _add_rollback(commands: Any) -> None:
-    rollback = commands.add_parser(
-        'rollback', help='move a label (default: stable) to the previous verified version'
+    rollback = command(
+        'rollback', 'move a label (default: stable) to the previous verified version', _rollback
     )
     rollback.add_argument('model_base', metavar='BASE/NAME')
     rollback.add_argument('--label', default='stable')
     rollback.add_argument('--force', action='store_true')
-    rollback.add_argument('--json', action='store_true')
-    rollback.set_defaults(func=_rollback)
-
-
-def _add_list(commands: Any) -> None:
-    listing = commands.add_parser('list', help='list the versions under BASE/NAME, newest first')
+    listing = command('list', 'list the versions under BASE/NAME, newest first', _list)
     listing.add_argument('model_base', metavar='BASE/NAME')
-    listing.add_argument('--json', action='store_true')
-    listing.set_defaults(func=_list)
+    for parser in (verify, label, rollback, listing):
+        parser.add_argument('--json', action='store_true')
 
 
 def _export(args: argparse.Namespace) -> int:
