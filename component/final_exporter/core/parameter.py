@@ -87,6 +87,7 @@ def docstring_section(title: str, entries: Mapping[str, str], indent: str = '') 
 
 
 def default_of(field: dataclasses.Field) -> Any:
+    """The field's default value (a fresh one from its factory); `MISSING` when required."""
     if field.default_factory is not dataclasses.MISSING:
         return field.default_factory()
     return field.default
@@ -102,7 +103,18 @@ def param(
     choices: Sequence[str] = (),
     switch: bool = False,
 ) -> Any:
-    """A field of `ExportConfig` with its description and command-line form."""
+    """A field of `ExportConfig` that declares a parameter: its default, description and CLI form.
+
+    Args:
+        kind: How it travels as an execution property: `STR`, `FLAG`, `INT`, `FLOAT`, `JSON`.
+        default: Its default; a callable (`list`, `dict`) makes a fresh one each time.
+            Left out: the parameter is required.
+        summary: One sentence; the CLI's help shows it alone.
+        details: The rest; the docs, docstrings and kfp specs show both.
+        metavar: As `Parameter.metavar`.
+        choices: As `Parameter.choices`.
+        switch: As `Parameter.switch`.
+    """
     metadata = {
         'kind': kind,
         'summary': summary,
