@@ -102,23 +102,13 @@ def test_flags_override_environment(environ, pipeline_job, tmp_path):
 def test_registry_options_reach_the_final_exporter_step(environ, pipeline_job, tmp_path):
     output = str(tmp_path / 'pipeline.json')
 
+    registry = (
+        '--vertex-model penguin --vertex-region europe-west4 --vertex-version-aliases candidate '
+        '--vertex-labels team=fraud-ml stage=demo --no-vertex-is-default-version'
+    )
+
     kubeflow_v2_runner.main(
-        [
-            '--output',
-            output,
-            '--export-base',
-            'gs://serving-bucket/models',
-            '--vertex-model',
-            'penguin',
-            '--vertex-region',
-            'europe-west4',
-            '--vertex-version-aliases',
-            'candidate',
-            '--vertex-labels',
-            'team=fraud-ml',
-            'stage=demo',
-            '--no-vertex-is-default-version',
-        ],
+        ['--output', output, '--export-base', 'gs://serving-bucket/models', *registry.split()],
         environ=environ,
     )
 
