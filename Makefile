@@ -4,7 +4,7 @@
 VENV := .venv/bin
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: venv demo test soak benchmark lint format constraints
+.PHONY: venv demo test soak benchmark lint format docs constraints
 
 venv:
 	bash scripts/bootstrap.sh
@@ -28,11 +28,15 @@ benchmark: venv
 	$(VENV)/python benchmarks/large_model_benchmark.py --repeats 5 --plot docs/large_models.png
 
 lint: venv
-	$(VENV)/ruff check component pipelines tests
+	$(VENV)/ruff check component pipelines tests scripts
 
 format: venv
-	$(VENV)/ruff format component pipelines tests
-	$(VENV)/ruff check --fix component pipelines tests
+	$(VENV)/ruff format component pipelines tests scripts
+	$(VENV)/ruff check --fix component pipelines tests scripts
+
+# The parameter table of docs/parameters.md, from ExportConfig (tests/test_docs.py checks it).
+docs: venv
+	$(VENV)/python scripts/parameters_doc.py
 
 # One constraints file per tested environment; each written as <file>.new for review.
 constraints: venv

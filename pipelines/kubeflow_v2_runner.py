@@ -3,13 +3,17 @@
 Usage:
     python -m pipelines.kubeflow_v2_runner --pipeline-root gs://BUCKET/root \\
         [--image IMAGE] [--export-base gs://BUCKET/serving] [--output FILE] \\
+        [--vertex-model MODEL [--vertex-version-aliases ALIAS ...] ...] \\
         [--submit --project PROJECT --region REGION [--service-account SA]]
 
 Every flag has an environment variable (shown in `--help`). The image defaults
 to the one `skaffold build -f build.yaml` tags from the same environment:
 `$SKAFFOLD_DEFAULT_REPO/tfx-final-exporter:$IMAGE_TAG`, or `$FINAL_EXPORTER_IMAGE`.
-Nothing is sent to Google Cloud unless `--submit` is given (but TFX writes the
-Trainer's module file, packaged as a wheel, under the pipeline root while it compiles).
+The `--vertex-*` options are FinalExporter's Vertex AI Model Registry parameters
+(`final-exporter export --help`): with `--vertex-model` and a `gs://` export base, each
+export also becomes a version of that model. Nothing is sent to Google Cloud unless
+`--submit` is given (but TFX writes the Trainer's module file, packaged as a wheel, under
+the pipeline root while it compiles).
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from typing import Any
 
 from absl import logging
 
-from final_exporter.adapters.kfp import component_image
-from final_exporter.core.config import ExportConfig
+from final_exporter.adapters.cli import add_parameter_options, parameter_values
+from final_exporter.common.errors import InvalidInputError
+from final_exporter.core.config import REGISTRY_PREFIX, ExportConfig
+from final_exporter.kfp import component_image
 from pipelines import penguin_pipeline
 
 PIPELINE_NAME = 'penguin-final-exporter'
@@ -63,6 +69,7 @@ def compile_pipeline(
     enable_cache: bool = True,
     schema_version: str = SCHEMA_VERSIONS[0],
     pipeline_name: str = PIPELINE_NAME,
+    registry: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Compiles the demo pipeline with `KubeflowV2DagRunner` into a pipeline job JSON.
 
@@ -77,9 +84,13 @@ def compile_pipeline(
         schema_version: `2.1.0` (Kubeflow Pipelines 2.x and Vertex AI) or `2.0.0`
             (Vertex AI only).
         pipeline_name: Pipeline name (Vertex AI: lower case, digits and hyphens).
+        registry: FinalExporter's `vertex_*` parameters (Vertex AI Model Registry).
 
     Returns:
         The compiled pipeline job as a dict (also written to `output_file`).
+
+    Raises:
+        InvalidInputError: for a registry parameter FinalExporter refuses.
     """
     if schema_version not in SCHEMA_VERSIONS:
         raise ValueError(f'schema_version must be one of {SCHEMA_VERSIONS}, got {schema_version!r}')
@@ -95,7 +106,7 @@ def compile_pipeline(
         metadata_path=None,
         enable_cache=enable_cache,
     )
-    set_exporter_for_image(pipeline, export_base)
+    set_exporter_for_image(pipeline, export_base, registry)
     output_dir, filename = os.path.split(os.path.abspath(output_file))
     runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
         config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(
@@ -114,13 +125,16 @@ def in_image(path: str) -> str:
     return path
 
 
-def set_exporter_for_image(pipeline: Any, export_base: str) -> None:
+def set_exporter_for_image(
+    pipeline: Any, export_base: str, registry: Mapping[str, Any] | None = None
+) -> None:
     """Points the demo's FinalExporter at `export_base` and at its files' paths in the image.
 
     The demo names its `serving_fn` module and `assets_extra` files by their
     paths in this checkout; in the containers they are under /pipeline. Its
-    `exports_to_keep` holds on a bucket as on a local export base. The result is
-    validated as `ExportConfig` validates any FinalExporter's parameters.
+    `exports_to_keep` holds on a bucket as on a local export base. `registry`
+    (the `vertex_*` parameters) is set here too, where the export base is known.
+    The result is validated as `ExportConfig` validates any FinalExporter's parameters.
     """
     from final_exporter.adapters.tfx.component import FinalExporter
 
@@ -134,6 +148,7 @@ def set_exporter_for_image(pipeline: Any, export_base: str) -> None:
         'export_base': export_base,
         'serving_fn': serving_fn,
         'assets_extra': {dest: in_image(src) for dest, src in config.assets_extra.items()},
+        **(registry or {}),
     }
     exporter.exec_properties.update(dataclasses.replace(config, **changes).to_exec_properties())
 
@@ -213,7 +228,19 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument(
         '--submit', action='store_true', help='submit the compiled pipeline to Vertex AI'
     )
+    add_parameter_options(
+        parser.add_argument_group(
+            'FinalExporter: Vertex AI Model Registry',
+            'register each export (gs:// export base) as a model version',
+        ),
+        registry_parameters(),
+    )
     return parser
+
+
+def registry_parameters() -> list[Any]:
+    """FinalExporter's Vertex AI Model Registry parameters, as `ExportConfig` declares them."""
+    return [p for p in ExportConfig.parameters() if p.name.startswith(REGISTRY_PREFIX)]
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -241,15 +268,19 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
     logging.set_verbosity(logging.INFO)
     export_base = args.export_base or default_export_base(args.pipeline_root)
-    compile_pipeline(
-        output_file=args.output,
-        image=args.image,
-        pipeline_root=args.pipeline_root,
-        export_base=export_base,
-        data_root=args.data_root,
-        enable_cache=not args.no_cache,
-        schema_version=args.schema_version,
-    )
+    try:
+        compile_pipeline(
+            output_file=args.output,
+            image=args.image,
+            pipeline_root=args.pipeline_root,
+            export_base=export_base,
+            data_root=args.data_root,
+            enable_cache=not args.no_cache,
+            schema_version=args.schema_version,
+            registry=parameter_values(args, registry_parameters()),
+        )
+    except InvalidInputError as e:
+        parser.error(str(e))
     print(f'Compiled {args.output} (image {args.image}, exports to {export_base}/penguin/).')
     if args.submit:
         job = submit_pipeline(

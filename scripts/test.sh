@@ -15,8 +15,8 @@ prepare=$!
 trap 'kill "$prepare" 2>/dev/null || true' EXIT
 
 bash scripts/bootstrap.sh
-.venv/bin/ruff check component pipelines tests
-.venv/bin/ruff format --check component pipelines tests
+.venv/bin/ruff check component pipelines tests scripts
+.venv/bin/ruff format --check component pipelines tests scripts
 
 printf '\n==== environment host: Python 3.10 + TFX 1.16 (.venv), the whole suite ====\n'
 .venv/bin/python -c 'import platform, importlib.metadata as m; print("     Python %s, glibc %s, TFX %s, TF %s, kfp %s, Beam %s, protobuf %s" % (platform.python_version(), platform.libc_ver()[1], *(m.version(p) for p in ("tfx", "tensorflow", "kfp", "apache-beam", "protobuf"))))'

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from final_exporter import FinalExporterSpec
 from final_exporter.adapters.cli import build_parser, flag
+from final_exporter.adapters.tfx.spec import FinalExporterSpec
 from final_exporter.common import keys
 from final_exporter.storage.manifest import manifest_bytes
 

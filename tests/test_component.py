@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import pytest
 from tfx import types
 from tfx.types import standard_artifacts
 
-from final_exporter import FinalExporter, FinalExporterSpec
+from final_exporter import ExportConfig, FinalExporter
+from final_exporter.adapters.tfx.spec import FinalExporterSpec
 from final_exporter.common import keys
 
 
@@ -40,33 +42,28 @@ def test_spec_declares_inputs_outputs_and_parameters():
         keys.EXAMPLES_KEY,
     }
     assert set(FinalExporterSpec.OUTPUTS) == {keys.PUSHED_MODEL_KEY}
-    assert set(FinalExporterSpec.PARAMETERS) == {
-        keys.NAME_KEY,
-        keys.EXPORT_BASE_KEY,
-        keys.SERVING_FN_KEY,
-        keys.ASSETS_EXTRA_KEY,
-        keys.AS_TEXT_KEY,
-        keys.REQUIRE_BLESSING_KEY,
-        keys.COPY_METHOD_KEY,
-        keys.SMOKE_TEST_KEY,
-        keys.SIGNATURE_NAME_KEY,
-        keys.EXAMPLES_SPLIT_KEY,
-        keys.PARITY_SAMPLE_SIZE_KEY,
-        keys.PARITY_TOLERANCE_KEY,
-        keys.WARMUP_REQUESTS_KEY,
-        keys.EXPORTS_TO_KEEP_KEY,
-        keys.LABEL_KEY,
-        keys.PARANOID_VERIFY_KEY,
-        keys.VERTEX_MODEL_KEY,
-        keys.VERTEX_PROJECT_KEY,
-        keys.VERTEX_REGION_KEY,
-        keys.VERTEX_SERVING_IMAGE_KEY,
-        keys.VERTEX_VERSION_ALIASES_KEY,
-        keys.VERTEX_LABELS_KEY,
-        keys.VERTEX_VERSION_DESCRIPTION_KEY,
-        keys.VERTEX_IS_DEFAULT_VERSION_KEY,
-        keys.VERTEX_ENCRYPTION_KEY_KEY,
-    }
+    assert set(FinalExporterSpec.PARAMETERS) == set(ExportConfig.field_names())
+
+
+def test_constructor_takes_every_export_config_field_with_its_default():
+    # Written out for TFX users and IDEs; kept equal to ExportConfig here.
+    signature = dict(inspect.signature(FinalExporter.__init__).parameters)
+    del signature['self']
+    assert set(signature) == set(ExportConfig.field_names()) | set(FinalExporterSpec.INPUTS)
+    for name in FinalExporterSpec.INPUTS:
+        assert signature[name].default is None, name
+    for param in ExportConfig.parameters():
+        default = signature[param.name].default
+        if param.required:
+            assert default == '', f'{param.name}: required, so "" (refused) by default'
+        elif param.is_list or param.is_mapping:
+            assert default is None, f'{param.name}: None stands for the empty default'
+        else:
+            assert default == param.default and type(default) is type(param.default), param.name
+    assert '\n        Args:' in FinalExporter.__init__.__doc__
+    for name in ExportConfig.field_names():
+        # Described in ExportConfig alone.
+        assert f'    {name}:' not in FinalExporter.__init__.__doc__, name
 
 
 def test_output_is_a_pushed_model_channel():
@@ -87,12 +84,12 @@ def test_parameters_are_stored_as_primitives():
     )
 
     props = exporter.exec_properties
-    assert props[keys.NAME_KEY] == 'penguin'
-    assert props[keys.EXPORT_BASE_KEY] == '/srv/models'
-    assert json.loads(props[keys.ASSETS_EXTRA_KEY]) == {'labels/classes.txt': '/data/classes.txt'}
-    assert props[keys.AS_TEXT_KEY] == 1
-    assert props[keys.REQUIRE_BLESSING_KEY] == 1
-    assert props[keys.SERVING_FN_KEY] == 'test_component:module_level_serving_fn'
+    assert props['name'] == 'penguin'
+    assert props['export_base'] == '/srv/models'
+    assert json.loads(props['assets_extra']) == {'labels/classes.txt': '/data/classes.txt'}
+    assert props['as_text'] == 1
+    assert props['require_blessing'] == 1
+    assert props['serving_fn'] == 'test_component:module_level_serving_fn'
 
 
 def test_no_blessing_needs_explicit_opt_out():
@@ -100,7 +97,7 @@ def test_no_blessing_needs_explicit_opt_out():
         make(model_blessing=None)
 
     exporter = make(model_blessing=None, require_blessing=False)
-    assert exporter.exec_properties[keys.REQUIRE_BLESSING_KEY] == 0
+    assert exporter.exec_properties['require_blessing'] == 0
 
 
 def test_infra_blessing_alone_is_enough():

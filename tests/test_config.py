@@ -69,7 +69,7 @@ def test_exec_properties_round_trip():
 
 @pytest.mark.parametrize(('raw', 'expected'), [(1.0, True), (0.0, False), ('1', True), (0, False)])
 def test_flags_accept_the_float_form_vertex_returns(raw, expected):
-    props = {keys.NAME_KEY: 'm', keys.EXPORT_BASE_KEY: '/b', keys.AS_TEXT_KEY: raw}
+    props = {'name': 'm', 'export_base': '/b', 'as_text': raw}
 
     assert ExportConfig.from_exec_properties(props).as_text is expected
 
@@ -80,7 +80,7 @@ def test_bad_flag_value_names_the_parameter():
 
 
 def test_assets_extra_that_is_not_json_is_refused():
-    props = {keys.NAME_KEY: 'm', keys.EXPORT_BASE_KEY: '/b', keys.ASSETS_EXTRA_KEY: '{not json'}
+    props = {'name': 'm', 'export_base': '/b', 'assets_extra': '{not json'}
 
     with pytest.raises(InvalidInputError, match='assets_extra must be a JSON object'):
         ExportConfig.from_exec_properties(props)

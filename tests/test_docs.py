@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import importlib.util
 import re
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from final_exporter.core.config import ExportConfig
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / 'docs'
 PACKAGE = REPO / 'component' / 'final_exporter'
+SCRIPTS = REPO / 'scripts'
 PAGES = [REPO / 'README.md', *sorted(DOCS.glob('*.md'))]
 # The component's inputs, documented in the same table as the parameters.
 INPUTS = {
@@ -99,8 +101,48 @@ def test_documented_defaults_are_the_defaults_of_export_config():
         )
         assert _parse_default(cell) == default, f'{field.name}: documented {cell}, is {default!r}'
     for name in INPUTS:
-        expected = 'required' if name == keys.MODEL_KEY else '`None`'
-        assert rows[name] == expected, f'input {name}: documented default {rows[name]}'
+        # `model` too: FinalExporter takes infra_blessing alone (the stamped model).
+        assert rows[name] == '`None`', f'input {name}: documented default {rows[name]}'
+
+
+def _parameters_doc():
+    spec = importlib.util.spec_from_file_location('parameters_doc', SCRIPTS / 'parameters_doc.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_parameter_table_is_the_one_the_script_writes():
+    page = _read(DOCS / 'parameters.md')
+
+    assert _parameters_doc().page_with_table(page) == page, (
+        'docs/parameters.md: the parameter table is out of date; run `make docs`'
+    )
+
+
+def _plain(text: str) -> str:
+    return ' '.join(text.replace('`', '').split())
+
+
+def _string_constants(path: Path) -> list[str]:
+    """Every string literal of a module (adjacent ones joined, as Python joins them)."""
+    return [
+        _plain(node.value)
+        for node in ast.walk(ast.parse(_read(path)))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    ]
+
+
+def test_each_parameter_description_is_written_once_in_the_source():
+    strings = {p: _string_constants(p) for p in sorted(PACKAGE.rglob('*.py'))}
+    for param in ExportConfig.parameters():
+        for sentence in re.split(r'(?<=\.) ', param.description()):
+            if len(sentence) < 40:
+                continue  # Short phrases may recur, e.g. "Local folders, gs:// and s3://."
+            wanted = _plain(sentence)
+            found = [(p, n) for p, texts in strings.items() for n in texts if wanted in n]
+            assert len(found) <= 1, f'{param.name}: {sentence!r} is written {len(found)} times'
+            assert all(p.name == 'config.py' for p, _ in found), (param.name, found)
 
 
 # The CLI synopsis.

@@ -1,4 +1,4 @@
-"""`final_exporter.adapters.kfp`: the export as Kubeflow Pipelines v2 components, for kfp-only pipelines.
+"""`final_exporter.kfp`: the export as Kubeflow Pipelines v2 components, for kfp-only pipelines.
 
 `kfp.local` (2.5, SubprocessRunner) runs single components whose inputs are
 parameters only, so it runs `final_export_from_uri` on a real model. The
@@ -22,16 +22,19 @@ from kfp.local import config as local_config
 from tfx.dsl.components.base import base_beam_executor
 from tfx.types import standard_artifacts
 
+from final_exporter import kfp as public_kfp
 from final_exporter.adapters import kfp as final_exporter_kfp
-from final_exporter.adapters.kfp import final_export, final_export_from_uri
 from final_exporter.adapters.tfx.executor import Executor
 from final_exporter.adapters.tfx.spec import FinalExporterSpec
 from final_exporter.common import keys
 from final_exporter.core.config import ExportConfig
+from final_exporter.kfp import final_export, final_export_from_uri
 from final_exporter.storage.verify import verify_export
 from kfp_support import launcher
+from test_public_api import PUBLIC
+from test_stamped_model import infra_blessing_as_written
 
-from conftest import KERAS_MODEL, PENGUIN_EVAL, assert_nothing_written
+from conftest import KERAS_MODEL, PENGUIN_EVAL, assert_nothing_written, tree_files
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES_FILE = os.path.join(REPO_ROOT, 'pipelines', 'data', 'classes.txt')
@@ -73,9 +76,9 @@ def tfx_pushed_model(tmp_path, model_uri: str, export_base: str) -> standard_art
         {keys.MODEL_KEY: [model], keys.MODEL_BLESSING_KEY: [blessing]},
         {keys.PUSHED_MODEL_KEY: [pushed]},
         {
-            keys.NAME_KEY: 'penguin',
-            keys.EXPORT_BASE_KEY: export_base,
-            keys.ASSETS_EXTRA_KEY: json.dumps(ASSETS_EXTRA),
+            'name': 'penguin',
+            'export_base': export_base,
+            'assets_extra': json.dumps(ASSETS_EXTRA),
         },
     )
     return pushed
@@ -182,6 +185,25 @@ def test_components_take_the_tfx_component_parameters_with_the_same_defaults():
     assert outputs['pushed_model'].type == 'system.Artifact@0.0.1'
     assert outputs['report'].type == 'system.Markdown@0.0.1'
     assert {'pushed', 'version', 'destination'} <= set(outputs)
+
+
+def test_public_module_names_exactly_the_components_and_the_internal_path_the_same_objects():
+    assert set(public_kfp.__all__) == PUBLIC['final_exporter.kfp']
+    for name in public_kfp.__all__:
+        assert getattr(public_kfp, name) is getattr(final_exporter_kfp, name), name
+    # What compiled components run in their containers (kfp writes these imports).
+    assert callable(final_exporter_kfp.export_for_kfp)
+    assert final_exporter_kfp.VertexModel.__module__ == 'final_exporter.adapters.kfp'
+
+
+def test_component_specs_describe_each_parameter_as_export_config_does():
+    for component in (final_export, final_export_from_uri):
+        spec = component.component_spec
+        for param in ExportConfig.parameters():
+            described = ' '.join(spec.inputs[param.name].description.split())
+            assert described == param.description(markdown=False), (component.name, param.name)
+        for name, io in [*spec.inputs.items(), *spec.outputs.items()]:
+            assert io.description, f'{component.name}: {name} has no description'
 
 
 @pytest.fixture
@@ -327,3 +349,62 @@ def test_model_folder_given_as_a_plain_saved_model_works_too(kfp_local, export_b
     )
 
     assert verify_export(task.outputs['destination']).ok
+
+
+def test_compiled_component_without_model_exports_the_stamped_model_of_the_infra_blessing(
+    compiled_component, export_base, tmp_path
+):
+    blessing = infra_blessing_as_written(str(tmp_path / 'InfraValidator' / 'blessing' / '5'), True)
+    step = launcher.step(launcher.load_pipeline_spec(compiled_component), 'final-export')
+    inputs = step['component']['inputDefinitions']
+    assert inputs['artifacts']['model']['isOptional'] is True
+    # As the KFP launcher hands over a TFX InfraBlessing: its custom properties as metadata.
+    metadata = {keys.BLESSED_PROPERTY: 1, keys.HAS_MODEL_PROPERTY: 1}
+    invocation = launcher.executor_input(
+        step['component'],
+        input_artifacts={
+            'infra_blessing': launcher.runtime_artifact(
+                inputs, 'infra_blessing', blessing.uri, artifact_id=21, metadata=metadata
+            ),
+        },
+        parameters={'name': 'penguin', 'export_base': export_base},
+        output_root=str(tmp_path / 'final_export'),
+    )
+
+    process, output = launcher.run_step(step['executor'], invocation, cwd=str(tmp_path))
+
+    assert process.returncode == 0, launcher.failure_message(process)
+    export_dir = output['parameterValues']['destination']
+    assert verify_export(export_dir).ok
+    stamped = os.path.join(blessing.uri, keys.STAMPED_MODEL_DIR)
+    exported = tree_files(export_dir)
+    exported.pop(keys.MANIFEST_RELPATH)
+    assert exported == tree_files(stamped)
+    meta = launcher.output_artifact(output, 'pushed_model')['metadata']
+    assert meta[keys.SOURCE_MODEL_URI_KEY] == stamped
+    # The smoke test replayed InfraValidator's warmup requests, as in the TFX component.
+    assert json.loads(meta[keys.WARMUP_LINEAGE_KEY]) == {'count': 1, 'source': 'supplied'}
+
+
+def test_compiled_component_without_model_and_no_stamped_model_fails_naming_what_to_wire(
+    compiled_component, export_base, make_blessing, tmp_path
+):
+    step = launcher.step(launcher.load_pipeline_spec(compiled_component), 'final-export')
+    inputs = step['component']['inputDefinitions']
+    invocation = launcher.executor_input(
+        step['component'],
+        input_artifacts={
+            'infra_blessing': launcher.runtime_artifact(
+                inputs, 'infra_blessing', make_blessing(infra=True), artifact_id=21
+            ),
+        },
+        parameters={'name': 'penguin', 'export_base': export_base},
+        output_root=str(tmp_path / 'final_export'),
+    )
+
+    process, _ = launcher.run_step(step['executor'], invocation, cwd=str(tmp_path))
+
+    assert process.returncode != 0
+    assert 'no stamped_model folder' in process.stderr
+    assert 'make_warmup' in process.stderr
+    assert_nothing_written(export_base)

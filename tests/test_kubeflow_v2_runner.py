@@ -99,6 +99,52 @@ def test_flags_override_environment(environ, pipeline_job, tmp_path):
     assert 'cachingOptions' not in exporter['task']
 
 
+def test_registry_options_reach_the_final_exporter_step(environ, pipeline_job, tmp_path):
+    output = str(tmp_path / 'pipeline.json')
+
+    registry = (
+        '--vertex-model penguin --vertex-region europe-west4 --vertex-version-aliases candidate '
+        '--vertex-labels team=fraud-ml stage=demo --no-vertex-is-default-version'
+    )
+
+    kubeflow_v2_runner.main(
+        ['--output', output, '--export-base', 'gs://serving-bucket/models', *registry.split()],
+        environ=environ,
+    )
+
+    exporter = launcher.step(launcher.load_pipeline_spec(output), 'FinalExporter')
+    parameters = launcher.constant_parameters(exporter['task'])
+    assert parameters['vertex_model'] == 'penguin'
+    assert parameters['vertex_region'] == 'europe-west4'
+    assert json.loads(parameters['vertex_version_aliases']) == ['candidate']
+    assert json.loads(parameters['vertex_labels']) == {'stage': 'demo', 'team': 'fraud-ml'}
+    assert parameters['vertex_is_default_version'] == 0
+    # The demo's own settings stay.
+    assert parameters['exports_to_keep'] == 3
+
+
+@pytest.mark.parametrize(
+    ('argv', 'message'),
+    [
+        (['--vertex-model', 'penguin'], 'vertex_model needs a gs:// export_base'),
+        (['--vertex-labels', 'team=ml'], 'vertex_labels given without vertex_model'),
+        (
+            ['--export-base', 'gs://b/m', '--vertex-model', 'penguin', '--vertex-labels', 'Team=x'],
+            "key 'Team' is not a Vertex AI label key",
+        ),
+    ],
+)
+def test_refused_registry_options_are_a_usage_error_naming_them(
+    environ, pipeline_job, capsys, tmp_path, argv, message
+):
+    with pytest.raises(SystemExit) as exit_info:
+        kubeflow_v2_runner.main(['--output', str(tmp_path / 'p.json'), *argv], environ=environ)
+
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / 'p.json')
+
+
 def test_submit_sends_the_compiled_file_to_vertex_pipelines(environ, pipeline_job, tmp_path):
     output = str(tmp_path / 'pipeline.json')
 

@@ -29,7 +29,7 @@ from final_exporter.storage.verify import verify_export
 from conftest import KERAS_MODEL, assert_nothing_written, penguin_examples, tree_files
 
 
-def _infra_blessing(uri: str, make_warmup: bool) -> standard_artifacts.InfraBlessing:
+def infra_blessing_as_written(uri: str, make_warmup: bool) -> standard_artifacts.InfraBlessing:
     """An InfraBlessing as InfraValidator writes it after a successful validation."""
     blessing = standard_artifacts.InfraBlessing()
     blessing.uri = uri
@@ -50,7 +50,9 @@ def _infra_blessing(uri: str, make_warmup: bool) -> standard_artifacts.InfraBles
 
 @pytest.fixture
 def stamped_blessing(tmp_path) -> standard_artifacts.InfraBlessing:
-    return _infra_blessing(str(tmp_path / 'InfraValidator' / 'blessing' / '5'), make_warmup=True)
+    return infra_blessing_as_written(
+        str(tmp_path / 'InfraValidator' / 'blessing' / '5'), make_warmup=True
+    )
 
 
 def _run_executor(tmp_path, blessing, export_base, **params):
@@ -59,7 +61,7 @@ def _run_executor(tmp_path, blessing, export_base, **params):
     Executor(base_beam_executor.BaseBeamExecutor.Context()).Do(
         {keys.INFRA_BLESSING_KEY: [blessing]},
         {keys.PUSHED_MODEL_KEY: [pushed]},
-        {keys.NAME_KEY: 'penguin', keys.EXPORT_BASE_KEY: export_base, **params},
+        {'name': 'penguin', 'export_base': export_base, **params},
     )
     return pushed
 
@@ -83,7 +85,7 @@ def test_stamped_model_is_exported_with_its_warmup_requests(
 
 
 def test_infra_blessing_without_a_stamped_model_is_refused_with_the_reason(tmp_path, export_base):
-    blessing = _infra_blessing(str(tmp_path / 'InfraValidator' / 'blessing' / '6'), False)
+    blessing = infra_blessing_as_written(str(tmp_path / 'InfraValidator' / 'blessing' / '6'), False)
 
     with pytest.raises(InvalidInputError, match=r'holds no model \(has_model=0\).*make_warmup'):
         _run_executor(tmp_path, blessing, export_base)

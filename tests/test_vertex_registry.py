@@ -99,8 +99,10 @@ def test_export_becomes_a_new_version_of_an_existing_parent_and_aliases_move(
         model_uri, gcs_base, vertex_model='penguin', vertex_version_aliases=['candidate']
     )
 
-    (upload, *_) = [r for m, r in vertex.calls if m == 'UploadModel']
-    assert upload.parent_model == parent
+    uploads = [r for m, r in vertex.calls if m == 'UploadModel']
+    assert [u.parent_model for u in uploads] == [parent, parent]
+    # The API requires a display name on a new version too: the parent's, as the SDK sends.
+    assert [u.model.display_name for u in uploads] == ['penguin', 'penguin']
     v1, v2, v3 = vertex.models[parent]
     assert second.lineage[keys.VERTEX_MODEL_VERSION_ID_KEY] == '2'
     assert third.lineage[keys.VERTEX_MODEL_VERSION_ID_KEY] == '3'
@@ -119,6 +121,8 @@ def test_parent_given_by_resource_name_is_created_with_that_id(vertex, gcs_base,
     second = export(model_uri, gcs_base, vertex_model=parent, vertex_project='', vertex_region='')
 
     assert [v.version_id for v in vertex.models[parent]] == ['1', '2']
+    # Created with the export's name, which the new version then takes from its parent.
+    assert [v.display_name for v in vertex.models[parent]] == ['penguin', 'penguin']
     assert first.lineage[keys.VERTEX_MODEL_RESOURCE_KEY] == parent
     assert second.lineage[keys.VERTEX_MODEL_VERSION_ID_KEY] == '2'
 

@@ -136,11 +136,13 @@ class VertexModelService:
 
     def upload_model(self, request: types.UploadModelRequest, context) -> operations_pb2.Operation:
         self._enter('UploadModel', request, context)
+        if not request.model.display_name:
+            # google.cloud.aiplatform.v1.Model.display_name is REQUIRED, on a new version too.
+            raise _RpcError(grpc.StatusCode.INVALID_ARGUMENT, 'model.display_name is required')
         with self._lock:
             version = types.Model.deserialize(types.Model.serialize(request.model))
             if request.parent_model:
                 name, versions, _ = self._model(request.parent_model)
-                version.display_name = versions[0].display_name
                 taken = {a for v in versions for a in v.version_aliases} - {'default'}
                 clash = sorted(set(version.version_aliases) & taken)
                 if clash:

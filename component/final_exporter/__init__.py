@@ -1,6 +1,7 @@
 """tfx-final-exporter: the single, final, gated, verified, atomic SavedModel export for TFX.
 
-The TFX pieces (`FinalExporter`, `Executor`, `FinalExporterSpec`) are imported on
+The public API is what this module and `final_exporter.kfp` name (docs/api.md);
+every other module is internal and may change. `FinalExporter` is imported on
 first use, so `import final_exporter` and the CLI's plain-copy path start
 without TensorFlow or TFX.
 """
@@ -16,12 +17,7 @@ from final_exporter.common.errors import (
     IntegrityError,
     InvalidInputError,
 )
-from final_exporter.core.blessing import (
-    Blessing,
-    GateDecision,
-    blessing_from_folder,
-    check_blessings,
-)
+from final_exporter.core.blessing import Blessing, blessing_from_folder
 from final_exporter.core.config import ExportConfig
 from final_exporter.core.exporter import ExportRequest, ExportResult, run_export
 from final_exporter.storage.manifest import VerifyReport
@@ -29,29 +25,21 @@ from final_exporter.storage.stores import list_versions
 from final_exporter.storage.verify import read_manifest, verify_export
 from final_exporter.version import __version__
 
-_LAZY = {
-    'FinalExporter': 'final_exporter.adapters.tfx.component',
-    'FinalExporterSpec': 'final_exporter.adapters.tfx.spec',
-    'Executor': 'final_exporter.adapters.tfx.executor',
-}
+_LAZY = {'FinalExporter': 'final_exporter.adapters.tfx.component'}
 
 __all__ = [
     'Blessing',
     'BlessingMismatchError',
-    'Executor',
     'ExportConfig',
     'ExportRequest',
     'ExportResult',
     'FinalExporter',
     'FinalExporterError',
-    'FinalExporterSpec',
-    'GateDecision',
     'IntegrityError',
     'InvalidInputError',
     'VerifyReport',
     '__version__',
     'blessing_from_folder',
-    'check_blessings',
     'list_versions',
     'read_manifest',
     'run_export',

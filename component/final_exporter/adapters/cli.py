@@ -8,23 +8,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
+import functools
 import json
 import logging
 import shlex
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
 from final_exporter.common import compat, keys
 from final_exporter.common.errors import FinalExporterError, InvalidInputError
 from final_exporter.common.progress import TerminalLine, human_bytes
 from final_exporter.core.blessing import blessing_from_folder, stamped_model_dir
-from final_exporter.core.config import ExportConfig
+from final_exporter.core.config import REGISTRY_PREFIX, ExportConfig
 from final_exporter.core.exporter import ExportRequest, ExportResult, run_export
+from final_exporter.core.parameter import Parameter
 from final_exporter.storage.stores import store_for
-from final_exporter.storage.transfer import COPY_AUTO, COPY_METHODS
 from final_exporter.storage.verify import read_manifest, verify_export
 from final_exporter.version import __version__
 
@@ -42,173 +42,46 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f'{self.prog}: error: {message} (see --help)\n')
 
 
-def _assets_extra_pair(text: str) -> tuple[str, str]:
-    dest, sep, src = text.partition('=')
-    if not sep or not dest or not src:
-        raise argparse.ArgumentTypeError(f'expected DEST=SRC, got {text!r}')
-    return dest, src
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """The `final-exporter` command line; `export`'s parameter options come from `ExportConfig`."""
     parser = _Parser(prog='final-exporter', description=__doc__.splitlines()[0])
     parser.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
     parser.add_argument('-v', '--verbose', action='store_true', help='log each step')
     commands = parser.add_subparsers(dest='command', required=True, parser_class=_Parser)
+    _add_export(commands)
+    _add_maintenance(commands)
+    return parser
 
+
+# The inputs of the export, as artifact folders (or a SavedModel folder for --model).
+_INPUT_HELP = {
+    keys.MODEL_KEY: 'a TFX Model artifact folder (either layout) or a SavedModel folder; '
+    "without it, the stamped model (with its warmup requests) in --infra-blessing's folder",
+    keys.MODEL_BLESSING_KEY: 'Evaluator blessing artifact folder',
+    keys.INFRA_BLESSING_KEY: 'InfraValidator blessing artifact folder',
+    keys.EXAMPLES_KEY: 'an Examples artifact folder (Split-*/ TFRecords): inputs for the smoke '
+    'test, parity and warmup requests',
+    keys.MODEL_EVALUATION_KEY: 'Evaluator evaluation artifact folder; its overall metrics go '
+    'into the lineage',
+}
+
+
+def _add_export(commands: Any) -> None:
     export = commands.add_parser(
-        'export', help='export a blessed SavedModel to <export-base>/<name>/<version>/'
+        'export',
+        help='export a blessed SavedModel to <export-base>/<name>/<version>/',
+        description='Export a blessed SavedModel to <export-base>/<name>/<version>/. Each '
+        'parameter is described in full in docs/parameters.md and help(final_exporter.ExportConfig).',
     )
-    export.add_argument(
-        flag(keys.MODEL_KEY),
-        metavar='PATH',
-        help='a TFX Model artifact folder (either layout) or a SavedModel folder; without it, '
-        "the stamped model (with its warmup requests) in --infra-blessing's folder",
-    )
-    export.add_argument(
-        flag(keys.MODEL_BLESSING_KEY), metavar='PATH', help='Evaluator blessing artifact folder'
-    )
-    export.add_argument(
-        flag(keys.INFRA_BLESSING_KEY),
-        metavar='PATH',
-        help='InfraValidator blessing artifact folder',
-    )
-    export.add_argument(
-        flag(keys.EXAMPLES_KEY),
-        metavar='PATH',
-        help='an Examples artifact folder (Split-*/ TFRecords): inputs for the smoke test, '
-        'parity and warmup requests',
-    )
-    export.add_argument(
-        flag(keys.MODEL_EVALUATION_KEY),
-        metavar='PATH',
-        help='Evaluator evaluation artifact folder; its overall metrics go into the lineage',
-    )
-    export.add_argument(flag(keys.NAME_KEY), required=True, help='model name (one folder)')
-    export.add_argument(
-        flag(keys.EXPORT_BASE_KEY), required=True, metavar='PATH', help='base export folder'
-    )
-    export.add_argument(
-        flag(keys.SERVING_FN_KEY),
-        metavar='MODULE:FUNC',
-        help='re-export with the signatures FUNC(loaded_model) returns',
-    )
-    export.add_argument(
-        flag(keys.ASSETS_EXTRA_KEY),
-        metavar='DEST=SRC',
-        nargs='+',
-        action='extend',
-        type=_assets_extra_pair,
-        default=[],
-        help='copy SRC to assets.extra/DEST (repeatable)',
-    )
-    export.add_argument(
-        flag(keys.AS_TEXT_KEY),
-        action='store_true',
-        help='write saved_model.pbtxt instead of saved_model.pb',
-    )
-    export.add_argument(
-        flag(keys.REQUIRE_BLESSING_KEY),
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help='refuse to export without a blessing (default); --no-require-blessing allows it',
-    )
-    export.add_argument(
-        flag(keys.COPY_METHOD_KEY),
-        choices=COPY_METHODS,
-        default=COPY_AUTO,
-        help='auto: reflink where possible, else copy; hardlink: link the (immutable) source files',
-    )
-    export.add_argument(
-        flag(keys.SMOKE_TEST_KEY),
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help='load the staged export and call its signature before publishing (default; '
-        'imports TensorFlow); --no-smoke-test skips it',
-    )
-    export.add_argument(flag(keys.SIGNATURE_NAME_KEY), default='serving_default')
-    export.add_argument(flag(keys.EXAMPLES_SPLIT_KEY), default='eval')
-    export.add_argument(
-        flag(keys.PARITY_SAMPLE_SIZE_KEY),
-        type=int,
-        default=100,
-        metavar='N',
-        help='with --examples and a re-export, compare N predictions with the source (0: off)',
-    )
-    export.add_argument(flag(keys.PARITY_TOLERANCE_KEY), type=float, default=1e-5, metavar='TOL')
-    export.add_argument(
-        flag(keys.WARMUP_REQUESTS_KEY),
-        type=int,
-        default=0,
-        metavar='N',
-        help='write N (<= 1000) warmup requests from --examples to assets.extra/',
-    )
-    export.add_argument(
-        flag(keys.EXPORTS_TO_KEEP_KEY),
-        type=int,
-        default=0,
-        metavar='N',
-        help='after publishing, keep only the N newest versions (never labelled ones; 0: all)',
-    )
-    export.add_argument(
-        flag(keys.LABEL_KEY), default='', help='point this version label at the new version'
-    )
-    export.add_argument(
-        flag(keys.PARANOID_VERIFY_KEY),
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help='before publishing, read every staged byte back (from disk) and check it '
-        'against the manifest; off by default: the copy hashed every byte it wrote',
-    )
-    registry = export.add_argument_group(
-        'Vertex AI Model Registry', 'register the export (gs:// export base) as a model version'
-    )
-    registry.add_argument(
-        flag(keys.VERTEX_MODEL_KEY),
-        default='',
-        metavar='MODEL',
-        help='parent model: display name or projects/P/locations/L/models/ID (created if absent)',
-    )
-    registry.add_argument(
-        flag(keys.VERTEX_PROJECT_KEY), default='', metavar='PROJECT', help='default: as the SDK'
-    )
-    registry.add_argument(
-        flag(keys.VERTEX_REGION_KEY), default='', metavar='REGION', help='default: as the SDK'
-    )
-    registry.add_argument(
-        flag(keys.VERTEX_SERVING_IMAGE_KEY),
-        default='',
-        metavar='IMAGE',
-        help="default: the prebuilt TensorFlow CPU image of the model's TensorFlow version",
-    )
-    registry.add_argument(
-        flag(keys.VERTEX_VERSION_ALIASES_KEY),
-        nargs='+',
-        action='extend',
-        default=[],
-        metavar='ALIAS',
-        help='aliases the new version takes, e.g. candidate (repeatable)',
-    )
-    registry.add_argument(
-        flag(keys.VERTEX_LABELS_KEY),
-        nargs='+',
-        action='extend',
-        type=_label_pair,
-        default=[],
-        metavar='KEY=VALUE',
-        help='labels of the new version (repeatable)',
-    )
-    registry.add_argument(flag(keys.VERTEX_VERSION_DESCRIPTION_KEY), default='', metavar='TEXT')
-    registry.add_argument(
-        flag(keys.VERTEX_IS_DEFAULT_VERSION_KEY),
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help='the new version takes the default alias (default, as the Vertex SDK)',
-    )
-    registry.add_argument(
-        flag(keys.VERTEX_ENCRYPTION_KEY_KEY),
-        default='',
-        metavar='KMS_KEY',
-        help='Cloud KMS key (CMEK): projects/P/locations/L/keyRings/R/cryptoKeys/K',
+    for key, text in _INPUT_HELP.items():
+        export.add_argument(flag(key), metavar='PATH', help=text)
+    params = ExportConfig.parameters()
+    add_parameter_options(export, [p for p in params if not p.name.startswith(REGISTRY_PREFIX)])
+    add_parameter_options(
+        export.add_argument_group(
+            'Vertex AI Model Registry', 'register the export (gs:// export base) as a model version'
+        ),
+        [p for p in params if p.name.startswith(REGISTRY_PREFIX)],
     )
     export.add_argument(
         '--beam-pipeline-args',
@@ -228,13 +101,75 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument('--json', action='store_true', help='print the result as one JSON object')
     export.set_defaults(func=_export)
 
-    verify = commands.add_parser('verify', help='check an export against its manifest')
-    verify.add_argument('export_dir', metavar='EXPORT_DIR')
-    verify.add_argument('--json', action='store_true')
-    verify.set_defaults(func=_verify)
 
-    label = commands.add_parser(
-        'label', help='point a TensorFlow Serving version label at a version (models.config)'
+def add_parameter_options(parser: Any, params: Iterable[Parameter]) -> None:
+    """Adds each parameter's option, as its `ExportConfig` field declares it, to `parser`.
+
+    Args:
+        parser: An `argparse.ArgumentParser` or argument group.
+        params: Parameters from `ExportConfig.parameters()`.
+    """
+    for param in params:
+        parser.add_argument(flag(param.name), **_option(param))
+
+
+def parameter_values(args: argparse.Namespace, params: Iterable[Parameter]) -> dict[str, Any]:
+    """The parsed values of `add_parameter_options`, as `ExportConfig` takes them.
+
+    Raises:
+        InvalidInputError: for a repeated key of a `KEY=VALUE` option.
+    """
+    return {
+        p.name: _mapping(p, getattr(args, p.name)) if p.is_mapping else getattr(args, p.name)
+        for p in params
+    }
+
+
+def _option(param: Parameter) -> dict[str, Any]:
+    """The `add_argument` keywords of a parameter: its form on the command line."""
+    # argparse formats help with %-style: a literal % must be doubled.
+    option: dict[str, Any] = {'help': param.summary.replace('`', '').replace('%', '%%')}
+    if param.required:
+        option['required'] = True
+    else:
+        option['default'] = param.default
+    if param.metavar:
+        option['metavar'] = param.metavar
+    if param.choices:
+        option['choices'] = param.choices
+    if param.switch:
+        option['action'] = 'store_true'
+    elif param.is_flag:
+        option['action'] = argparse.BooleanOptionalAction
+    elif param.is_list or param.is_mapping:
+        option.update(nargs='+', action='extend', default=[])
+        option['help'] = option['help'].rstrip('.') + ' (repeatable).'
+        if param.is_mapping:
+            option['type'] = functools.partial(_pair, metavar=param.metavar)
+    elif param.number_type:
+        option['type'] = param.number_type
+    return option
+
+
+def _pair(text: str, *, metavar: str) -> tuple[str, str]:
+    key, sep, value = text.partition('=')
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f'expected {metavar}, got {text!r}')
+    return key, value
+
+
+def _add_maintenance(commands: Any) -> None:
+    """verify, label, rollback and list: the commands on exports already published."""
+
+    def command(name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
+        parser = commands.add_parser(name, help=help_text)
+        parser.set_defaults(func=func)
+        return parser
+
+    verify = command('verify', 'check an export against its manifest', _verify)
+    verify.add_argument('export_dir', metavar='EXPORT_DIR')
+    label = command(
+        'label', 'point a TensorFlow Serving version label at a version (models.config)', _label
     )
     label.add_argument('model_base', metavar='BASE/NAME')
     label.add_argument('version', type=int, metavar='VERSION')
@@ -244,31 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
         action='store_true',
         help='move the label even to a version the server was not yet asked to load',
     )
-    label.add_argument('--json', action='store_true')
-    label.set_defaults(func=_label)
-
-    rollback = commands.add_parser(
-        'rollback', help='move a label (default: stable) to the previous verified version'
+    rollback = command(
+        'rollback', 'move a label (default: stable) to the previous verified version', _rollback
     )
     rollback.add_argument('model_base', metavar='BASE/NAME')
     rollback.add_argument('--label', default='stable')
     rollback.add_argument('--force', action='store_true')
-    rollback.add_argument('--json', action='store_true')
-    rollback.set_defaults(func=_rollback)
-
-    listing = commands.add_parser('list', help='list the versions under BASE/NAME, newest first')
+    listing = command('list', 'list the versions under BASE/NAME, newest first', _list)
     listing.add_argument('model_base', metavar='BASE/NAME')
-    listing.add_argument('--json', action='store_true')
-    listing.set_defaults(func=_list)
-    return parser
+    for parser in (verify, label, rollback, listing):
+        parser.add_argument('--json', action='store_true')
 
 
 def _export(args: argparse.Namespace) -> int:
-    # Every ExportConfig field has the flag of the same name (test_cli checks it).
-    params = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExportConfig)}
-    params[keys.ASSETS_EXTRA_KEY] = _assets_extra_dict(args.assets_extra)
-    params[keys.VERTEX_LABELS_KEY] = _labels_dict(args.vertex_labels)
-    config = ExportConfig(**params)
+    config = ExportConfig(**parameter_values(args, ExportConfig.parameters()))
     blessings = [
         blessing_from_folder(kind, path)
         for kind, path in (
@@ -316,27 +240,11 @@ def _export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _assets_extra_dict(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
-    result: dict[str, str] = {}
-    for dest, src in pairs:
-        if dest in result:
-            raise InvalidInputError(f'{flag(keys.ASSETS_EXTRA_KEY)} names {dest!r} twice')
-        result[dest] = src
-    return result
-
-
-def _label_pair(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition('=')
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f'expected KEY=VALUE, got {text!r}')
-    return key, value
-
-
-def _labels_dict(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
+def _mapping(param: Parameter, pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
     result: dict[str, str] = {}
     for key, value in pairs:
         if key in result:
-            raise InvalidInputError(f'{flag(keys.VERTEX_LABELS_KEY)} names {key!r} twice')
+            raise InvalidInputError(f'{flag(param.name)} names {key!r} twice')
         result[key] = value
     return result
 

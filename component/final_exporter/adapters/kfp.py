@@ -1,67 +1,35 @@
-"""FinalExporter as Kubeflow Pipelines v2 components, for pipelines written with the kfp DSL alone.
+"""The Kubeflow-native components behind `final_exporter.kfp`, and what their bodies call.
 
-Two lightweight Python components run the export core the TFX executor runs
-(`final_exporter.core.exporter.run_export`) and write the same record:
-
-* `final_export`: the model as an `Input[Model]` artifact.
-* `final_export_from_uri`: the model as a path parameter, for models that are
-  not KFP artifacts (and the form `kfp.local` 2.5 can run: it refuses input
-  artifacts).
-
-Both take the blessing as artifacts (`model_blessing`, `infra_blessing`: a
-blessing folder as TFX writes it, or any artifact whose metadata has
-`blessed`) or as a boolean parameter produced by an upstream step (`blessed`),
-optional `metrics` (a `Metrics` artifact: `eval_result` and the report's
-metrics) and `examples`, the parameters of the TFX component, and output:
-
-* `pushed_model`: an artifact whose metadata holds the PushedModel properties
-  (`pushed`, `pushed_destination`, `pushed_version`, lineage: the keys of
-  `ExportResult.properties()`); its folder holds `export_manifest.json`,
-  `lineage.json` and `report.md`, as the TFX component writes them.
-* `report`: the same report as a `Markdown` artifact, which the Kubeflow
-  Pipelines UI and Vertex AI Pipelines render.
-* parameters `pushed`, `version` and `destination`, for `dsl.If` downstream.
-
-The components run in the FinalExporter image (`Dockerfile`, `build.yaml`),
-which has this package installed; `component_image()` says which image.
-
-Example:
-    ```python
-    from kfp import dsl
-    from final_exporter.adapters.kfp import final_export
-
-    @dsl.pipeline
-    def serve(model_uri: str):
-        model = dsl.importer(artifact_uri=model_uri, artifact_class=dsl.Model)
-        verdict = evaluate(model=model.output)  # any step returning a bool
-        final_export(
-            model=model.output,
-            blessed=verdict.output,
-            name='penguin',
-            export_base='gs://my-bucket/serving',
-        )
-    ```
+Compiled components import `export_for_kfp` (and `VertexModel`) from this
+module in the container, so its path stays stable; users import the
+components from `final_exporter.kfp`, which names the same objects.
 """
 
 # No `from __future__ import annotations`: kfp 2.5 reads the annotations as
 # objects, and only `typing.Optional` (not `X | None`) as optional.
-import json
+import inspect
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
+from final_exporter.adapters.record import write_record
 from final_exporter.common import keys
 from final_exporter.common.errors import InvalidInputError
 from final_exporter.common.progress import Throttled
-from final_exporter.core.blessing import Blessing, blessing_from_folder, normalize_id, parse_blessed
+from final_exporter.core.blessing import (
+    Blessing,
+    blessing_from_folder,
+    normalize_id,
+    parse_blessed,
+    stamped_model_dir,
+)
 from final_exporter.core.config import ExportConfig
 from final_exporter.core.exporter import ExportRequest, ExportResult, run_export
-from final_exporter.core.report import render_report
-from final_exporter.storage.manifest import manifest_bytes
+from final_exporter.core.parameter import docstring_section
 from final_exporter.version import __version__
 
 if TYPE_CHECKING:
@@ -85,6 +53,7 @@ REPORT_OUTPUT = 'report'
 REGISTERED_MODEL_OUTPUT = 'registered_model'
 METRICS_INPUT = 'metrics'
 BLESSED_INPUT = 'blessed'
+MODEL_URI_INPUT = 'model_uri'
 DISPLAY_NAME_KEY = 'display_name'
 
 
@@ -133,8 +102,8 @@ def export_for_kfp(arguments: Mapping[str, Any]) -> ExportOutputs:
     Args:
         arguments: The component's arguments as KFP passes them: the artifacts
             (`model` or `model_uri`, `pushed_model`, `report`, and optionally
-            `model_blessing`, `infra_blessing`, `metrics`, `examples` or
-            `examples_uri`), `blessed`, and the `ExportConfig` parameters.
+            `registered_model`, `model_blessing`, `infra_blessing`, `metrics`,
+            `examples` or `examples_uri`), `blessed`, and the `ExportConfig` parameters.
 
     Returns:
         Whether the model was exported, its version and destination ('' when not).
@@ -143,25 +112,43 @@ def export_for_kfp(arguments: Mapping[str, Any]) -> ExportOutputs:
         InvalidInputError: for bad input; nothing was written.
     """
     args = dict(arguments)
-    model = args.pop('model', None)
-    if model is not None:
-        model_path, model_uri, model_name = model.path, model.uri, model.name
-    else:
-        model_path = model_uri = args.pop('model_uri')
-        model_name = None
     pushed_model, report = args.pop(PUSHED_MODEL_OUTPUT), args.pop(REPORT_OUTPUT)
     registered_model = args.pop(REGISTERED_MODEL_OUTPUT, None)
+    result = run_export(
+        request_for_kfp(args),
+        report_progress=Throttled(lambda line: logger.info('Copy: %s', line)),
+    )
+    if result.pushed:
+        logger.info('Model exported to %s (version %s).', result.export_dir, result.version)
+    else:
+        logger.info('Model not exported: %s.', result.reason)
+    record_for_kfp(pushed_model, report, result)
+    if registered_model is not None:
+        record_vertex_model(registered_model, result)
+    return ExportOutputs(
+        pushed=result.pushed,
+        version='' if result.version is None else str(result.version),
+        destination=result.export_dir or '',
+    )
+
+
+def request_for_kfp(arguments: Mapping[str, Any]) -> ExportRequest:
+    """The `ExportRequest` of the component's input artifacts, `blessed` and parameters.
+
+    Without `model` (and `model_uri`), the InfraValidator's stamped model in
+    `infra_blessing` is exported, as the TFX component and the Pusher do.
+    """
+    args = dict(arguments)
+    model, model_uri = args.pop('model', None), args.pop(MODEL_URI_INPUT, None)
     model_blessing = args.pop(keys.MODEL_BLESSING_KEY, None)
     infra_blessing = args.pop(keys.INFRA_BLESSING_KEY, None)
-    metrics = args.pop(METRICS_INPUT, None)
-    examples = args.pop(keys.EXAMPLES_KEY, None)
+    metrics, examples = args.pop(METRICS_INPUT, None), args.pop(keys.EXAMPLES_KEY, None)
     examples_uri = examples.path if examples is not None else args.pop(keys.EXAMPLES_URI_KEY, '')
     blessed = args.pop(BLESSED_INPUT, None)
-    unknown = set(args) - set(ExportConfig.property_types())
+    unknown = set(args) - set(ExportConfig.field_names())
     if unknown:
         raise TypeError(f'unexpected component arguments: {sorted(unknown)}')
     config = ExportConfig.from_exec_properties(args)
-
     if blessed is not None and model_blessing is not None:
         raise InvalidInputError(
             'both model_blessing and blessed were given; wire the blessing artifact or the '
@@ -180,34 +167,47 @@ def export_for_kfp(arguments: Mapping[str, Any]) -> ExportOutputs:
         blessings.insert(
             0, Blessing(kind=keys.MODEL_BLESSING_KEY, uri=BLESSED_PARAMETER_URI, blessed=verdict)
         )
-    extra: dict[str, Any] = {keys.SOURCE_MODEL_URI_KEY: model_uri}
+    path, uri, model_id = model_to_export(model, model_uri, infra_blessing)
+    extra: dict[str, Any] = {keys.SOURCE_MODEL_URI_KEY: uri}
     if metrics is not None:
         extra[keys.MODEL_EVALUATION_URI_KEY] = metrics.uri
         extra[keys.MODEL_EVALUATION_ID_KEY] = normalize_id(metrics.name)
         extra[keys.EVAL_RESULT_KEY] = scalar_metrics(metrics.metadata)
-    result = run_export(
-        ExportRequest(
-            config=config,
-            model_uri=model_path,
-            model_id=normalize_id(model_name),
-            blessings=blessings,
-            extra_lineage=extra,
-            examples_uri=examples_uri or None,
-        ),
-        report_progress=Throttled(lambda line: logger.info('Copy: %s', line)),
+    return ExportRequest(
+        config=config,
+        model_uri=path,
+        model_id=model_id,
+        blessings=blessings,
+        extra_lineage=extra,
+        examples_uri=examples_uri or None,
     )
-    if result.pushed:
-        logger.info('Model exported to %s (version %s).', result.export_dir, result.version)
-    else:
-        logger.info('Model not exported: %s.', result.reason)
-    record_for_kfp(pushed_model, report, result)
-    if registered_model is not None:
-        record_vertex_model(registered_model, result)
-    return ExportOutputs(
-        pushed=result.pushed,
-        version='' if result.version is None else str(result.version),
-        destination=result.export_dir or '',
-    )
+
+
+def model_to_export(
+    model: Artifact | None, model_uri: str | None, infra_blessing: Artifact | None
+) -> tuple[str, str, str | None]:
+    """(folder to read, URI for the lineage, artifact id) of the model to export.
+
+    The `model` artifact, else the `model_uri` parameter, else the stamped model
+    of an InfraValidator blessing (`has_model` = 1 in its metadata, or, without
+    that metadata, a `stamped_model/` folder in it).
+
+    Raises:
+        InvalidInputError: when none of them gives a model, saying what to wire.
+    """
+    if model is not None:
+        return model.path, model.uri, normalize_id(model.name)
+    if model_uri:
+        return model_uri, model_uri, None
+    if infra_blessing is None:
+        raise InvalidInputError(
+            'model is required, unless infra_blessing is an InfraValidator blessing holding '
+            'a stamped model (request_spec.make_warmup=True)'
+        )
+    has_model = (infra_blessing.metadata or {}).get(keys.HAS_MODEL_PROPERTY)
+    path = stamped_model_dir(infra_blessing.path, has_model)
+    logger.info('model not wired: exporting the stamped model %s.', path)
+    return path, f'{infra_blessing.uri.rstrip("/")}/{keys.STAMPED_MODEL_DIR}', None
 
 
 def blessing_from_kfp_artifact(kind: str, artifact: Artifact) -> Blessing:
@@ -254,7 +254,6 @@ def record_for_kfp(pushed_model: Artifact, report: Artifact, result: ExportResul
     custom properties of the TFX component) and a `display_name`; its folder
     gets the manifest, `lineage.json` and `report.md`.
     """
-    text = render_report(result)
     export_name = result.lineage.get(keys.EXPORT_NAME_KEY, '')
     pushed_model.metadata.update(result.properties())
     pushed_model.metadata[DISPLAY_NAME_KEY] = (
@@ -263,15 +262,12 @@ def record_for_kfp(pushed_model: Artifact, report: Artifact, result: ExportResul
         else f'{export_name} (not exported)'
     )
     os.makedirs(pushed_model.path, exist_ok=True)
-    files = {
-        keys.LINEAGE_FILENAME: json.dumps(result.summary(), indent=2, sort_keys=True) + '\n',
-        keys.REPORT_FILENAME: text,
-    }
-    if result.manifest is not None:
-        files[keys.MANIFEST_FILENAME] = manifest_bytes(result.manifest).decode()
-    for filename, content in files.items():
+
+    def write(filename: str, text: str) -> None:
         with open(os.path.join(pushed_model.path, filename), 'w', encoding='utf-8') as f:
-            f.write(content)
+            f.write(text)
+
+    text = write_record(result, write)
     os.makedirs(os.path.dirname(report.path) or '.', exist_ok=True)
     with open(report.path, 'w', encoding='utf-8') as f:
         f.write(text)
@@ -302,18 +298,72 @@ def record_vertex_model(artifact: Artifact, result: ExportResult) -> None:
     artifact.uri = f'https://{region}-aiplatform.googleapis.com/v1/{model}@{version}'
 
 
+# What kfp compiles into the component spec for the inputs and outputs that are
+# not `ExportConfig` parameters (those take their description from ExportConfig).
+_INPUT_DOCS = {
+    'model': 'The trained model: a TFX Model artifact (either layout) or a SavedModel folder. '
+    'Without it, the stamped model of infra_blessing is exported, as the TFX Pusher does: '
+    '<infra_blessing>/stamped_model/ with its warmup requests (InfraValidator with '
+    'request_spec.make_warmup=True; metadata has_model=1).',
+    MODEL_URI_INPUT: 'The model folder as the container sees it (on Vertex AI, /gcs/BUCKET/... '
+    'for gs://BUCKET/...): a TFX Model artifact folder or a SavedModel folder.',
+    keys.MODEL_BLESSING_KEY: 'Blessing artifact: metadata blessed=1/0, or a folder holding '
+    'BLESSED / NOT_BLESSED as the TFX Evaluator writes it.',
+    keys.INFRA_BLESSING_KEY: 'Infra blessing artifact: metadata blessed=1/0, or a folder holding '
+    'INFRA_BLESSED / INFRA_NOT_BLESSED as the TFX InfraValidator writes it.',
+    METRICS_INPUT: 'Evaluation metrics; recorded as eval_result and shown in the report.',
+    keys.EXAMPLES_KEY: 'tf.Example records in the TFX Examples layout (Split-<split>/), for the '
+    'smoke test, parity and warmup requests.',
+    keys.EXAMPLES_URI_KEY: 'A folder of tf.Example records in the TFX Examples layout '
+    '(Split-<split>/), for the smoke test, parity and warmup requests; empty: none.',
+    BLESSED_INPUT: 'The verdict of an upstream step, instead of a model_blessing artifact.',
+}
+_OUTPUT_DOCS = {
+    PUSHED_MODEL_OUTPUT: 'The outcome: metadata pushed, pushed_destination, pushed_version and '
+    'the lineage (the PushedModel properties of the TFX component); its folder holds '
+    'export_manifest.json, lineage.json and report.md.',
+    REPORT_OUTPUT: 'The export report (Markdown), which the Kubeflow Pipelines UI and Vertex AI '
+    'Pipelines render.',
+    REGISTERED_MODEL_OUTPUT: 'The registered model version (google.VertexModel, metadata '
+    'resourceName MODEL@VERSION) for ModelDeployOp; unset without vertex_model.',
+    'pushed': 'Whether the model was exported.',
+    'version': 'The new version; empty when not exported.',
+    'destination': 'The export folder <export_base>/<name>/<version>; empty when not exported.',
+}
+
+
+def component_docstring(func: Callable[..., Any]) -> str:
+    """The function's own summary, then the Args and Returns sections kfp compiles into its spec."""
+    parameters = {p.name: p.description(markdown=False) for p in ExportConfig.parameters()}
+    args: dict[str, str] = {}
+    returns = {name: _OUTPUT_DOCS[name] for name in ExportOutputs._fields}
+    for name in inspect.signature(func).parameters:
+        if name in _OUTPUT_DOCS:
+            returns[name] = _OUTPUT_DOCS[name]
+        else:
+            args[name] = parameters[name] if name in parameters else _INPUT_DOCS[name]
+    return '\n\n'.join(
+        [
+            inspect.cleandoc(func.__doc__ or ''),
+            docstring_section('Args', args).rstrip(),
+            docstring_section('Returns', returns).rstrip(),
+        ]
+    )
+
+
 # The component functions. KFP ships each one's source to the container and
 # runs it there with `from kfp.dsl import *` and `from typing import *`, so the
-# bodies only import this installed module and call `export_for_kfp`.
+# bodies only import this installed module and call `export_for_kfp`. Their
+# Args and Returns are generated (component_docstring) before kfp reads them.
 
 
 def final_export(
-    model: Input[Model],
     name: str,
     export_base: str,
     pushed_model: Output[Artifact],
     report: Output[Markdown],
     registered_model: Output[VertexModel],
+    model: Optional[Input[Model]] = None,  # noqa: UP045
     model_blessing: Optional[Input[Artifact]] = None,  # noqa: UP045
     infra_blessing: Optional[Input[Artifact]] = None,  # noqa: UP045
     metrics: Optional[Input[Metrics]] = None,  # noqa: UP045
@@ -343,51 +393,7 @@ def final_export(
     vertex_is_default_version: bool = True,
     vertex_encryption_key: str = '',
 ) -> NamedTuple('Outputs', [('pushed', bool), ('version', str), ('destination', str)]):
-    """Exports a blessed model once, as a SavedModel a model server can load (FinalExporter).
-
-    Args:
-        model: The trained model: a TFX Model artifact folder or a SavedModel folder.
-        name: Model name, one folder: the export goes to <export_base>/<name>/<version>/.
-        export_base: Base folder or gs:// / s3:// prefix; <export_base>/<name> is the
-            model base path.
-        pushed_model: Describes the outcome: metadata pushed, pushed_destination,
-            pushed_version and the lineage.
-        report: The export report (Markdown).
-        registered_model: The registered model version (google.VertexModel, metadata
-            resourceName MODEL@VERSION) for ModelDeployOp; unset without vertex_model.
-        model_blessing: Blessing artifact: metadata blessed=1/0, or a BLESSED / NOT_BLESSED file.
-        infra_blessing: Infra blessing artifact: metadata blessed=1/0, or an INFRA_BLESSED file.
-        metrics: Evaluation metrics; recorded as eval_result and shown in the report.
-        examples: tf.Example records in the TFX Examples layout (Split-<split>/), for the
-            smoke test, parity and warmup requests.
-        blessed: The verdict of an upstream step, instead of model_blessing.
-        serving_fn: Import path of fn(loaded_model) -> signatures, to re-export with
-            those signatures.
-        assets_extra: {destination under assets.extra/: source file}.
-        as_text: Write saved_model.pbtxt instead of saved_model.pb.
-        require_blessing: Refuse to export without any blessing.
-        copy_method: auto, copy or hardlink.
-        smoke_test: Load the staged export and call its signature before publishing.
-        signature_name: The signature the smoke test, parity and warmup use.
-        examples_split: The split of examples to read.
-        parity_sample_size: Examples compared between source and re-exported model; 0: off.
-        parity_tolerance: Absolute and relative tolerance of the parity check.
-        warmup_requests: TensorFlow Serving warmup requests to write (at most 1000).
-        exports_to_keep: Keep this many newest versions; 0 keeps all.
-        label: TensorFlow Serving version label to point at the new version; empty: none.
-        paranoid_verify: Read every staged byte back and check it before publishing.
-        vertex_model: Register the export (gs:// export base) in the Vertex AI Model
-            Registry as a new version of this model: display name or
-            projects/P/locations/L/models/ID, created if absent; empty: no registry.
-        vertex_project: The model's project; empty: as the Vertex SDK resolves it.
-        vertex_region: The model's region; empty: as the Vertex SDK resolves it.
-        vertex_serving_image: Serving container; empty: the prebuilt TensorFlow CPU image.
-        vertex_version_aliases: Aliases the new version takes, e.g. ["candidate"].
-        vertex_labels: Labels of the new version.
-        vertex_version_description: Description of the new version.
-        vertex_is_default_version: The new version takes the default alias.
-        vertex_encryption_key: Cloud KMS key (CMEK) of the model.
-    """
+    """Exports a blessed model once, as a SavedModel a model server can load (FinalExporter)."""
     arguments = dict(locals())
     from final_exporter.adapters.kfp import export_for_kfp
 
@@ -427,48 +433,7 @@ def final_export_from_uri(
     vertex_is_default_version: bool = True,
     vertex_encryption_key: str = '',
 ) -> NamedTuple('Outputs', [('pushed', bool), ('version', str), ('destination', str)]):
-    """Exports a blessed model given by its path once (FinalExporter, model as a parameter).
-
-    Args:
-        model_uri: The model folder as the container sees it (on Vertex AI,
-            /gcs/BUCKET/... for gs://BUCKET/...).
-        name: Model name, one folder: the export goes to <export_base>/<name>/<version>/.
-        export_base: Base folder or gs:// / s3:// prefix; <export_base>/<name> is the
-            model base path.
-        pushed_model: Describes the outcome: metadata pushed, pushed_destination,
-            pushed_version and the lineage.
-        report: The export report (Markdown).
-        registered_model: The registered model version (google.VertexModel, metadata
-            resourceName MODEL@VERSION) for ModelDeployOp; unset without vertex_model.
-        blessed: The verdict of an upstream step.
-        examples_uri: Folder of tf.Example records in the TFX Examples layout; empty: none.
-        serving_fn: Import path of fn(loaded_model) -> signatures, to re-export with
-            those signatures.
-        assets_extra: {destination under assets.extra/: source file}.
-        as_text: Write saved_model.pbtxt instead of saved_model.pb.
-        require_blessing: Refuse to export without a blessing.
-        copy_method: auto, copy or hardlink.
-        smoke_test: Load the staged export and call its signature before publishing.
-        signature_name: The signature the smoke test, parity and warmup use.
-        examples_split: The split of examples to read.
-        parity_sample_size: Examples compared between source and re-exported model; 0: off.
-        parity_tolerance: Absolute and relative tolerance of the parity check.
-        warmup_requests: TensorFlow Serving warmup requests to write (at most 1000).
-        exports_to_keep: Keep this many newest versions; 0 keeps all.
-        label: TensorFlow Serving version label to point at the new version; empty: none.
-        paranoid_verify: Read every staged byte back and check it before publishing.
-        vertex_model: Register the export (gs:// export base) in the Vertex AI Model
-            Registry as a new version of this model: display name or
-            projects/P/locations/L/models/ID, created if absent; empty: no registry.
-        vertex_project: The model's project; empty: as the Vertex SDK resolves it.
-        vertex_region: The model's region; empty: as the Vertex SDK resolves it.
-        vertex_serving_image: Serving container; empty: the prebuilt TensorFlow CPU image.
-        vertex_version_aliases: Aliases the new version takes, e.g. ["candidate"].
-        vertex_labels: Labels of the new version.
-        vertex_version_description: Description of the new version.
-        vertex_is_default_version: The new version takes the default alias.
-        vertex_encryption_key: Cloud KMS key (CMEK) of the model.
-    """
+    """Exports a blessed model given by its path once (FinalExporter, model as a parameter)."""
     arguments = dict(locals())
     from final_exporter.adapters.kfp import export_for_kfp
 
@@ -476,6 +441,9 @@ def final_export_from_uri(
 
 
 _FUNCTIONS = (final_export, final_export_from_uri)
+for _function in _FUNCTIONS:
+    _function.__doc__ = component_docstring(_function)
+del _function
 
 
 def make_components(image: str) -> tuple['PythonComponent', 'PythonComponent']:

@@ -14,34 +14,8 @@ EXAMPLES_KEY = 'examples'
 # Output keys.
 PUSHED_MODEL_KEY = 'pushed_model'
 
-# Execution parameter keys. Every one has a CLI flag of the same name in
-# kebab-case (tests/test_cli.py checks it).
-NAME_KEY = 'name'
-EXPORT_BASE_KEY = 'export_base'
-SERVING_FN_KEY = 'serving_fn'
-ASSETS_EXTRA_KEY = 'assets_extra'
-AS_TEXT_KEY = 'as_text'
-REQUIRE_BLESSING_KEY = 'require_blessing'
-COPY_METHOD_KEY = 'copy_method'
-SMOKE_TEST_KEY = 'smoke_test'
-SIGNATURE_NAME_KEY = 'signature_name'
-EXAMPLES_SPLIT_KEY = 'examples_split'
-PARITY_SAMPLE_SIZE_KEY = 'parity_sample_size'
-PARITY_TOLERANCE_KEY = 'parity_tolerance'
-WARMUP_REQUESTS_KEY = 'warmup_requests'
-EXPORTS_TO_KEEP_KEY = 'exports_to_keep'
-LABEL_KEY = 'label'
-PARANOID_VERIFY_KEY = 'paranoid_verify'
-# The Vertex AI Model Registry parameters (lifecycle/vertex_registry.py).
-VERTEX_MODEL_KEY = 'vertex_model'
-VERTEX_PROJECT_KEY = 'vertex_project'
-VERTEX_REGION_KEY = 'vertex_region'
-VERTEX_SERVING_IMAGE_KEY = 'vertex_serving_image'
-VERTEX_VERSION_ALIASES_KEY = 'vertex_version_aliases'
-VERTEX_LABELS_KEY = 'vertex_labels'
-VERTEX_VERSION_DESCRIPTION_KEY = 'vertex_version_description'
-VERTEX_IS_DEFAULT_VERSION_KEY = 'vertex_is_default_version'
-VERTEX_ENCRYPTION_KEY_KEY = 'vertex_encryption_key'
+# The execution parameters are the fields of `ExportConfig` (core/config.py):
+# `ExportConfig.field_names()`.
 
 # PushedModel custom properties. The first three are the TFX Pusher's, so tools
 # that read Pusher output keep working.

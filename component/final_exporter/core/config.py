@@ -13,15 +13,26 @@ import json
 import re
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from final_exporter.common import keys
 from final_exporter.common.errors import InvalidInputError
 from final_exporter.common.keys import LABEL_PATTERN
-from final_exporter.storage.transfer import COPY_AUTO, check_method
-
-if TYPE_CHECKING:
-    from final_exporter.lifecycle.vertex_registry import RegistryTarget
+from final_exporter.core.parameter import (
+    FLAG,
+    FLOAT,
+    INT,
+    JSON,
+    PROPERTY_TYPES,
+    STR,
+    Parameter,
+    default_of,
+    docstring_section,
+    param,
+)
+from final_exporter.lifecycle import vertex_registry
+from final_exporter.lifecycle.vertex_registry import RegistryTarget
+from final_exporter.storage.transfer import COPY_AUTO, COPY_METHODS, check_method
 
 # Longest single path component most filesystems (ext4, xfs, GCS object name
 # segments in practice) accept.
@@ -163,110 +174,223 @@ def _as_float(value: Any, key: str) -> float:
     return number
 
 
-# How each parameter travels as a TFX execution property: Kubeflow Pipelines v2 and
-# Vertex AI take only str, int and float, so flags are 0/1 ints and mappings JSON.
-_STR, _FLAG, _INT, _FLOAT, _JSON = 'str', 'flag', 'int', 'float', 'json'
-PROPERTY_TYPES = {_STR: str, _FLAG: int, _INT: int, _FLOAT: float, _JSON: str}
 # The most warmup records TensorFlow Serving reads (saved_model_warmup_util.cc).
 MAX_WARMUP_REQUESTS = 1000
-
-
-# The free-text registry parameters (trimmed; empty means unset or the SDK's default).
-_REGISTRY_STRINGS = (
-    'vertex_model',
-    'vertex_project',
-    'vertex_region',
-    'vertex_serving_image',
-    'vertex_version_description',
-    'vertex_encryption_key',
-)
-
-
-def _default_of(field: dataclasses.Field) -> Any:
-    if field.default_factory is not dataclasses.MISSING:
-        return field.default_factory()
-    return field.default
-
-
-def _param(kind: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
-    if callable(default) and not isinstance(default, (str, int, float)):
-        return dataclasses.field(default_factory=default, metadata={'kind': kind}, **kw)
-    return dataclasses.field(default=default, metadata={'kind': kind}, **kw)
+# The parameters of the Vertex AI Model Registry start with this (`RegistryTarget`).
+REGISTRY_PREFIX = 'vertex_'
 
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
     """The parameters of one export, validated on construction.
 
-    The TFX spec's PARAMETERS, the execution properties and their parsing are all
-    derived from these fields, so a new parameter is declared once.
-
-    Attributes:
-        name: The model name; the export goes to `<export_base>/<name>/<version>/`.
-        export_base: The base folder (or gs:// / s3:// prefix) holding one folder per name.
-        serving_fn: Import path of a function `fn(loaded_model) -> signatures`, or
-            None to copy the source SavedModel byte for byte.
-        assets_extra: Destination (relative to `assets.extra/`) -> source file.
-        as_text: Write `saved_model.pbtxt` instead of `saved_model.pb`.
-        require_blessing: Refuse to run without any blessing input.
-        copy_method: `auto` (reflink where the filesystem can, else a kernel copy),
-            `copy`, or `hardlink` (opt-in: link the immutable source files).
-        smoke_test: Load the staged export and call its signature before publishing.
-        signature_name: The serving signature the smoke test, parity and warmup use.
-        examples_split: The split of the `examples` input to read examples from.
-        parity_sample_size: Examples compared between the source model and a
-            re-exported one (`serving_fn` or `as_text`); 0 turns parity off.
-        parity_tolerance: Absolute and relative tolerance of the parity check.
-        warmup_requests: Write this many TensorFlow Serving warmup requests (at most
-            1000) from the examples to `assets.extra/tf_serving_warmup_requests`; 0: none.
-        exports_to_keep: Keep this many newest versions, removing older ones after a
-            publish (never labelled ones); 0 keeps all.
-        label: Point this TensorFlow Serving version label (e.g. `canary`) at the new
-            version in `<export_base>/<name>/models.config`; empty: no label.
-        paranoid_verify: Before publishing, read every staged byte back (locally from
-            disk: the flushed pages are dropped from the cache first) and check it
-            against the manifest. Off by default: the copy hashed every byte it wrote.
-        vertex_model: Register each export in the Vertex AI Model Registry as a new
-            version of this model: a display name or
-            `projects/P/locations/L/models/ID`, created if absent. Empty: no
-            registry. Needs a `gs://` export base.
-        vertex_project: The model's project; empty: as the Vertex SDK resolves it.
-        vertex_region: The model's region; empty: as the Vertex SDK resolves it.
-        vertex_serving_image: Serving container image of the version; empty: the
-            prebuilt TensorFlow CPU image of the model's TensorFlow version.
-        vertex_version_aliases: Aliases the new version takes (moved from the
-            versions holding them), e.g. `['candidate']`.
-        vertex_labels: Labels of the new version.
-        vertex_version_description: Description of the new version.
-        vertex_is_default_version: The new version takes the `default` alias.
-        vertex_encryption_key: Cloud KMS key name (CMEK) of the model.
+    Each parameter is declared once, here: its field carries its description and
+    its command-line form. The TFX spec's parameters, the execution properties and
+    their parsing, the Kubeflow components' docstrings, the CLI's options and the
+    table in docs/parameters.md are generated from these fields, and so is the
+    Attributes section below.
     """
 
-    name: str = _param(_STR)
-    export_base: str = _param(_STR)
-    serving_fn: str | None = _param(_STR, None)
-    assets_extra: Mapping[str, str] = _param(_JSON, dict)
-    as_text: bool = _param(_FLAG, False)
-    require_blessing: bool = _param(_FLAG, True)
-    copy_method: str = _param(_STR, COPY_AUTO)
-    smoke_test: bool = _param(_FLAG, True)
-    signature_name: str = _param(_STR, 'serving_default')
-    examples_split: str = _param(_STR, 'eval')
-    parity_sample_size: int = _param(_INT, 100)
-    parity_tolerance: float = _param(_FLOAT, 1e-5)
-    warmup_requests: int = _param(_INT, 0)
-    exports_to_keep: int = _param(_INT, 0)
-    label: str = _param(_STR, '')
-    paranoid_verify: bool = _param(_FLAG, False)
-    vertex_model: str = _param(_STR, '')
-    vertex_project: str = _param(_STR, '')
-    vertex_region: str = _param(_STR, '')
-    vertex_serving_image: str = _param(_STR, '')
-    vertex_version_aliases: Sequence[str] = _param(_JSON, list)
-    vertex_labels: Mapping[str, str] = _param(_JSON, dict)
-    vertex_version_description: str = _param(_STR, '')
-    vertex_is_default_version: bool = _param(_FLAG, True)
-    vertex_encryption_key: str = _param(_STR, '')
+    name: str = param(
+        STR,
+        summary='The model name, one folder: the export goes to `<export_base>/<name>/<version>/`.',
+        metavar='NAME',
+    )
+    export_base: str = param(
+        STR,
+        summary='Where the versions go: a folder, `gs://bucket/prefix` or `s3://bucket/prefix`.',
+        details='`<export_base>/<name>` is the TensorFlow Serving model base path.',
+        metavar='PATH',
+    )
+    serving_fn: str | Callable[..., Any] | None = param(
+        STR,
+        None,
+        summary='Re-export the model with the signatures `fn(loaded_model)` returns, the TF2 '
+        'form of `serving_input_receiver_fn`; without it the export is a byte-for-byte copy.',
+        details='Given as `package.module:fn`, `/path/to/module_file.py:fn` or a module-level '
+        'function (stored as its import path). The model is loaded, the returned signatures '
+        '(name -> `tf.function` with an input signature, or concrete function) attached, and '
+        'a new SavedModel saved.',
+        metavar='MODULE:FUNC',
+    )
+    assets_extra: Mapping[str, str] = param(
+        JSON,
+        dict,
+        summary='Extra files for `assets.extra/`: destination under it -> source file (local, '
+        '`gs://` or `s3://`).',
+        details='Absolute destinations, `..`, `.`, backslashes, NUL and control characters, '
+        'components over 255 bytes and `export_manifest.json` are refused when the parameters '
+        'are checked (a `ValueError` at pipeline construction) and again at run time. A '
+        'missing source fails before anything is written.',
+        metavar='DEST=SRC',
+    )
+    as_text: bool = param(
+        FLAG,
+        False,
+        summary='Write `saved_model.pbtxt` instead of `saved_model.pb`.',
+        details='The export still loads with `tf.saved_model.load` and `saved_model_cli`.',
+        switch=True,
+    )
+    require_blessing: bool = param(
+        FLAG,
+        True,
+        summary='Refuse to export without a blessing.',
+        details='With no blessing given, the export is refused (at pipeline construction, with '
+        'a `ValueError`) unless this is `False`.',
+    )
+    copy_method: str = param(
+        STR,
+        COPY_AUTO,
+        summary='How the files are copied: `auto`, `copy` or `hardlink`.',
+        details='`auto`: reflink where the filesystem can (btrfs, XFS), else the kernel copies '
+        'each 32 MiB chunk (`copy_file_range`) and the chunk is hashed through a read-only '
+        'mapping of the destination (sources are read, never mapped; files under 4 MiB are read '
+        'and written); the chunks of one large file are copied and hashed by every thread at '
+        'once. `copy`: plain read-hash-write. `hardlink` (opt-in): link the source files, which '
+        'TFX never modifies; falls back to a copy across filesystems.',
+        choices=COPY_METHODS,
+    )
+    smoke_test: bool = param(
+        FLAG,
+        True,
+        summary='Before publishing, load the staged export from its folder alone, as a model '
+        'server does, and call `signature_name` on real (or, without `examples`, synthetic) '
+        'inputs.',
+        details='A model that does not load, lacks the signature, fails or answers NaN or '
+        'infinity is not published. It needs TensorFlow.',
+    )
+    signature_name: str = param(
+        STR,
+        'serving_default',
+        summary='The signature the smoke test, parity and warmup requests use.',
+        metavar='SIGNATURE',
+    )
+    examples_split: str = param(
+        STR, 'eval', summary='The split of `examples` to read.', metavar='SPLIT'
+    )
+    parity_sample_size: int = param(
+        INT,
+        100,
+        summary='With `examples` and a re-export (`serving_fn` or `as_text`), compare this many '
+        "predictions of the export with the source model's; `0` turns parity off.",
+        details='A mismatch is refused with the worst differences. With Beam pipeline args it '
+        'runs as a Beam pipeline.',
+        metavar='N',
+    )
+    parity_tolerance: float = param(
+        FLOAT,
+        1e-5,
+        summary='Absolute and relative tolerance of the parity check.',
+        metavar='TOL',
+    )
+    warmup_requests: int = param(
+        INT,
+        0,
+        summary=f'Write up to this many (at most {MAX_WARMUP_REQUESTS}) TensorFlow Serving '
+        'warmup requests (`PredictionLog`) from `examples` to '
+        '`assets.extra/tf_serving_warmup_requests`; `0` writes none.',
+        details='A warmup file the model or `assets_extra` already has is validated and '
+        'replayed instead.',
+        metavar='N',
+    )
+    exports_to_keep: int = param(
+        INT,
+        0,
+        summary='After publishing, remove the oldest complete versions beyond this many; `0` '
+        'keeps all.',
+        details='Never the new one, never a labelled one, never a non-numeric folder, never one '
+        'being published. Local folders, `gs://` and `s3://`.',
+        metavar='N',
+    )
+    label: str = param(
+        STR,
+        '',
+        summary='Point this TensorFlow Serving version label (e.g. `canary`) at the new version '
+        'in `<export_base>/<name>/models.config`; empty: no label.',
+        details='Local folders, `gs://` and `s3://`.',
+        metavar='LABEL',
+    )
+    paranoid_verify: bool = param(
+        FLAG,
+        False,
+        summary='Before publishing, read every staged byte back and check it against the manifest.',
+        details='Locally after flushing the files and dropping them from the page cache '
+        '(`posix_fadvise(DONTNEED)`), so the bytes come back from the disk; on a bucket by '
+        'downloading the staged objects. Off by default because the copy already hashed every '
+        'byte it wrote (the default check compares the listing, sizes and those hashes without '
+        're-reading).',
+    )
+    vertex_model: str = param(
+        STR,
+        '',
+        summary='Register each export in the Vertex AI Model Registry as a new version of this '
+        'model: a display name or `projects/P/locations/L/models/ID`; empty: no registry.',
+        details='A display name is found with `ListModels` and created on the first upload; a '
+        'resource name is created with that id if absent. Needs a `gs://` export base.',
+        metavar='MODEL',
+    )
+    vertex_project: str = param(
+        STR,
+        '',
+        summary="The model's project; empty: from `vertex_model`'s resource name, else as the "
+        'Vertex SDK resolves it (`aiplatform.init`, `GOOGLE_CLOUD_PROJECT`, credentials).',
+        metavar='PROJECT',
+    )
+    vertex_region: str = param(
+        STR,
+        '',
+        summary="The model's region; empty: from `vertex_model`'s resource name, else as the "
+        'Vertex SDK resolves it (`aiplatform.init`, `GOOGLE_CLOUD_REGION`, `CLOUD_ML_REGION`, '
+        '`us-central1`).',
+        metavar='REGION',
+    )
+    vertex_serving_image: str = param(
+        STR,
+        '',
+        summary="The version's serving container image; empty: the prebuilt TensorFlow CPU image "
+        "of the TensorFlow version that saved the model, in the region's repository.",
+        details='For example `us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-16:latest`.',
+        metavar='IMAGE',
+    )
+    vertex_version_aliases: Sequence[str] = param(
+        JSON,
+        list,
+        summary='Aliases the new version takes (e.g. `candidate`), moved from the versions '
+        'holding them in one atomic call (`MergeVersionAliases`).',
+        details=f"Vertex's rule: `{vertex_registry.VERSION_ALIAS_PATTERN}`; "
+        f'`{vertex_registry.DEFAULT_ALIAS}` is refused (use `vertex_is_default_version`).',
+        metavar='ALIAS',
+    )
+    vertex_labels: Mapping[str, str] = param(
+        JSON,
+        dict,
+        summary='Labels of the new version.',
+        details=f"Vertex's rules: at most {vertex_registry.MAX_LABELS - 1} (the exporter adds "
+        f'`{vertex_registry.MANIFEST_LABEL}`); keys 1-{vertex_registry.MAX_LABEL_CHARS} '
+        'lowercase letters, digits, `_` or `-`, starting with a letter; values '
+        f'0-{vertex_registry.MAX_LABEL_CHARS} of the same.',
+        metavar='KEY=VALUE',
+    )
+    vertex_version_description: str = param(
+        STR,
+        '',
+        summary="The new version's description; the exporter appends the export folder and the "
+        'full manifest SHA-256.',
+        metavar='TEXT',
+    )
+    vertex_is_default_version: bool = param(
+        FLAG,
+        True,
+        summary="The new version takes the `default` alias (the Vertex SDK's default; a new "
+        "model's first version always has it).",
+    )
+    vertex_encryption_key: str = param(
+        STR,
+        '',
+        summary='Cloud KMS key (CMEK) of the model, '
+        '`projects/P/locations/L/keyRings/R/cryptoKeys/K`; empty: Google-managed.',
+        metavar='KMS_KEY',
+    )
 
     def __post_init__(self) -> None:
         validate_export_name(self.name)
@@ -278,22 +402,9 @@ class ExportConfig:
             raise InvalidInputError(f'export_base {self.export_base!r} contains a NUL byte')
         set_ = functools.partial(object.__setattr__, self)
         set_('serving_fn', serving_fn_path(self.serving_fn))
-        if not isinstance(self.assets_extra, Mapping):
-            raise InvalidInputError(
-                'assets_extra must be a mapping of destination (relative to assets.extra/) '
-                f'to source file, got {type(self.assets_extra).__name__}'
-            )
-        normalised: dict[str, str] = {}
-        for dest, src in self.assets_extra.items():
-            clean = validate_assets_extra_dest(dest)
-            if not isinstance(src, str) or not src:
-                raise InvalidInputError(
-                    f'assets_extra source for {dest!r} must be a file path, got {src!r}'
-                )
-            normalised[clean] = src
-        set_('assets_extra', dict(sorted(normalised.items())))
-        for key in ('as_text', 'require_blessing', 'smoke_test', 'paranoid_verify'):
-            set_(key, _as_flag(getattr(self, key), key))
+        set_('assets_extra', _checked_assets_extra(self.assets_extra))
+        for flag in (p.name for p in self.parameters() if p.is_flag):
+            set_(flag, _as_flag(getattr(self, flag), flag))
         check_method(self.copy_method)
         set_('parity_sample_size', _as_count(self.parity_sample_size, 'parity_sample_size'))
         set_('parity_tolerance', _as_float(self.parity_tolerance, 'parity_tolerance'))
@@ -316,45 +427,28 @@ class ExportConfig:
         self._check_registry()
 
     def _check_registry(self) -> None:
-        """Validates the `vertex_*` parameters as Vertex AI would, before anything is written."""
-        from final_exporter.lifecycle import vertex_registry as registry
-
+        """Reads the `vertex_*` parameters; `RegistryTarget` checks them as Vertex AI would."""
         set_ = functools.partial(object.__setattr__, self)
-        for key in _REGISTRY_STRINGS:
-            value = getattr(self, key)
-            if value is None:
-                value = ''
-            if not isinstance(value, str):
-                raise InvalidInputError(f'{key} must be a string, got {value!r}')
-            set_(key, value.strip())
-        set_(
-            'vertex_is_default_version',
-            _as_flag(self.vertex_is_default_version, 'vertex_is_default_version'),
-        )
-        set_(
-            'vertex_version_aliases', registry.validate_version_aliases(self.vertex_version_aliases)
-        )
-        set_('vertex_labels', registry.validate_labels(self.vertex_labels))
+        registry = [p for p in self.parameters() if p.name.startswith(REGISTRY_PREFIX)]
+        for setting in registry:
+            value = getattr(self, setting.name)
+            if setting.kind == STR:
+                if value is not None and not isinstance(value, str):
+                    raise InvalidInputError(f'{setting.name} must be a string, got {value!r}')
+                set_(setting.name, (value or '').strip())
+            elif setting.kind == JSON and not value:
+                set_(setting.name, setting.default)
         if not self.vertex_model:
-            given = [
-                f.name
-                for f in dataclasses.fields(self)
-                if f.name.startswith('vertex_') and getattr(self, f.name) != _default_of(f)
-            ]
+            given = [p.name for p in registry if getattr(self, p.name) != p.default]
             if given:
                 raise InvalidInputError(
                     f'{", ".join(given)} given without vertex_model; set vertex_model to the '
                     'display name or resource name of the Vertex AI model to register into'
                 )
             return
-        registry.validate_parent_model(self.vertex_model)
-        registry.validate_location(self.vertex_project, self.vertex_region, self.vertex_model)
-        registry.validate_encryption_key(self.vertex_encryption_key)
-        if any(ch.isspace() for ch in self.vertex_serving_image):
-            raise InvalidInputError(
-                f'vertex_serving_image {self.vertex_serving_image!r} contains whitespace; '
-                'expected an image URI, e.g. us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest'
-            )
+        target = self.registry_target
+        set_('vertex_version_aliases', list(target.version_aliases))
+        set_('vertex_labels', dict(target.labels))
         if not self.export_base.startswith('gs://'):
             raise InvalidInputError(
                 'vertex_model needs a gs:// export_base (Vertex AI serves a version from Cloud '
@@ -363,9 +457,11 @@ class ExportConfig:
 
     @property
     def registry_target(self) -> RegistryTarget | None:
-        """Where to register the export in the Vertex AI Model Registry; None: nowhere."""
-        from final_exporter.lifecycle.vertex_registry import RegistryTarget
+        """Where to register the export in the Vertex AI Model Registry; None: nowhere.
 
+        Raises:
+            InvalidInputError: for a setting Vertex AI would refuse.
+        """
         if not self.vertex_model:
             return None
         return RegistryTarget(
@@ -373,8 +469,8 @@ class ExportConfig:
             project=self.vertex_project,
             region=self.vertex_region,
             serving_image=self.vertex_serving_image,
-            version_aliases=tuple(self.vertex_version_aliases),
-            labels=dict(self.vertex_labels),
+            version_aliases=self.vertex_version_aliases,
+            labels=self.vertex_labels,
             version_description=self.vertex_version_description,
             is_default_version=self.vertex_is_default_version,
             encryption_key=self.vertex_encryption_key,
@@ -385,15 +481,28 @@ class ExportConfig:
         """`<export_base>/<name>`: the TensorFlow Serving model base path."""
         return f'{self.export_base.rstrip("/")}/{self.name}'
 
+    @classmethod
+    def parameters(cls) -> tuple[Parameter, ...]:
+        """Every parameter with its description and command-line form, in declaration order."""
+        return tuple(
+            Parameter(name=f.name, default=default_of(f), **f.metadata)
+            for f in dataclasses.fields(cls)
+        )
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """The parameter names: the TFX parameters, kfp inputs and (kebab-case) CLI flags."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
     def to_exec_properties(self) -> dict[str, Any]:
         """The TFX execution parameters (primitive types only, as KFP v2 needs)."""
         props: dict[str, Any] = {}
         for field in dataclasses.fields(self):
             value, kind = getattr(self, field.name), field.metadata['kind']
-            if kind == _JSON:
+            if kind == JSON:
                 plain = dict(value) if isinstance(value, Mapping) else list(value)
                 value = json.dumps(plain, sort_keys=True)
-            elif kind == _FLAG:
+            elif kind == FLAG:
                 value = int(value)
             elif value is None:
                 value = ''
@@ -411,13 +520,13 @@ class ExportConfig:
             value = props.get(field.name)
             if value is None or value == '':
                 continue
-            if field.metadata['kind'] == _JSON and isinstance(value, str):
+            if field.metadata['kind'] == JSON and isinstance(value, str):
                 try:
                     value = json.loads(value)
                 except json.JSONDecodeError as e:
                     raise InvalidInputError(
                         f'{field.name} must be a JSON '
-                        f'{"list" if isinstance(_default_of(field), list) else "object"}, '
+                        f'{"list" if isinstance(default_of(field), list) else "object"}, '
                         f'got {value!r} ({e})'
                     ) from e
             kwargs[field.name] = value
@@ -426,11 +535,32 @@ class ExportConfig:
     @classmethod
     def property_types(cls) -> dict[str, tuple[type, bool]]:
         """{parameter: (execution property type, optional)} for the TFX spec."""
-        return {
-            f.name: (
-                PROPERTY_TYPES[f.metadata['kind']],
-                f.default is not dataclasses.MISSING
-                or f.default_factory is not dataclasses.MISSING,
+        return {p.name: (PROPERTY_TYPES[p.kind], not p.required) for p in cls.parameters()}
+
+
+def _checked_assets_extra(assets_extra: Any) -> dict[str, str]:
+    """`assets_extra` with every destination checked, sorted by destination."""
+    if not isinstance(assets_extra, Mapping):
+        raise InvalidInputError(
+            'assets_extra must be a mapping of destination (relative to assets.extra/) '
+            f'to source file, got {type(assets_extra).__name__}'
+        )
+    normalised: dict[str, str] = {}
+    for dest, src in assets_extra.items():
+        clean = validate_assets_extra_dest(dest)
+        if not isinstance(src, str) or not src:
+            raise InvalidInputError(
+                f'assets_extra source for {dest!r} must be a file path, got {src!r}'
             )
-            for f in dataclasses.fields(cls)
-        }
+        normalised[clean] = src
+    return dict(sorted(normalised.items()))
+
+
+if ExportConfig.__doc__:  # None under `python -OO`.
+    ExportConfig.__doc__ = (
+        ExportConfig.__doc__.rstrip()
+        + '\n\n'
+        + docstring_section(
+            'Attributes', {p.name: p.description() for p in ExportConfig.parameters()}, '    '
+        )
+    )

@@ -11,14 +11,15 @@ SHA-256 (Vertex label values hold at most 63 characters); the full digest is in
 the version description. A retried execution reports the earlier export
 (core/exporter.py), whose digest finds the version it registered.
 
-The validators here run at construction (`ExportConfig`), so a bad alias or
-label is refused before anything is written. The client library is imported
+`RegistryTarget` checks the settings when it is made (`ExportConfig` makes it
+on construction), so a bad alias or label is refused before anything is written. The client library is imported
 only when a registration runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -199,30 +200,45 @@ def validate_location(project: str, region: str, parent: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class RegistryTarget:
-    """Where and how to register an export (the `vertex_*` parameters).
+    """Where and how to register an export: the `vertex_*` parameters, checked on construction.
 
     Attributes:
-        parent_model: Display name or resource name of the parent model.
-        project: Google Cloud project; empty: as the Vertex SDK resolves it.
-        region: Vertex AI region; empty: as the Vertex SDK resolves it.
-        serving_image: Serving container image; empty: the prebuilt TensorFlow CPU
-            image of the model's TensorFlow version.
-        version_aliases: Aliases the new version takes (moved from other versions).
-        labels: Labels of the new version.
-        version_description: Description of the new version.
-        is_default_version: Whether the new version takes the `default` alias.
-        encryption_key: Cloud KMS key (CMEK) of the model; empty: Google-managed.
+        parent_model: `vertex_model`.
+        project: `vertex_project`.
+        region: `vertex_region`.
+        serving_image: `vertex_serving_image`.
+        version_aliases: `vertex_version_aliases`, each once.
+        labels: `vertex_labels`, sorted by key.
+        version_description: `vertex_version_description`.
+        is_default_version: `vertex_is_default_version`.
+        encryption_key: `vertex_encryption_key`.
+
+    Raises:
+        InvalidInputError: for a setting Vertex AI would refuse, naming its parameter.
     """
 
     parent_model: str
     project: str = ''
     region: str = ''
     serving_image: str = ''
-    version_aliases: tuple[str, ...] = ()
+    version_aliases: Sequence[str] = ()
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
     version_description: str = ''
     is_default_version: bool = True
     encryption_key: str = ''
+
+    def __post_init__(self) -> None:
+        set_ = functools.partial(object.__setattr__, self)
+        set_('version_aliases', tuple(validate_version_aliases(self.version_aliases)))
+        set_('labels', validate_labels(self.labels))
+        validate_parent_model(self.parent_model)
+        validate_location(self.project, self.region, self.parent_model)
+        validate_encryption_key(self.encryption_key)
+        if any(ch.isspace() for ch in self.serving_image):
+            raise InvalidInputError(
+                f'vertex_serving_image {self.serving_image!r} contains whitespace; expected an '
+                'image URI, e.g. us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest'
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -384,43 +400,27 @@ def register_version(
 
     parent = _find_parent(client, types, target, location)
     if parent is not None:
-        existing = _registered_version(client, types, parent, label, export_dir)
+        existing = _registered_version(client, types, parent.name, label, export_dir)
         if existing is not None:
             logger.info(
-                '%s@%s already holds this export; reporting it.', parent, existing.version_id
+                '%s@%s already holds this export; reporting it.', parent.name, existing.version_id
             )
             version = RegisteredVersion(
-                parent, existing.version_id, tuple(existing.version_aliases), True
+                parent.name, existing.version_id, tuple(existing.version_aliases), True
             )
             return _move_aliases(client, types, version, wanted_aliases)
 
-    description = f'{target.version_description}\n\n' if target.version_description else ''
-    model = types.Model(
-        display_name=display_name if parent is None else '',
-        artifact_uri=export_dir,
-        container_spec=types.ModelContainerSpec(
-            image_uri=target.serving_image or default_serving_image(tensorflow_version, region)
-        ),
-        labels={**target.labels, MANIFEST_LABEL: label},
-        # A new model's first version takes every alias at once; on an existing parent
-        # they move afterwards with MergeVersionAliases, one atomic call, from the
-        # versions that hold them. `default` goes with the upload, as the SDK sends it.
-        version_aliases=wanted_aliases
-        if parent is None
-        else [a for a in wanted_aliases if a == DEFAULT_ALIAS],
-        version_description=(
-            f'{description}FinalExporter export {export_dir}, manifest sha256 {manifest_sha256}'
-        ),
+    request = _upload_request(
+        types,
+        target,
+        parent,
+        location=location,
+        export_dir=export_dir,
+        display_name=display_name,
+        manifest_sha256=manifest_sha256,
+        serving_image=target.serving_image or default_serving_image(tensorflow_version, region),
+        aliases=wanted_aliases,
     )
-    if target.encryption_key:
-        model.encryption_spec = types.EncryptionSpec(kms_key_name=target.encryption_key)
-    request = types.UploadModelRequest(parent=location, model=model)
-    if parent is not None:
-        request.parent_model = parent
-    elif target.parent_model.startswith('projects/'):
-        request.model_id = _MODEL_NAME_RE.fullmatch(target.parent_model)['model']
-    else:
-        model.display_name = target.parent_model
     logger.info('Uploading %s to the Vertex AI Model Registry (%s).', export_dir, location)
     operation = client.upload_model(request=request)
     response = operation.result(timeout=UPLOAD_TIMEOUT_SECONDS)
@@ -431,27 +431,70 @@ def register_version(
     return _move_aliases(client, types, version, wanted_aliases)
 
 
-def _find_parent(client: Any, types: Any, target: RegistryTarget, location: str) -> str | None:
-    """The parent model's resource name, or None when it does not exist yet."""
+def _upload_request(
+    types: Any,
+    target: RegistryTarget,
+    parent: Any,
+    *,
+    location: str,
+    export_dir: str,
+    display_name: str,
+    manifest_sha256: str,
+    serving_image: str,
+    aliases: Sequence[str],
+) -> Any:
+    """The `UploadModelRequest`: a new version of `parent`, or a new model when it is None."""
+    if parent is not None:
+        # The API requires a display name on every upload; a new version takes its
+        # parent's, as the Vertex SDK sends it.
+        display_name = parent.display_name
+    elif not target.parent_model.startswith('projects/'):
+        display_name = target.parent_model
+    description = f'{target.version_description}\n\n' if target.version_description else ''
+    model = types.Model(
+        display_name=display_name,
+        artifact_uri=export_dir,
+        container_spec=types.ModelContainerSpec(image_uri=serving_image),
+        labels={**target.labels, MANIFEST_LABEL: manifest_label(manifest_sha256)},
+        # A new model's first version takes every alias at once; on an existing parent
+        # they move afterwards with MergeVersionAliases, one atomic call, from the
+        # versions that hold them. `default` goes with the upload, as the SDK sends it.
+        version_aliases=aliases if parent is None else [a for a in aliases if a == DEFAULT_ALIAS],
+        version_description=(
+            f'{description}FinalExporter export {export_dir}, manifest sha256 {manifest_sha256}'
+        ),
+    )
+    if target.encryption_key:
+        model.encryption_spec = types.EncryptionSpec(kms_key_name=target.encryption_key)
+    request = types.UploadModelRequest(parent=location, model=model)
+    if parent is not None:
+        request.parent_model = parent.name
+    elif target.parent_model.startswith('projects/'):
+        request.model_id = _MODEL_NAME_RE.fullmatch(target.parent_model)['model']
+    return request
+
+
+def _find_parent(client: Any, types: Any, target: RegistryTarget, location: str) -> Any:
+    """The parent model (its default version), or None when it does not exist yet."""
     from google.api_core import exceptions
 
     if target.parent_model.startswith('projects/'):
         try:
-            return client.get_model(name=target.parent_model).name
+            return client.get_model(name=target.parent_model)
         except exceptions.NotFound:
             return None
-    found = [
-        m.name
-        for m in client.list_models(
+    found = list(
+        client.list_models(
             request=types.ListModelsRequest(
                 parent=location, filter=f'display_name="{target.parent_model}"'
             )
         )
-    ]
+    )
     if len(found) > 1:
         raise InvalidInputError(
             f'vertex_model {target.parent_model!r} is the display name of {len(found)} models '
-            f'({", ".join(found)}); pass the resource name of the one to add versions to'
+            f'({", ".join(m.name for m in found)}); pass the resource name of the one to add '
+            'versions to'
         )
     return found[0] if found else None
 

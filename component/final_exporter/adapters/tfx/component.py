@@ -11,6 +11,7 @@ from tfx.types import standard_artifacts
 
 from final_exporter.adapters.tfx.executor import Executor
 from final_exporter.adapters.tfx.spec import FinalExporterSpec
+from final_exporter.common import keys
 from final_exporter.common.errors import InvalidInputError
 from final_exporter.core.config import ExportConfig
 
@@ -84,121 +85,68 @@ class FinalExporter(base_beam_component.BaseBeamComponent):
     ):
         """Constructs a FinalExporter.
 
+        Every argument but the five channels is an export parameter: a field of
+        `final_exporter.ExportConfig`, with the same default (None: the empty
+        list or mapping), described there (`help(ExportConfig)`) and in
+        docs/parameters.md.
+
         Args:
-            model: Channel of `Model`, usually `trainer.outputs['model']`. Without it,
-                the InfraValidator's stamped model (`<infra_blessing>/stamped_model/`,
-                with its warmup requests) is exported, as the TFX Pusher does; that
-                needs `infra_blessing` from an InfraValidator with
-                `request_spec.make_warmup=True`.
-            name: Model name, one folder: the export goes to `<export_base>/<name>/<version>/`.
-            export_base: Base folder; `<export_base>/<name>` is a TensorFlow Serving base path.
-            model_blessing: Optional channel of `ModelBlessing` (Evaluator).
-            infra_blessing: Optional channel of `InfraBlessing` (InfraValidator).
-            model_evaluation: Optional channel of `ModelEvaluation` (Evaluator); its
-                overall-slice metrics go into the lineage as `eval_result`.
-            serving_fn: Optional `fn(loaded_model) -> signatures`, as an import path
-                (`package.module:fn` or `/path/to/module_file.py:fn`) or a module-level
-                function. When given, the model is re-exported with those signatures;
-                otherwise it is copied byte for byte.
-            assets_extra: Optional {destination under `assets.extra/`: source file}.
-            as_text: Write `saved_model.pbtxt` instead of `saved_model.pb`.
-            require_blessing: With no blessing wired, construction fails unless this
-                is explicitly False.
-            copy_method: `auto` (reflink where the filesystem supports it, else a
-                parallel copy), `copy`, or `hardlink` (opt-in: hard-link the source
-                files, which TFX never modifies; falls back to a copy across
-                filesystems).
-            examples: Optional channel of `Examples`: real inputs for the smoke test,
-                parity and warmup requests (split `examples_split`).
-            smoke_test: Load the staged export from its folder, as a model server
-                does, and call `signature_name` on real (or synthetic) examples; a
-                model that does not load or answer is not published.
-            signature_name: The serving signature to check and warm up.
-            examples_split: The split of `examples` to read.
-            parity_sample_size: With `examples` and a re-export (`serving_fn` or
-                `as_text`), compare this many predictions of the export with the
-                source model's and refuse to publish on a mismatch; 0 turns it off.
-            parity_tolerance: Absolute and relative tolerance of the comparison.
-            warmup_requests: Write up to this many (at most 1000) TensorFlow Serving
-                warmup requests from `examples` to
-                `assets.extra/tf_serving_warmup_requests`; 0 writes none. A warmup
-                file the model or `assets_extra` already has is validated instead.
-            exports_to_keep: After publishing, remove the oldest complete versions
-                beyond this many (never labelled ones, never the new one); 0 keeps all.
-            label: Point this TensorFlow Serving version label at the new version in
-                `<export_base>/<name>/models.config`.
-            paranoid_verify: Before publishing, read every staged byte back (from
-                disk, not the page cache, where the OS allows) and check it against
-                the manifest. Off by default: the copy hashed every byte it wrote.
-            vertex_model: Register each export (on a `gs://` export base) in the
-                Vertex AI Model Registry as a new version of this model: a display
-                name or `projects/P/locations/L/models/ID`, created if absent.
-            vertex_project: The model's project; empty: as the Vertex SDK resolves it
-                (`aiplatform.init`, `GOOGLE_CLOUD_PROJECT`, credentials).
-            vertex_region: The model's region; empty: as the Vertex SDK resolves it
-                (`aiplatform.init`, `GOOGLE_CLOUD_REGION`, `us-central1`).
-            vertex_serving_image: The version's serving container; empty: the
-                prebuilt TensorFlow CPU image of the model's TensorFlow version.
-            vertex_version_aliases: Aliases the new version takes, moved from the
-                versions that hold them (e.g. `['candidate']`).
-            vertex_labels: Labels of the new version (Vertex AI label rules).
-            vertex_version_description: Description of the new version.
-            vertex_is_default_version: The new version takes the `default` alias.
-            vertex_encryption_key: Cloud KMS key (CMEK) of the model.
+            model: Channel of `Model`, usually `trainer.outputs['model']`: the trained
+                model, in either layout TFX writes (`Format-Serving/` or the Estimator
+                layout `Format-Serving/export/<name>/<timestamp>/`, newest timestamp),
+                or a SavedModel folder itself. Without it, the InfraValidator's stamped
+                model (`<infra_blessing>/stamped_model/`, with its warmup requests) is
+                exported, as the TFX Pusher does; that needs `infra_blessing` from an
+                InfraValidator with `request_spec.make_warmup=True`.
+            model_blessing: Channel of `ModelBlessing`: the Evaluator's verdict.
+            infra_blessing: Channel of `InfraBlessing`: the InfraValidator's verdict.
+            model_evaluation: Channel of `ModelEvaluation` (Evaluator); its
+                overall-slice metrics are recorded as `eval_result`.
+            examples: Channel of `Examples`: real inputs for the smoke test, parity
+                and warmup requests (split `examples_split`).
 
         Raises:
             ValueError: for a parameter that cannot work, saying how to fix it.
         """
-        if model is None and infra_blessing is None:
-            raise ValueError(
-                'model is required: pass model=trainer.outputs["model"], or '
-                'infra_blessing=infra_validator.outputs["blessing"] alone to export the '
-                "InfraValidator's stamped model (it needs request_spec.make_warmup=True)"
+        arguments = dict(locals())
+        config = _config(arguments)
+        super().__init__(
+            spec=FinalExporterSpec(
+                **{key: arguments[key] for key in FinalExporterSpec.INPUTS},
+                pushed_model=types.Channel(type=standard_artifacts.PushedModel),
+                **config.to_exec_properties(),
             )
-        if require_blessing and model_blessing is None and infra_blessing is None:
-            raise ValueError(
-                'FinalExporter needs a blessing to gate the export: pass '
-                'model_blessing=evaluator.outputs["blessing"] and/or '
-                'infra_blessing=infra_validator.outputs["blessing"], or set '
-                'require_blessing=False to export without validation.'
-            )
-        try:
-            config = ExportConfig(
-                name=name,
-                export_base=export_base,
-                serving_fn=serving_fn,
-                assets_extra=assets_extra or {},
-                as_text=as_text,
-                require_blessing=require_blessing,
-                copy_method=copy_method,
-                smoke_test=smoke_test,
-                signature_name=signature_name,
-                examples_split=examples_split,
-                parity_sample_size=parity_sample_size,
-                parity_tolerance=parity_tolerance,
-                warmup_requests=warmup_requests,
-                exports_to_keep=exports_to_keep,
-                label=label,
-                paranoid_verify=paranoid_verify,
-                vertex_model=vertex_model,
-                vertex_project=vertex_project,
-                vertex_region=vertex_region,
-                vertex_serving_image=vertex_serving_image,
-                vertex_version_aliases=list(vertex_version_aliases or []),
-                vertex_labels=dict(vertex_labels or {}),
-                vertex_version_description=vertex_version_description,
-                vertex_is_default_version=vertex_is_default_version,
-                vertex_encryption_key=vertex_encryption_key,
-            )
-        except InvalidInputError as e:
-            raise ValueError(f'FinalExporter: {e}') from None
-        spec = FinalExporterSpec(
-            model=model,
-            model_blessing=model_blessing,
-            infra_blessing=infra_blessing,
-            model_evaluation=model_evaluation,
-            examples=examples,
-            pushed_model=types.Channel(type=standard_artifacts.PushedModel),
-            **config.to_exec_properties(),
         )
-        super().__init__(spec=spec)
+
+
+def _config(arguments: Mapping[str, Any]) -> ExportConfig:
+    """The export parameters of `FinalExporter(...)`, checked with its channels.
+
+    Raises:
+        ValueError: for a parameter that cannot work, saying how to fix it.
+    """
+    if arguments[keys.MODEL_KEY] is None and arguments[keys.INFRA_BLESSING_KEY] is None:
+        raise ValueError(
+            'model is required: pass model=trainer.outputs["model"], or '
+            'infra_blessing=infra_validator.outputs["blessing"] alone to export the '
+            "InfraValidator's stamped model (it needs request_spec.make_warmup=True)"
+        )
+    blessings = (arguments[keys.MODEL_BLESSING_KEY], arguments[keys.INFRA_BLESSING_KEY])
+    if arguments['require_blessing'] and all(b is None for b in blessings):
+        raise ValueError(
+            'FinalExporter needs a blessing to gate the export: pass '
+            'model_blessing=evaluator.outputs["blessing"] and/or '
+            'infra_blessing=infra_validator.outputs["blessing"], or set '
+            'require_blessing=False to export without validation.'
+        )
+    try:
+        # None stands for the default (the empty list or mapping) here.
+        return ExportConfig(
+            **{
+                key: arguments[key]
+                for key in ExportConfig.field_names()
+                if arguments[key] is not None
+            }
+        )
+    except InvalidInputError as e:
+        raise ValueError(f'FinalExporter: {e}') from None

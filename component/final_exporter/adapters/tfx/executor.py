@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 from typing import Any
 
@@ -19,6 +18,7 @@ from tfx.dsl.components.base import base_beam_executor
 from tfx.dsl.io import fileio
 from tfx.types import artifact_utils
 
+from final_exporter.adapters.record import write_record
 from final_exporter.common import keys
 from final_exporter.common.progress import Throttled
 from final_exporter.core.blessing import (
@@ -29,8 +29,6 @@ from final_exporter.core.blessing import (
 )
 from final_exporter.core.config import ExportConfig
 from final_exporter.core.exporter import ExportRequest, ExportResult, run_export
-from final_exporter.core.report import render_report
-from final_exporter.storage.manifest import manifest_bytes
 
 
 class Executor(base_beam_executor.BaseBeamExecutor):
@@ -196,12 +194,9 @@ def record_result(pushed_model: types.Artifact, result: ExportResult) -> None:
         else:
             pushed_model.set_string_custom_property(key, value)
     fileio.makedirs(pushed_model.uri)
-    files = {
-        keys.LINEAGE_FILENAME: json.dumps(result.summary(), indent=2, sort_keys=True) + '\n',
-        keys.REPORT_FILENAME: render_report(result),
-    }
-    if result.manifest is not None:
-        files[keys.MANIFEST_FILENAME] = manifest_bytes(result.manifest).decode()
-    for filename, text in files.items():
+
+    def write(filename: str, text: str) -> None:
         with fileio.open(f'{pushed_model.uri.rstrip("/")}/{filename}', 'w') as f:
             f.write(text)
+
+    write_record(result, write)
