@@ -57,4 +57,12 @@ def test_the_lazy_tfx_component_is_the_one_the_pipeline_compiles():
 
     assert final_exporter.FinalExporter is FinalExporter
     with pytest.raises(AttributeError, match='no attribute'):
-        final_exporter.Executor  # noqa: B018  (internal: final_exporter.adapters.tfx.executor)
+        final_exporter.not_a_name  # noqa: B018
+
+
+def test_names_that_left_the_public_api_still_resolve_with_a_warning_naming_their_path():
+    from final_exporter.adapters.tfx.executor import Executor
+
+    with pytest.warns(DeprecationWarning, match=r'final_exporter\.adapters\.tfx\.executor'):
+        assert final_exporter.Executor is Executor
+    assert 'Executor' not in final_exporter.__all__

@@ -9,6 +9,7 @@ without TensorFlow or TFX.
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import Any
 
 from final_exporter.common.errors import (
@@ -26,6 +27,15 @@ from final_exporter.storage.verify import read_manifest, verify_export
 from final_exporter.version import __version__
 
 _LAZY = {'FinalExporter': 'final_exporter.adapters.tfx.component'}
+# Names this module exported before the public API was drawn (0.x): they still resolve,
+# with a warning naming where they live now, so code written against them keeps working
+# for one more release instead of breaking without notice.
+_MOVED = {
+    'Executor': 'final_exporter.adapters.tfx.executor',
+    'FinalExporterSpec': 'final_exporter.adapters.tfx.spec',
+    'GateDecision': 'final_exporter.core.blessing',
+    'check_blessings': 'final_exporter.core.blessing',
+}
 
 __all__ = [
     'Blessing',
@@ -50,4 +60,12 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _MOVED:
+        warnings.warn(
+            f'final_exporter.{name} is internal and leaves the public API in the next release; '
+            f'import it from {_MOVED[name]} (docs/api.md)',
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(_MOVED[name]), name)
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
