@@ -24,7 +24,7 @@ from final_exporter.core.blessing import blessing_from_folder, stamped_model_dir
 from final_exporter.core.config import ExportConfig
 from final_exporter.core.exporter import ExportRequest, ExportResult, run_export
 from final_exporter.storage.stores import store_for
-from final_exporter.storage.transfer import COPY_AUTO, COPY_METHODS
+from final_exporter.storage.types import COPY_AUTO, COPY_METHODS
 from final_exporter.storage.verify import read_manifest, verify_export
 from final_exporter.version import __version__
 
@@ -429,7 +429,7 @@ def _list(args: argparse.Namespace) -> int:
     for version in reversed(store.list_versions(args.model_base)):
         export_dir = store.join(args.model_base, str(version))
         try:
-            manifest, digest = read_manifest(export_dir)
+            manifest, digest = read_manifest(export_dir, store=store)
         except FinalExporterError as e:
             rows.append({'version': version, 'export_dir': export_dir, 'error': str(e)})
             continue

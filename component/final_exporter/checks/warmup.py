@@ -24,6 +24,13 @@ import uuid
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from final_exporter.checks.signatures import (
+    DEFAULT_SIGNATURE,
+    call_signature,
+    example_input_name,
+    input_specs,
+    load_export,
+)
 from final_exporter.common import keys
 from final_exporter.common.errors import InvalidInputError
 from final_exporter.common.fs import rename_no_replace
@@ -37,7 +44,6 @@ WARMUP_FILENAME = keys.WARMUP_FILENAME
 WARMUP_RELPATH = keys.WARMUP_RELPATH
 # TensorFlow Serving's WarmupConsts::kMaxNumRecords.
 MAX_WARMUP_RECORDS = 1000
-DEFAULT_SIGNATURE = 'serving_default'
 WARMUP_LINEAGE_KEY = keys.WARMUP_LINEAGE_KEY
 
 _CLASSIFY_METHOD = 'tensorflow/serving/classify'
@@ -231,13 +237,11 @@ def replay_warmup_requests(export_dir: str, path: str | None = None) -> int:
     """
     import tensorflow as tf
 
-    from final_exporter.checks import serving_check
-
     path = path or os.path.join(export_dir, WARMUP_RELPATH)
-    loaded = serving_check.load_export(export_dir)
+    loaded = load_export(export_dir)
     methods = _signature_methods(export_dir)
     signatures = {name: loaded.signatures[name] for name in loaded.signatures}
-    inputs = {name: set(serving_check.input_specs(fn)) for name, fn in signatures.items()}
+    inputs = {name: set(input_specs(fn)) for name, fn in signatures.items()}
     count = validate_warmup_requests(path, signatures, signature_inputs=inputs)
     for index, log in enumerate(_read(path)):
         kind = log.WhichOneof('log_type')
@@ -246,7 +250,7 @@ def replay_warmup_requests(export_dir: str, path: str | None = None) -> int:
             where = f'warmup file {path!r}: record {index} ({kind}, signature {signature!r})'
             if kind == 'predict_log':
                 feed = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
-                outputs = serving_check.call_signature(fn, feed, where, 'its inputs')
+                outputs = call_signature(fn, feed, where, 'its inputs')
                 unknown = set(request.output_filter) - set(outputs)
                 if unknown:
                     raise InvalidInputError(
@@ -265,8 +269,8 @@ def replay_warmup_requests(export_dir: str, path: str | None = None) -> int:
                     f'{methods.get(signature)!r}'
                 )
             examples = _serialized_examples(log, request, where)
-            input_name = serving_check.example_input_name(fn)
-            serving_check.call_signature(
+            input_name = example_input_name(fn)
+            call_signature(
                 fn, {input_name: tf.constant(examples, dtype=tf.string)}, where, 'its examples'
             )
     logger.info('Replayed %s warmup requests against %s.', count, export_dir)

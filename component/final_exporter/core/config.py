@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from final_exporter.common import keys
 from final_exporter.common.errors import InvalidInputError
 from final_exporter.common.keys import LABEL_PATTERN
-from final_exporter.storage.transfer import COPY_AUTO, check_method
+from final_exporter.storage.types import COPY_AUTO, check_method
 
 if TYPE_CHECKING:
     from final_exporter.lifecycle.vertex_registry import RegistryTarget
