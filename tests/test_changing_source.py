@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from final_exporter.checks.savedmodel import GRAPH_FILES
 from final_exporter.common.errors import IntegrityError
 from final_exporter.common.progress import Progress
 from final_exporter.storage.transfer import copy_and_hash, plan_tree
@@ -90,6 +91,7 @@ def test_source_truncated_replaced_or_removed_mid_copy_is_an_error_naming_it(
             str(dst),
             config=TransferConfig(method=method, workers=4),
             progress=ChangesSourceAfterFirstRead(str(shard), change),
+            last=GRAPH_FILES,
         )
 
     message = str(raised.value)

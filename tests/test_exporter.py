@@ -383,7 +383,7 @@ def test_beam_runs_only_when_the_args_ask_for_a_runner():
 def test_paranoid_verify_reads_every_staged_file_back_from_disk(
     model_uri, export_base, make_blessing, caplog
 ):
-    caplog.set_level(logging.INFO, logger='final_exporter.core.exporter')
+    caplog.set_level(logging.INFO, logger='final_exporter.core')
     with mock.patch.object(
         os, 'posix_fadvise', autospec=True, side_effect=os.posix_fadvise
     ) as fadvise:

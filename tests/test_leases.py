@@ -11,6 +11,7 @@ import json
 import time
 import uuid
 
+from final_exporter.checks.savedmodel import GRAPH_FILES
 from final_exporter.storage.bucket import CLAIMS_DIR, LEASES_DIR, BucketStore, Lease, lease_uri
 from final_exporter.storage.stores import client_for
 
@@ -48,12 +49,17 @@ def test_another_hosts_staging_is_removed_only_after_its_lease_expired_by_the_ma
     )
 
     within = renewed_at + 60.0 + 600.0  # The lease ran out, but not by the margin yet.
-    at_the_margin = BucketStore(store, clock=lambda: within, expiry_margin_seconds=600.0)
+    # The store as an export resolves it: it knows which files mark a version complete.
+    at_the_margin = BucketStore(
+        store, clock=lambda: within, expiry_margin_seconds=600.0, publish_last=GRAPH_FILES
+    )
     assert at_the_margin.remove_abandoned_staging(model_base) == []
     assert name in names_under(model_base)
     assert '1799999999' in names_under(model_base)
 
-    past_it = BucketStore(store, clock=lambda: within + 1, expiry_margin_seconds=600.0)
+    past_it = BucketStore(
+        store, clock=lambda: within + 1, expiry_margin_seconds=600.0, publish_last=GRAPH_FILES
+    )
     removed = past_it.remove_abandoned_staging(model_base)
 
     assert set(removed) == {name, '1799999999'}

@@ -365,7 +365,7 @@ def test_small_model_is_copied_inline_with_saved_model_pb_last(tmp_path):
     progress = SizesWhenDone(items, dst)
     before = threading.active_count()
 
-    entries = copy_and_hash(items, str(dst), progress=progress)
+    entries = copy_and_hash(items, str(dst), progress=progress, last=GRAPH_FILES)
 
     assert threading.active_count() == before
     assert progress.others_then == {i.dest: i.size for i in items if i.dest != 'saved_model.pb'}
