@@ -161,18 +161,7 @@ def prediction_parity(
             the signature or fails on the examples.
     """
     examples = list(examples)
-    if not examples:
-        raise InvalidInputError('prediction parity needs at least one example; got none')
-    for name, value in (('atol', atol), ('rtol', rtol)):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not value >= 0
-            or math.isinf(value)
-        ):
-            raise InvalidInputError(f'parity {name} must be a finite number >= 0, got {value!r}')
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidInputError(f'parity batch_size must be a positive integer, got {batch_size!r}')
+    _check_arguments(examples, atol, rtol, batch_size)
     spec = ParitySpec(
         source_dir=source_dir,
         export_dir=export_dir,
@@ -200,6 +189,21 @@ def prediction_parity(
         'ok' if result.ok else '; '.join(result.problems()),
     )
     return result
+
+
+def _check_arguments(examples: list[bytes], atol: float, rtol: float, batch_size: int) -> None:
+    if not examples:
+        raise InvalidInputError('prediction parity needs at least one example; got none')
+    for name, value in (('atol', atol), ('rtol', rtol)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not value >= 0
+            or math.isinf(value)
+        ):
+            raise InvalidInputError(f'parity {name} must be a finite number >= 0, got {value!r}')
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError(f'parity batch_size must be a positive integer, got {batch_size!r}')
 
 
 def require_parity(result: ParityResult) -> None:

@@ -90,26 +90,7 @@ def write_warmup_requests(
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
     examples = list(examples)
-    if not examples:
-        raise InvalidInputError(f'no examples to write warmup requests to {path!r} from')
-    if (
-        isinstance(limit, bool)
-        or not isinstance(limit, int)
-        or not 1 <= limit <= MAX_WARMUP_RECORDS
-    ):
-        raise InvalidInputError(
-            f'warmup limit must be an integer from 1 to {MAX_WARMUP_RECORDS} (the most '
-            f'TensorFlow Serving reads), got {limit!r}'
-        )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidInputError(f'warmup batch_size must be a positive integer, got {batch_size!r}')
-    if not input_name:
-        raise InvalidInputError('warmup input_name must name the signature input for the examples')
-    if os.path.lexists(path):
-        raise InvalidInputError(
-            f'warmup file {path!r} already exists; validate it with validate_warmup_requests '
-            'instead of writing a new one'
-        )
+    _check_write_arguments(path, examples, input_name, limit, batch_size)
     examples = examples[: limit * batch_size]
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     tmp = os.path.join(os.path.dirname(path) or '.', f'.{WARMUP_FILENAME}.tmp-{uuid.uuid4().hex}')
@@ -137,6 +118,31 @@ def write_warmup_requests(
             os.remove(tmp)
     logger.info('Wrote %s warmup requests (%s examples) to %s.', count, len(examples), path)
     return count
+
+
+def _check_write_arguments(
+    path: str, examples: list[bytes], input_name: str, limit: int, batch_size: int
+) -> None:
+    if not examples:
+        raise InvalidInputError(f'no examples to write warmup requests to {path!r} from')
+    if (
+        isinstance(limit, bool)
+        or not isinstance(limit, int)
+        or not 1 <= limit <= MAX_WARMUP_RECORDS
+    ):
+        raise InvalidInputError(
+            f'warmup limit must be an integer from 1 to {MAX_WARMUP_RECORDS} (the most '
+            f'TensorFlow Serving reads), got {limit!r}'
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError(f'warmup batch_size must be a positive integer, got {batch_size!r}')
+    if not input_name:
+        raise InvalidInputError('warmup input_name must name the signature input for the examples')
+    if os.path.lexists(path):
+        raise InvalidInputError(
+            f'warmup file {path!r} already exists; validate it with validate_warmup_requests '
+            'instead of writing a new one'
+        )
 
 
 def read_warmup_requests(path: str) -> list[prediction_log_pb2.PredictionLog]:
