@@ -69,6 +69,30 @@ def test_another_hosts_staging_is_removed_only_after_its_lease_expired_by_the_ma
     assert not store.list(f'{model_base}/{LEASES_DIR}')
 
 
+def test_a_dead_exporters_claimed_version_is_kept_by_a_store_not_told_what_completes_it(
+    bucket_base,
+):
+    base, _ = bucket_base
+    model_base = f'{base}/penguin'
+    store = client_for(model_base)
+    name, staging = other_hosts_staging(model_base)
+    store.upload_bytes(  # Its lease ran out long ago.
+        json.dumps({'renewed_at': 1_800_000_000.0, 'lease_seconds': 60.0}).encode(),
+        lease_uri(model_base, staging),
+    )
+    # A dead exporter's claim on a version whose publish may have finished.
+    store.upload_bytes(b'x', f'{model_base}/1799999999/variables/variables.index')
+    store.upload_bytes(
+        json.dumps({'staging': staging}).encode(), f'{model_base}/{CLAIMS_DIR}/1799999999'
+    )
+
+    removed = BucketStore(store, clock=lambda: 4e9).remove_abandoned_staging(model_base)
+
+    assert set(removed) == {name, '1799999999'}  # its staging and its claim
+    assert store.list(f'{model_base}/1799999999')  # the version itself: kept
+    assert not store.list(f'{model_base}/{CLAIMS_DIR}')
+
+
 def test_a_live_exporters_staging_survives_while_it_refreshes_and_goes_once_it_stops(
     bucket_base,
 ):

@@ -19,7 +19,7 @@ from final_exporter.checks.parity import (
     require_parity,
 )
 from final_exporter.checks.parity_beam import beam_comparer
-from final_exporter.checks.smoke_test import smoke_test
+from final_exporter.checks.smoke import smoke_test
 from final_exporter.checks.synthetic import synthetic_inputs
 from final_exporter.common import keys
 from final_exporter.common.errors import InvalidInputError

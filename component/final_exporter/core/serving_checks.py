@@ -70,7 +70,7 @@ def serving_checks(
     if not (config.smoke_test or request.examples_uri or os.path.exists(supplied)):
         return {}
     from final_exporter.checks.examples import read_examples  # TensorFlow only when needed.
-    from final_exporter.checks.smoke_test import smoke_test
+    from final_exporter.checks.smoke import smoke_test
 
     checks: dict[str, Any] = {}
     examples = None

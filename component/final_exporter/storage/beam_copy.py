@@ -20,9 +20,8 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
-from final_exporter.common.progress import Progress
 from final_exporter.storage.filecopy import (
     copy_file,
     copy_piece,
@@ -34,7 +33,7 @@ from final_exporter.storage.filecopy import (
 )
 from final_exporter.storage.transfer import copy_and_hash
 from final_exporter.storage.transfer_config import DEFAULT_TRANSFER, TransferConfig
-from final_exporter.storage.types import CopyItem, FileEntry
+from final_exporter.storage.types import CopyItem, FileEntry, StageRequest
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +139,7 @@ def _run_element(element: Element, dest_root: str, config: TransferConfig) -> li
     item = CopyItem(src, dest, size)
     if kind == _PIECE:
         # A retried piece rewrites the same range of the same file: idempotent.
-        copy_piece(item, os.path.join(dest_root, dest), offset, length, config=config)
+        copy_piece(item, os.path.join(dest_root, dest), (offset, length), config)
         return []
     if kind == _HASH:
         entry = hash_only(item, config)
@@ -164,25 +163,16 @@ class BeamCopier:
         self.config = config
 
     def copy(
-        self,
-        items: Sequence[CopyItem],
-        dest_root: str,
-        *,
-        last: Collection[str] = (),
-        progress: Progress | None = None,
-        meanwhile: Callable[[], None] | None = None,
-        when_copied: Callable[[], None] | None = None,
+        self, request: StageRequest, dest_root: str, last: Collection[str] = ()
     ) -> dict[str, FileEntry]:
-        """Runs `meanwhile` first (Beam's workers may import), the pipeline, then `when_copied`.
-
-        The workers count no progress: they may run in other processes or on other hosts.
-        """
-        del progress  # Counted where the bytes move: in the workers, not here.
-        if meanwhile is not None:
-            meanwhile()
+        """Runs `meanwhile` first (Beam's workers may import), the pipeline, then
+        `when_complete`. The workers count no progress: they may run in other
+        processes or on other hosts."""
+        if request.meanwhile is not None:
+            request.meanwhile()
         entries = copy_and_hash_beam(
-            items, dest_root, self.beam_pipeline_args, config=self.config, last=last
+            request.items, dest_root, self.beam_pipeline_args, config=self.config, last=last
         )
-        if when_copied is not None:
-            when_copied()
+        if request.when_complete is not None:
+            request.when_complete()
         return entries

@@ -168,18 +168,12 @@ def place_piece(
     return digest.digest() if digest is not None else None
 
 
-def copy_piece(
-    item: CopyItem,
-    dest: str,
-    offset: int,
-    length: int,
-    progress: Progress | None = None,
-    config: TransferConfig = DEFAULT_TRANSFER,
-) -> None:
-    """Copies [offset, offset+length) of `item.src` into the existing `dest` (a Beam element)."""
+def copy_piece(item: CopyItem, dest: str, span: tuple[int, int], config: TransferConfig) -> None:
+    """Copies the range `span` (offset, length) of `item.src` into the existing `dest` (a
+    Beam element)."""
     with source_errors(item):
         before = os.stat(item.src)
-    place_piece(item, dest, before, offset, length, progress, config)
+    place_piece(item, dest, before, *span, None, config)
 
 
 def hash_range(

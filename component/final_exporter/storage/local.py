@@ -17,6 +17,7 @@ then hold empty or truncated files.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import logging
@@ -304,14 +305,10 @@ class LocalStore(Store):
         local = [i for i in request.items if not is_object_store_uri(i.src)]
         remote = [i for i in request.items if is_object_store_uri(i.src)]
         # With every source local, the checks overlap the hashing of the copies.
-        staged = self._copier.copy(
-            local,
-            staging.path,
-            last=self._publish_last,
-            progress=request.progress,
-            meanwhile=request.meanwhile,
-            when_copied=None if remote else request.when_complete,
+        copy = dataclasses.replace(
+            request, items=local, when_complete=None if remote else request.when_complete
         )
+        staged = self._copier.copy(copy, staging.path, self._publish_last)
         for item in remote:
             staged[item.dest] = self._download_source(item, staging.path, request.progress)
         if remote and request.when_complete is not None:

@@ -33,7 +33,7 @@ from final_exporter.storage.filecopy import (
 )
 from final_exporter.storage.manifest import entry_from_chunks
 from final_exporter.storage.transfer_config import DEFAULT_TRANSFER, TransferConfig
-from final_exporter.storage.types import COPY_AUTO, COPY_HARDLINK, CopyItem, FileEntry
+from final_exporter.storage.types import COPY_AUTO, COPY_HARDLINK, CopyItem, FileEntry, StageRequest
 
 
 def plan_tree(
@@ -201,24 +201,17 @@ class ThreadedCopier:
         self.config = config
 
     def copy(
-        self,
-        items: Sequence[CopyItem],
-        dest_root: str,
-        *,
-        last: Collection[str] = (),
-        progress: Progress | None = None,
-        meanwhile: Callable[[], None] | None = None,
-        when_copied: Callable[[], None] | None = None,
+        self, request: StageRequest, dest_root: str, last: Collection[str] = ()
     ) -> dict[str, FileEntry]:
         """`copy_and_hash` with this copier's config."""
         return copy_and_hash(
-            items,
+            request.items,
             dest_root,
             config=self.config,
-            progress=progress,
+            progress=request.progress,
             last=last,
-            meanwhile=meanwhile,
-            when_copied=when_copied,
+            meanwhile=request.meanwhile,
+            when_copied=request.when_complete,
         )
 
 

@@ -112,17 +112,8 @@ class Copier(Protocol):
     `beam_copy.BeamCopier`)."""
 
     def copy(
-        self,
-        items: Sequence[CopyItem],
-        dest_root: str,
-        *,
-        last: Collection[str] = (),
-        progress: Progress | None = None,
-        meanwhile: Callable[[], None] | None = None,
-        when_copied: Callable[[], None] | None = None,
+        self, request: StageRequest, dest_root: str, last: Collection[str] = ()
     ) -> dict[str, FileEntry]:
-        """Copies `items` under `dest_root`, hashing every byte once; `last` after the rest.
-
-        `meanwhile` runs once in this thread while the engine works, `when_copied`
-        once every file holds its final bytes (see `transfer.copy_and_hash`).
-        """
+        """Copies `request.items` (local files) under `dest_root`, hashing every byte once,
+        `last` after every other file; runs the request's `meanwhile` while the engine
+        works and its `when_complete` once every file holds its final bytes."""
