@@ -418,7 +418,11 @@ def test_auto_reflinks_on_xfs_sharing_blocks_and_hashing_every_file(xfs_dir, wor
     free_before = free_bytes(xfs_dir)
 
     entries = copy_and_hash(
-        items, str(dst), config=TransferConfig(method='auto', workers=workers), progress=progress
+        items,
+        str(dst),
+        config=TransferConfig(method='auto', workers=workers),
+        progress=progress,
+        last=GRAPH_FILES,
     )
     os.sync()
 
