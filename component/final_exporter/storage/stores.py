@@ -70,16 +70,15 @@ def store_for(path: str, options: StoreOptions | None = None) -> Store:
 
     Without `options`, a store to read with (and to label, list or verify).
     """
-    if options is None:
-        if not is_object_store_uri(path):
-            return _LOCAL
-        options = StoreOptions()
     if not is_object_store_uri(path):
+        if options is None:
+            return _LOCAL
         return LocalStore(
             source_clients=client_for,
             copier=options.copier or ThreadedCopier(options.transfer),
             publish_last=options.publish_last,
         )
+    options = options or StoreOptions()
     return BucketStore(
         client_for(path),
         lease_seconds=float(os.environ.get(LEASE_ENV) or LEASE_SECONDS),
