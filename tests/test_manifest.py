@@ -32,6 +32,8 @@ trees = st.dictionaries(
 def write_tree(root: str, files: dict[str, bytes]) -> dict[str, FileEntry] | None:
     entries = {}
     for rel, data in files.items():
+        if rel in (keys.ASSETS_EXTRA_DIR, keys.MANIFEST_RELPATH):
+            return None  # Where the manifest goes: an export has a folder there.
         path = os.path.join(root, rel)
         if any(
             os.path.isfile(os.path.join(root, *rel.split('/')[:i]))
