@@ -29,6 +29,7 @@ benchmark: venv
 
 lint: venv
 	$(VENV)/ruff check component pipelines tests scripts
+	$(VENV)/lint-imports
 
 format: venv
 	$(VENV)/ruff format component pipelines tests scripts

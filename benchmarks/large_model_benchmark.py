@@ -173,8 +173,8 @@ def hash_throughput(path: Path, repeats: int) -> dict[str, dict[str, float]]:
     cores means the work spreads without overhead; the wall time then depends
     on the cores free).
     """
-    from final_exporter.storage.transfer import hash_local_chunks
-    from final_exporter.storage.transfer import sha256_file as hash_file
+    from final_exporter.storage.hashing import hash_local_chunks
+    from final_exporter.storage.hashing import sha256_file as hash_file
 
     size = path.stat().st_size
     cores = os.cpu_count() or 1

@@ -14,16 +14,16 @@ import sys
 
 import pytest
 
+from final_exporter.checks.savedmodel import GRAPH_FILES
 from final_exporter.common.errors import IntegrityError
 from final_exporter.common.progress import Progress
-from final_exporter.storage.transfer import (
-    KERNEL_COPY_MIN_BYTES,
-    SPLIT_MIN_BYTES,
-    copy_and_hash,
-    plan_tree,
-)
+from final_exporter.storage.transfer import copy_and_hash, plan_tree
+from final_exporter.storage.transfer_config import DEFAULT_TRANSFER, TransferConfig
 
 from conftest import assert_nothing_written
+
+KERNEL_COPY_MIN_BYTES = DEFAULT_TRANSFER.kernel_copy_min_bytes
+SPLIT_MIN_BYTES = DEFAULT_TRANSFER.split_min_bytes
 
 SHARD = 'variables/variables.data-00000-of-00001'
 CLI = os.path.join(os.path.dirname(sys.executable), 'final-exporter')
@@ -89,9 +89,9 @@ def test_source_truncated_replaced_or_removed_mid_copy_is_an_error_naming_it(
         copy_and_hash(
             plan_tree(str(src)),
             str(dst),
-            method=method,
-            workers=4,
+            config=TransferConfig(method=method, workers=4),
             progress=ChangesSourceAfterFirstRead(str(shard), change),
+            last=GRAPH_FILES,
         )
 
     message = str(raised.value)

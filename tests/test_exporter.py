@@ -18,8 +18,10 @@ from final_exporter.common import keys
 from final_exporter.common.errors import BlessingMismatchError, IntegrityError, InvalidInputError
 from final_exporter.core.blessing import Blessing, blessing_from_folder
 from final_exporter.core.config import ExportConfig
-from final_exporter.core.exporter import ExportRequest, ExportResult, reread_staging, run_export
-from final_exporter.storage.manifest import CHUNK_BYTES, FileEntry, build_manifest
+from final_exporter.core.exporter import ExportRequest, ExportResult, run_export
+from final_exporter.core.staging import reread_staging
+from final_exporter.storage.manifest import CHUNK_BYTES, build_manifest
+from final_exporter.storage.types import FileEntry
 from final_exporter.storage.verify import verify_export
 
 from conftest import (
@@ -369,7 +371,7 @@ def test_manifest_records_every_file_and_the_lineage(model_uri, export_base, mak
 
 
 def test_beam_runs_only_when_the_args_ask_for_a_runner():
-    from final_exporter.core.exporter import beam_requested
+    from final_exporter.core.serving_checks import beam_requested
 
     assert beam_requested(['--runner=DataflowRunner', '--project=p'])
     assert beam_requested(['--direct_running_mode=multi_processing'])
@@ -381,7 +383,7 @@ def test_beam_runs_only_when_the_args_ask_for_a_runner():
 def test_paranoid_verify_reads_every_staged_file_back_from_disk(
     model_uri, export_base, make_blessing, caplog
 ):
-    caplog.set_level(logging.INFO, logger='final_exporter.core.exporter')
+    caplog.set_level(logging.INFO, logger='final_exporter.core')
     with mock.patch.object(
         os, 'posix_fadvise', autospec=True, side_effect=os.posix_fadvise
     ) as fadvise:

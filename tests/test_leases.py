@@ -11,6 +11,7 @@ import json
 import time
 import uuid
 
+from final_exporter.checks.savedmodel import GRAPH_FILES
 from final_exporter.storage.bucket import CLAIMS_DIR, LEASES_DIR, BucketStore, Lease, lease_uri
 from final_exporter.storage.stores import client_for
 
@@ -48,12 +49,17 @@ def test_another_hosts_staging_is_removed_only_after_its_lease_expired_by_the_ma
     )
 
     within = renewed_at + 60.0 + 600.0  # The lease ran out, but not by the margin yet.
-    at_the_margin = BucketStore(store, clock=lambda: within, expiry_margin_seconds=600.0)
+    # The store as an export resolves it: it knows which files mark a version complete.
+    at_the_margin = BucketStore(
+        store, clock=lambda: within, expiry_margin_seconds=600.0, publish_last=GRAPH_FILES
+    )
     assert at_the_margin.remove_abandoned_staging(model_base) == []
     assert name in names_under(model_base)
     assert '1799999999' in names_under(model_base)
 
-    past_it = BucketStore(store, clock=lambda: within + 1, expiry_margin_seconds=600.0)
+    past_it = BucketStore(
+        store, clock=lambda: within + 1, expiry_margin_seconds=600.0, publish_last=GRAPH_FILES
+    )
     removed = past_it.remove_abandoned_staging(model_base)
 
     assert set(removed) == {name, '1799999999'}
@@ -61,6 +67,30 @@ def test_another_hosts_staging_is_removed_only_after_its_lease_expired_by_the_ma
     assert name not in left and '1799999999' not in left
     assert not store.list(f'{model_base}/{CLAIMS_DIR}')
     assert not store.list(f'{model_base}/{LEASES_DIR}')
+
+
+def test_a_dead_exporters_claimed_version_is_kept_by_a_store_not_told_what_completes_it(
+    bucket_base,
+):
+    base, _ = bucket_base
+    model_base = f'{base}/penguin'
+    store = client_for(model_base)
+    name, staging = other_hosts_staging(model_base)
+    store.upload_bytes(  # Its lease ran out long ago.
+        json.dumps({'renewed_at': 1_800_000_000.0, 'lease_seconds': 60.0}).encode(),
+        lease_uri(model_base, staging),
+    )
+    # A dead exporter's claim on a version whose publish may have finished.
+    store.upload_bytes(b'x', f'{model_base}/1799999999/variables/variables.index')
+    store.upload_bytes(
+        json.dumps({'staging': staging}).encode(), f'{model_base}/{CLAIMS_DIR}/1799999999'
+    )
+
+    removed = BucketStore(store, clock=lambda: 4e9).remove_abandoned_staging(model_base)
+
+    assert set(removed) == {name, '1799999999'}  # its staging and its claim
+    assert store.list(f'{model_base}/1799999999')  # the version itself: kept
+    assert not store.list(f'{model_base}/{CLAIMS_DIR}')
 
 
 def test_a_live_exporters_staging_survives_while_it_refreshes_and_goes_once_it_stops(

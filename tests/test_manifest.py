@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from final_exporter.common import keys
 from final_exporter.common.errors import IntegrityError
-from final_exporter.storage.manifest import CHUNK_BYTES, ChunkedHasher, FileEntry, build_manifest
-from final_exporter.storage.transfer import hash_local_chunks
+from final_exporter.storage.hashing import hash_local_chunks
+from final_exporter.storage.manifest import CHUNK_BYTES, ChunkedHasher, build_manifest
+from final_exporter.storage.types import FileEntry
 from final_exporter.storage.verify import hash_file, read_manifest, verify_export, write_manifest
 
 file_names = st.text(alphabet='abcdefghijklmnopqrstuvwxyz0123456789_-.é', min_size=1, max_size=12)
@@ -31,6 +32,8 @@ trees = st.dictionaries(
 def write_tree(root: str, files: dict[str, bytes]) -> dict[str, FileEntry] | None:
     entries = {}
     for rel, data in files.items():
+        if rel in (keys.ASSETS_EXTRA_DIR, keys.MANIFEST_RELPATH):
+            return None  # Where the manifest goes: an export has a folder there.
         path = os.path.join(root, rel)
         if any(
             os.path.isfile(os.path.join(root, *rel.split('/')[:i]))

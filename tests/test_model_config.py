@@ -22,7 +22,8 @@ from final_exporter.lifecycle.model_config import (
     served_versions,
     set_label,
 )
-from final_exporter.storage.manifest import FileEntry, build_manifest
+from final_exporter.storage.manifest import build_manifest
+from final_exporter.storage.types import FileEntry
 from final_exporter.storage.verify import hash_file, list_files, write_manifest
 
 from conftest import KERAS_MODEL

@@ -91,7 +91,7 @@ def test_paranoid_verify_downloads_the_staged_objects_and_publishes(
     bucket_base, model_uri, make_blessing, caplog
 ):
     base, _ = bucket_base
-    caplog.set_level(logging.INFO, logger='final_exporter.core.exporter')
+    caplog.set_level(logging.INFO, logger='final_exporter.core')
 
     result = export(model_uri, base, blessed(make_blessing), paranoid_verify=True)
 

@@ -16,7 +16,8 @@ from final_exporter.common.errors import InvalidInputError
 from final_exporter.lifecycle.model_config import CONFIG_FILENAME, labels, set_label
 from final_exporter.lifecycle.retention import apply_retention
 from final_exporter.storage.local import STAGING_PREFIX, TRASH_PREFIX
-from final_exporter.storage.manifest import FileEntry, build_manifest
+from final_exporter.storage.manifest import build_manifest
+from final_exporter.storage.types import FileEntry
 from final_exporter.storage.verify import hash_file, list_files, write_manifest
 
 from conftest import KERAS_MODEL

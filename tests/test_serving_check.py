@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from final_exporter.checks.parity_beam import beam_comparer
-from final_exporter.checks.serving_check import (
+from final_exporter.checks.examples import read_examples
+from final_exporter.checks.parity import (
     compare_outputs,
     merge_summaries,
     prediction_parity,
-    read_examples,
     require_parity,
-    smoke_test,
-    synthetic_inputs,
 )
+from final_exporter.checks.parity_beam import beam_comparer
+from final_exporter.checks.smoke import smoke_test
+from final_exporter.checks.synthetic import synthetic_inputs
 from final_exporter.common import keys
 from final_exporter.common.errors import InvalidInputError
 from final_exporter.core.tf_export import write_pbtxt

@@ -13,24 +13,24 @@ from unittest import mock
 
 import pytest
 
+from final_exporter.checks.savedmodel import GRAPH_FILES
 from final_exporter.common.errors import IntegrityError, InvalidInputError
 from final_exporter.common.progress import Progress
-from final_exporter.storage import transfer
+from final_exporter.storage import filecopy
 from final_exporter.storage.beam_copy import copy_and_hash_beam
+from final_exporter.storage.filecopy import hash_only
 from final_exporter.storage.manifest import CHUNK_BYTES as DIGEST_CHUNK_BYTES
-from final_exporter.storage.manifest import FileEntry
-from final_exporter.storage.transfer import (
-    CHUNK_BYTES,
-    SPLIT_CHUNK_BYTES,
-    SPLIT_MIN_BYTES,
-    WRITEBACK_BATCH_BYTES,
-    WRITEBACK_MIN_BYTES,
-    copy_and_hash,
-    hash_only,
-    plan_tree,
-)
+from final_exporter.storage.transfer import copy_and_hash, plan_tree
+from final_exporter.storage.transfer_config import DEFAULT_TRANSFER, TransferConfig
+from final_exporter.storage.types import FileEntry
 
 from conftest import tree_files
+
+CHUNK_BYTES = DEFAULT_TRANSFER.buffer_bytes
+WRITEBACK_MIN_BYTES = DEFAULT_TRANSFER.writeback_min_bytes
+WRITEBACK_BATCH_BYTES = DEFAULT_TRANSFER.writeback_batch_bytes
+SPLIT_CHUNK_BYTES = DEFAULT_TRANSFER.piece_bytes
+SPLIT_MIN_BYTES = DEFAULT_TRANSFER.split_min_bytes
 
 
 def want_entry(rel: str, data: bytes) -> FileEntry:
@@ -80,7 +80,9 @@ def test_copy_is_byte_identical_and_hashes_match(tmp_path, workers, method):
     files = make_model_tree(src)
     dst.mkdir()
 
-    entries = copy_and_hash(plan_tree(str(src)), str(dst), workers=workers, method=method)
+    entries = copy_and_hash(
+        plan_tree(str(src)), str(dst), config=TransferConfig(workers=workers, method=method)
+    )
 
     assert set(entries) == set(files)
     for rel, data in files.items():
@@ -117,7 +119,9 @@ def test_saved_model_pb_is_written_after_every_other_file(tmp_path):
     items = plan_tree(str(src))
     progress = SizesWhenDone(items, dst)
 
-    copy_and_hash(items, str(dst), workers=8, progress=progress)
+    copy_and_hash(
+        items, str(dst), config=TransferConfig(workers=8), progress=progress, last=GRAPH_FILES
+    )
 
     others = {rel: len(data) for rel, data in files.items() if rel != 'saved_model.pb'}
     assert progress.others_then == others
@@ -138,7 +142,7 @@ def test_source_that_changes_during_copy_is_detected(tmp_path, method, size):
             plan_tree(str(src)),
             str(dst),
             progress=GrowsSourceOnFirstChunk(str(src / 'saved_model.pb')),
-            method=method,
+            config=TransferConfig(method=method),
         )
 
 
@@ -195,7 +199,7 @@ def test_hardlink_shares_the_source_inode_and_hashes_it(tmp_path):
     files = make_model_tree(src, n_files=4)
     dst.mkdir()
 
-    entries = copy_and_hash(plan_tree(str(src)), str(dst), method='hardlink')
+    entries = copy_and_hash(plan_tree(str(src)), str(dst), config=TransferConfig(method='hardlink'))
 
     for rel, data in files.items():
         assert os.stat(dst / rel).st_ino == os.stat(src / rel).st_ino
@@ -207,7 +211,7 @@ def test_auto_falls_back_to_a_copy_where_reflink_is_unsupported(tmp_path):
     files = make_model_tree(src, n_files=4)
     dst.mkdir()
 
-    entries = copy_and_hash(plan_tree(str(src)), str(dst), method='auto')
+    entries = copy_and_hash(plan_tree(str(src)), str(dst), config=TransferConfig(method='auto'))
 
     for rel, data in files.items():
         assert (dst / rel).read_bytes() == data
@@ -216,7 +220,7 @@ def test_auto_falls_back_to_a_copy_where_reflink_is_unsupported(tmp_path):
 
 def test_unknown_copy_method_is_refused(tmp_path):
     with pytest.raises(InvalidInputError, match='copy_method must be one of auto, copy, hardlink'):
-        copy_and_hash([], str(tmp_path), method='teleport')
+        copy_and_hash([], str(tmp_path), config=TransferConfig(method='teleport'))
 
 
 @pytest.mark.parametrize('method', ['auto', 'copy'])
@@ -235,16 +239,15 @@ def test_beam_multiprocess_copy_of_files_and_pieces_is_byte_identical_to_the_thr
     n_split = sum(1 for i in fanned if i.size >= split_min)
     n_elements = sum(1 + -(-i.size // piece) if i.size >= split_min else 1 for i in fanned)
 
-    want = copy_and_hash(items, str(threaded), method=method)
+    want = copy_and_hash(items, str(threaded), config=TransferConfig(method=method))
     with caplog.at_level(logging.INFO, logger='final_exporter.storage.beam_copy'):
         got = copy_and_hash_beam(
             plan_tree(str(src)),
             str(beamed),
             ['--runner=DirectRunner', '--direct_running_mode=multi_processing',
              '--direct_num_workers=2'],
-            method=method,
-            split_min_bytes=split_min,
-            piece_bytes=piece,
+            config=TransferConfig(method=method, split_min_bytes=split_min, piece_bytes=piece),
+            last=GRAPH_FILES,
         )  # fmt: skip
 
     assert n_split >= 2
@@ -262,14 +265,16 @@ def test_file_of_several_chunks_gets_the_chunked_digest_under_every_method(tmp_p
     data = random.Random(1).randbytes(2 * DIGEST_CHUNK_BYTES + 12345)
     (src / 'variables.data-00000-of-00001').write_bytes(data)
 
-    entries = copy_and_hash(plan_tree(str(src)), str(dst), method=method, workers=4)
+    entries = copy_and_hash(
+        plan_tree(str(src)), str(dst), config=TransferConfig(method=method, workers=4)
+    )
 
     assert (dst / 'variables.data-00000-of-00001').read_bytes() == data
     want = want_entry('variables.data-00000-of-00001', data)
     assert want.chunked_sha256 and not want.sha256
     assert entries['variables.data-00000-of-00001'] == want
     # The one-thread path (read in order) and the parallel chunks agree.
-    assert hash_only(plan_tree(str(src))[0], method) == want
+    assert hash_only(plan_tree(str(src))[0], TransferConfig(method=method)) == want
 
 
 class RecordingIncrements(Progress):
@@ -301,7 +306,10 @@ def test_large_file_is_copied_and_hashed_in_parallel_chunks(tmp_path, method):
     progress = RecordingIncrements()
 
     entries = copy_and_hash(
-        plan_tree(str(src)), str(dst), workers=4, method=method, progress=progress
+        plan_tree(str(src)),
+        str(dst),
+        config=TransferConfig(workers=4, method=method),
+        progress=progress,
     )
 
     shard = 'variables/variables.data-00000-of-00001'
@@ -321,7 +329,7 @@ def test_large_file_written_to_during_a_split_copy_is_detected(tmp_path):
         copy_and_hash(
             plan_tree(str(src)),
             str(dst),
-            workers=4,
+            config=TransferConfig(workers=4),
             progress=GrowsSourceOnFirstChunk(str(src / 'variables.data-00000-of-00001')),
         )
 
@@ -337,9 +345,9 @@ def test_writeback_is_started_for_every_byte_of_a_large_copy(tmp_path, size, wor
     dst.mkdir()
 
     with mock.patch.object(
-        transfer, 'start_writeback', autospec=True, side_effect=transfer.start_writeback
+        filecopy, 'start_writeback', autospec=True, side_effect=filecopy.start_writeback
     ) as writeback:
-        copy_and_hash(plan_tree(str(src)), str(dst), workers=workers)
+        copy_and_hash(plan_tree(str(src)), str(dst), config=TransferConfig(workers=workers))
 
     ranges = sorted((c.args[1], c.args[1] + c.args[2]) for c in writeback.call_args_list)
     covered = 0
@@ -357,7 +365,7 @@ def test_small_model_is_copied_inline_with_saved_model_pb_last(tmp_path):
     progress = SizesWhenDone(items, dst)
     before = threading.active_count()
 
-    entries = copy_and_hash(items, str(dst), progress=progress)
+    entries = copy_and_hash(items, str(dst), progress=progress, last=GRAPH_FILES)
 
     assert threading.active_count() == before
     assert progress.others_then == {i.dest: i.size for i in items if i.dest != 'saved_model.pb'}
@@ -409,7 +417,13 @@ def test_auto_reflinks_on_xfs_sharing_blocks_and_hashing_every_file(xfs_dir, wor
     os.sync()
     free_before = free_bytes(xfs_dir)
 
-    entries = copy_and_hash(items, str(dst), method='auto', workers=workers, progress=progress)
+    entries = copy_and_hash(
+        items,
+        str(dst),
+        config=TransferConfig(method='auto', workers=workers),
+        progress=progress,
+        last=GRAPH_FILES,
+    )
     os.sync()
 
     copied = sum(len(d) for d in files.values())
@@ -441,7 +455,9 @@ def test_one_large_file_alone_is_copied_and_hashed_by_several_threads(tmp_path):
     dst.mkdir()
     progress = RecordingThreads()
 
-    entries = copy_and_hash(plan_tree(str(src)), str(dst), workers=4, progress=progress)
+    entries = copy_and_hash(
+        plan_tree(str(src)), str(dst), config=TransferConfig(workers=4), progress=progress
+    )
 
     assert entries['variables.data-00000-of-00001'] == want_entry(
         'variables.data-00000-of-00001', data

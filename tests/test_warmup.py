@@ -15,7 +15,7 @@ from tensorflow_serving.apis import (
     prediction_log_pb2,
 )
 
-from final_exporter.checks.serving_check import synthetic_example
+from final_exporter.checks.synthetic import synthetic_example
 from final_exporter.checks.warmup import (
     WARMUP_RELPATH,
     read_warmup_requests,

@@ -337,7 +337,7 @@ def _list(args: argparse.Namespace) -> int:
     for version in reversed(store.list_versions(args.model_base)):
         export_dir = store.join(args.model_base, str(version))
         try:
-            manifest, digest = read_manifest(export_dir)
+            manifest, digest = read_manifest(export_dir, store=store)
         except FinalExporterError as e:
             rows.append({'version': version, 'export_dir': export_dir, 'error': str(e)})
             continue

@@ -2,9 +2,9 @@
 
 Each element is one batch of serialized examples with the index of its first
 example. A worker loads the source model and the export once per DoFn instance
-(`setup`), runs each batch through both (`serving_check.BatchComparer`, the same
+(`setup`), runs each batch through both (`parity.BatchComparer`, the same
 code as the in-process path) and emits the batch's summary; the summaries are
-merged by a CombineFn (`serving_check.merge_summaries`). The merged summary comes
+merged by a CombineFn (`parity.merge_summaries`). The merged summary comes
 back to the driver through a results folder beside the export, which must
 therefore be on storage every worker can reach, as must both model folders (as
 for `beam_copy`).
@@ -25,7 +25,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from final_exporter.checks import serving_check
+from final_exporter.checks import parity
 from final_exporter.common.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -45,12 +45,12 @@ def _strip_step(message: str) -> str:
 class _CompareBatches(beam.DoFn):
     """Compares batches; loads both models once per DoFn instance."""
 
-    def __init__(self, spec: serving_check.ParitySpec) -> None:
+    def __init__(self, spec: parity.ParitySpec) -> None:
         self._spec = spec
-        self._comparer: serving_check.BatchComparer | None = None
+        self._comparer: parity.BatchComparer | None = None
 
     def setup(self) -> None:
-        self._comparer = serving_check.BatchComparer(self._spec)
+        self._comparer = parity.BatchComparer(self._spec)
 
     def process(self, element: tuple[int, list[bytes]]):
         offset, batch = element
@@ -59,15 +59,15 @@ class _CompareBatches(beam.DoFn):
 
 class _MergeSummaries(beam.CombineFn):
     def create_accumulator(self) -> dict[str, Any]:
-        return serving_check.empty_summary()
+        return parity.empty_summary()
 
     def add_input(self, accumulator: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
-        return serving_check.merge_summaries(accumulator, summary)
+        return parity.merge_summaries(accumulator, summary)
 
     def merge_accumulators(self, accumulators) -> dict[str, Any]:
-        merged = serving_check.empty_summary()
+        merged = parity.empty_summary()
         for accumulator in accumulators:
-            merged = serving_check.merge_summaries(merged, accumulator)
+            merged = parity.merge_summaries(merged, accumulator)
         return merged
 
     def extract_output(self, accumulator: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +75,7 @@ class _MergeSummaries(beam.CombineFn):
 
 
 def compare_with_beam(
-    spec: serving_check.ParitySpec,
+    spec: parity.ParitySpec,
     batches: Sequence[tuple[int, list[bytes]]],
     beam_pipeline_args: Sequence[str],
 ) -> dict[str, Any]:
@@ -88,7 +88,7 @@ def compare_with_beam(
             --direct_running_mode=multi_processing --direct_num_workers=2`.
 
     Returns:
-        The merged summary, as `serving_check.merge_summaries` builds it.
+        The merged summary, as `parity.merge_summaries` builds it.
     """
     results_dir = f'{spec.export_dir.rstrip("/")}.parity-{uuid.uuid4().hex}'
     os.makedirs(results_dir)
@@ -128,6 +128,6 @@ def compare_with_beam(
 
 def beam_comparer(
     beam_pipeline_args: Sequence[str],
-) -> Callable[[serving_check.ParitySpec, Sequence[tuple[int, list[bytes]]]], dict[str, Any]]:
-    """A `compare_batches` for `serving_check.prediction_parity` that runs on Beam."""
+) -> Callable[[parity.ParitySpec, Sequence[tuple[int, list[bytes]]]], dict[str, Any]]:
+    """A `compare_batches` for `parity.prediction_parity` that runs on Beam."""
     return functools.partial(compare_with_beam, beam_pipeline_args=list(beam_pipeline_args))

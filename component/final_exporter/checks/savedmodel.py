@@ -21,6 +21,10 @@ from final_exporter.common.errors import InvalidInputError
 # pre-0.21 name kept by tfx/utils/path_utils.py).
 SERVING_MODEL_DIRS = ('Format-Serving', 'serving_model_dir')
 ESTIMATOR_EXPORT_DIR = 'export'
+# The graph file. Loaders (TensorFlow Serving; see the TFX Pusher) take its presence
+# as "the SavedModel is complete": an export publishes it last and a removal deletes
+# it first (`stores.StoreOptions.publish_last`).
+GRAPH_FILES = (keys.SAVED_MODEL_PB, keys.SAVED_MODEL_PBTXT)
 
 _VARIABLES_DIR = 'variables'
 _VARIABLES_INDEX = 'variables.index'
@@ -53,7 +57,7 @@ class SavedModelInfo:
 
 def is_saved_model_dir(path: str, store: Any) -> bool:
     names = store.children(path)
-    return keys.SAVED_MODEL_PB in names or keys.SAVED_MODEL_PBTXT in names
+    return any(name in names for name in GRAPH_FILES)
 
 
 def resolve_saved_model_dir(path: str, store: Any) -> str:

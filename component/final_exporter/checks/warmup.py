@@ -24,6 +24,13 @@ import uuid
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from final_exporter.checks.signatures import (
+    DEFAULT_SIGNATURE,
+    call_signature,
+    example_input_name,
+    input_specs,
+    load_export,
+)
 from final_exporter.common import keys
 from final_exporter.common.errors import InvalidInputError
 from final_exporter.common.fs import rename_no_replace
@@ -37,7 +44,6 @@ WARMUP_FILENAME = keys.WARMUP_FILENAME
 WARMUP_RELPATH = keys.WARMUP_RELPATH
 # TensorFlow Serving's WarmupConsts::kMaxNumRecords.
 MAX_WARMUP_RECORDS = 1000
-DEFAULT_SIGNATURE = 'serving_default'
 WARMUP_LINEAGE_KEY = keys.WARMUP_LINEAGE_KEY
 
 _CLASSIFY_METHOD = 'tensorflow/serving/classify'
@@ -84,26 +90,7 @@ def write_warmup_requests(
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
     examples = list(examples)
-    if not examples:
-        raise InvalidInputError(f'no examples to write warmup requests to {path!r} from')
-    if (
-        isinstance(limit, bool)
-        or not isinstance(limit, int)
-        or not 1 <= limit <= MAX_WARMUP_RECORDS
-    ):
-        raise InvalidInputError(
-            f'warmup limit must be an integer from 1 to {MAX_WARMUP_RECORDS} (the most '
-            f'TensorFlow Serving reads), got {limit!r}'
-        )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidInputError(f'warmup batch_size must be a positive integer, got {batch_size!r}')
-    if not input_name:
-        raise InvalidInputError('warmup input_name must name the signature input for the examples')
-    if os.path.lexists(path):
-        raise InvalidInputError(
-            f'warmup file {path!r} already exists; validate it with validate_warmup_requests '
-            'instead of writing a new one'
-        )
+    _check_write_arguments(path, examples, input_name, limit, batch_size)
     examples = examples[: limit * batch_size]
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     tmp = os.path.join(os.path.dirname(path) or '.', f'.{WARMUP_FILENAME}.tmp-{uuid.uuid4().hex}')
@@ -131,6 +118,31 @@ def write_warmup_requests(
             os.remove(tmp)
     logger.info('Wrote %s warmup requests (%s examples) to %s.', count, len(examples), path)
     return count
+
+
+def _check_write_arguments(
+    path: str, examples: list[bytes], input_name: str, limit: int, batch_size: int
+) -> None:
+    if not examples:
+        raise InvalidInputError(f'no examples to write warmup requests to {path!r} from')
+    if (
+        isinstance(limit, bool)
+        or not isinstance(limit, int)
+        or not 1 <= limit <= MAX_WARMUP_RECORDS
+    ):
+        raise InvalidInputError(
+            f'warmup limit must be an integer from 1 to {MAX_WARMUP_RECORDS} (the most '
+            f'TensorFlow Serving reads), got {limit!r}'
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError(f'warmup batch_size must be a positive integer, got {batch_size!r}')
+    if not input_name:
+        raise InvalidInputError('warmup input_name must name the signature input for the examples')
+    if os.path.lexists(path):
+        raise InvalidInputError(
+            f'warmup file {path!r} already exists; validate it with validate_warmup_requests '
+            'instead of writing a new one'
+        )
 
 
 def read_warmup_requests(path: str) -> list[prediction_log_pb2.PredictionLog]:
@@ -231,13 +243,11 @@ def replay_warmup_requests(export_dir: str, path: str | None = None) -> int:
     """
     import tensorflow as tf
 
-    from final_exporter.checks import serving_check
-
     path = path or os.path.join(export_dir, WARMUP_RELPATH)
-    loaded = serving_check.load_export(export_dir)
+    loaded = load_export(export_dir)
     methods = _signature_methods(export_dir)
     signatures = {name: loaded.signatures[name] for name in loaded.signatures}
-    inputs = {name: set(serving_check.input_specs(fn)) for name, fn in signatures.items()}
+    inputs = {name: set(input_specs(fn)) for name, fn in signatures.items()}
     count = validate_warmup_requests(path, signatures, signature_inputs=inputs)
     for index, log in enumerate(_read(path)):
         kind = log.WhichOneof('log_type')
@@ -246,7 +256,7 @@ def replay_warmup_requests(export_dir: str, path: str | None = None) -> int:
             where = f'warmup file {path!r}: record {index} ({kind}, signature {signature!r})'
             if kind == 'predict_log':
                 feed = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
-                outputs = serving_check.call_signature(fn, feed, where, 'its inputs')
+                outputs = call_signature(fn, feed, where, 'its inputs')
                 unknown = set(request.output_filter) - set(outputs)
                 if unknown:
                     raise InvalidInputError(
@@ -265,8 +275,8 @@ def replay_warmup_requests(export_dir: str, path: str | None = None) -> int:
                     f'{methods.get(signature)!r}'
                 )
             examples = _serialized_examples(log, request, where)
-            input_name = serving_check.example_input_name(fn)
-            serving_check.call_signature(
+            input_name = example_input_name(fn)
+            call_signature(
                 fn, {input_name: tf.constant(examples, dtype=tf.string)}, where, 'its examples'
             )
     logger.info('Replayed %s warmup requests against %s.', count, export_dir)

@@ -32,7 +32,7 @@ from final_exporter.core.parameter import (
 )
 from final_exporter.lifecycle import vertex_registry
 from final_exporter.lifecycle.vertex_registry import RegistryTarget
-from final_exporter.storage.transfer import COPY_AUTO, COPY_METHODS, check_method
+from final_exporter.storage.types import COPY_AUTO, COPY_METHODS, check_method
 
 # Longest single path component most filesystems (ext4, xfs, GCS object name
 # segments in practice) accept.

@@ -9,7 +9,7 @@ from typing import Any
 
 from final_exporter.common import keys
 from final_exporter.common.progress import human_bytes
-from final_exporter.core.exporter import ExportResult
+from final_exporter.core.request import ExportResult
 from final_exporter.storage.manifest import CHUNKED_SHA256, entry_digest
 
 _MARKDOWN_SPECIAL = re.compile(r'([\\`*_{}\[\]()#+\-.!|>~])')

@@ -53,10 +53,12 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from final_exporter.checks.savedmodel import GRAPH_FILES
 from final_exporter.common import keys
 from final_exporter.common.errors import IntegrityError, InvalidInputError
 from final_exporter.common.keys import LABEL_PATTERN
-from final_exporter.storage.stores import store_for
+from final_exporter.storage.base import ModelBase, Store
+from final_exporter.storage.stores import resolve_model_base
 from final_exporter.storage.verify import verify_export
 
 if TYPE_CHECKING:
@@ -120,57 +122,60 @@ class LabelResult:
         }
 
 
-def config_path(model_base: str) -> str:
+def config_path(model_base: str | ModelBase) -> str:
     """`<model_base>/models.config`."""
-    return store_for(model_base).join(model_base, CONFIG_FILENAME)
+    return resolve_model_base(model_base).join(CONFIG_FILENAME)
 
 
-def complete_versions(model_base: str) -> list[int]:
+def complete_versions(model_base: str | ModelBase) -> list[int]:
     """The versions holding an export manifest and their graph file, ascending.
 
     On a bucket a version being published gets `saved_model.pb` last, so it is not
     complete (nor removed by retention) until its publish has finished. Local
     symlinks are left out: they are not folders this package made.
     """
-    store = store_for(model_base)
+    base = resolve_model_base(model_base)
+    store = base.store
     found = []
-    for version in store.list_versions(model_base):
-        names = store.children(store.join(model_base, str(version)))
-        if (keys.SAVED_MODEL_PB in names or keys.SAVED_MODEL_PBTXT in names) and store.is_file(
-            store.join(model_base, str(version), *keys.MANIFEST_RELPATH.split('/'))
+    for version in base.list_versions():
+        version_dir = base.version_dir(version)
+        names = store.children(version_dir)
+        if any(name in names for name in GRAPH_FILES) and store.is_file(
+            store.join(version_dir, *keys.MANIFEST_RELPATH.split('/'))
         ):
             found.append(version)
     return found
 
 
 @contextlib.contextmanager
-def locked(model_base: str) -> Iterator[None]:
+def locked(model_base: str | ModelBase) -> Iterator[None]:
     """Holds the exclusive lock on the model config of `model_base` (see the store's `lock`).
 
     Raises:
         InvalidInputError: if the lock cannot be taken (e.g. `model_base` does not exist).
     """
-    with store_for(model_base).lock(model_base):
+    base = resolve_model_base(model_base)
+    with base.store.lock(base.path):
         yield
 
 
-def read_config(model_base: str) -> model_server_config_pb2.ModelServerConfig | None:
+def read_config(model_base: str | ModelBase) -> model_server_config_pb2.ModelServerConfig | None:
     """The parsed model config file, or None if there is none.
 
     Raises:
         InvalidInputError: if the file is not a `ModelServerConfig` text proto, or
             holds a `custom_model_config`, which this module cannot manage.
     """
-    return _read_config(model_base)[0]
+    return _read_config(resolve_model_base(model_base))[0]
 
 
-def _read_config(model_base: str) -> tuple[Any, Any]:
+def _read_config(base: ModelBase) -> tuple[Any, Any]:
     """(the parsed config or None, the token a compare-and-swap write must match)."""
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
-    path = config_path(model_base)
-    current = store_for(model_base).read_versioned(path)
+    path = config_path(base)
+    current = base.store.read_versioned(path)
     if current.data is None:
         return None, current.token
     config = model_server_config_pb2.ModelServerConfig()
@@ -193,7 +198,7 @@ def _read_config(model_base: str) -> tuple[Any, Any]:
 _MAX_CONFIG_WRITES = 20
 
 
-def _update_config(model_base: str, change: Callable[[Any], Any]) -> Any:
+def _update_config(base: ModelBase, change: Callable[[Any], Any]) -> Any:
     """Reads the config, applies `change`, writes it back only if nobody wrote meanwhile.
 
     `change` gets the config (a new empty one if there is no file) and returns
@@ -202,16 +207,15 @@ def _update_config(model_base: str, change: Callable[[Any], Any]) -> Any:
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
-    store = store_for(model_base)
-    path = config_path(model_base)
+    path = config_path(base)
     for _ in range(_MAX_CONFIG_WRITES):
-        config, token = _read_config(model_base)
+        config, token = _read_config(base)
         config = config or model_server_config_pb2.ModelServerConfig()
         result = change(config)
         if result is None:
             return None
         data = (_HEADER + text_format.MessageToString(config)).encode('utf-8')
-        if store.write_versioned(path, data, token):
+        if base.store.write_versioned(path, data, token):
             return result
         logger.info('%s changed while it was updated; reading it again.', path)
     raise InvalidInputError(
@@ -220,35 +224,38 @@ def _update_config(model_base: str, change: Callable[[Any], Any]) -> Any:
     )
 
 
-def labels(model_base: str, *, model_name: str | None = None) -> dict[str, int]:
+def _entry(base: ModelBase, model_name: str | None) -> Any | None:
+    """The model's entry in the model config file; None without the file or the model."""
+    config = _read_config(base)[0]
+    return _find_entry(config, base, model_name) if config else None
+
+
+def labels(model_base: str | ModelBase, *, model_name: str | None = None) -> dict[str, int]:
     """{label: version} of the model in `<model_base>/models.config`; {} without one."""
-    config = read_config(model_base)
-    entry = _find_entry(config, model_base, model_name) if config else None
+    entry = _entry(resolve_model_base(model_base), model_name)
     return dict(entry.version_labels) if entry else {}
 
 
-def served_versions(model_base: str, *, model_name: str | None = None) -> list[int]:
+def served_versions(model_base: str | ModelBase, *, model_name: str | None = None) -> list[int]:
     """The versions the model config's `specific` policy lists; [] without one."""
-    config = read_config(model_base)
-    entry = _find_entry(config, model_base, model_name) if config else None
+    entry = _entry(resolve_model_base(model_base), model_name)
     return _policy_versions(entry) if entry else []
 
 
-def pinned_versions(model_base: str, *, model_name: str | None = None) -> set[int]:
+def pinned_versions(model_base: str | ModelBase, *, model_name: str | None = None) -> set[int]:
     """Versions the model config needs: labelled or listed in the policy.
 
     Retention never removes these. Call it holding `locked(model_base)` so the
     answer stays true while you act on it.
     """
-    config = read_config(model_base)
-    entry = _find_entry(config, model_base, model_name) if config else None
+    entry = _entry(resolve_model_base(model_base), model_name)
     if entry is None:
         return set()
     return set(entry.version_labels.values()) | set(_policy_versions(entry))
 
 
 def set_label(
-    model_base: str,
+    model_base: str | ModelBase,
     version: int,
     label: str,
     *,
@@ -260,7 +267,8 @@ def set_label(
     """Points `label` at `version` in `<model_base>/models.config`, creating the file if needed.
 
     Args:
-        model_base: `<export_base>/<name>`, the folder holding the versions.
+        model_base: `<export_base>/<name>`, the folder holding the versions (or
+            its `ModelBase`, resolved already).
         version: The version to label.
         label: The label, e.g. `stable` or `canary`: a letter, then up to 62
             letters, digits, `_`, `.` or `-`.
@@ -283,20 +291,19 @@ def set_label(
     """
     _check_label(label)
     _check_version(version)
-    version_dir = _version_dir(model_base, version)
+    base = resolve_model_base(model_base)
+    version_dir = _version_dir(base, version)
     if verify:
-        check_version_verifies(version_dir)
-    with locked(model_base):
+        check_version_verifies(version_dir, store=base.store)
+    with locked(base):
         return _update_config(
-            model_base,
-            lambda config: _write_label(
-                config, model_base, version, label, model_name, base_path, force
-            ),
+            base,
+            lambda config: _write_label(config, base, version, label, model_name, base_path, force),
         )
 
 
 def rollback(
-    model_base: str,
+    model_base: str | ModelBase,
     label: str = DEFAULT_LABEL,
     *,
     model_name: str | None = None,
@@ -317,43 +324,52 @@ def rollback(
             the label moved while the versions were being checked.
     """
     _check_label(label)
-    current = labels(model_base, model_name=model_name).get(label)
+    base = resolve_model_base(model_base)
+    current = labels(base, model_name=model_name).get(label)
     if current is None:
         raise InvalidInputError(
-            f'no label {label!r} in {config_path(model_base)!r} to roll back; it has labels '
-            f'{labels(model_base, model_name=model_name)}'
+            f'no label {label!r} in {config_path(base)!r} to roll back; it has labels '
+            f'{labels(base, model_name=model_name)}'
         )
-    older = [v for v in complete_versions(model_base) if v < current]
-    target = None
-    for candidate in reversed(older):
-        try:
-            check_version_verifies(store_for(model_base).join(model_base, str(candidate)))
-        except InvalidInputError as e:
-            logger.warning('Not rolling back to version %s: %s', candidate, e)
-            continue
-        target = candidate
-        break
-    if target is None:
-        raise InvalidInputError(
-            f'cannot roll {label!r} back from version {current}: no complete version older than '
-            f'it under {model_base!r} verifies against its manifest (checked {older[::-1]})'
-        )
-    with locked(model_base):
-        now = labels(model_base, model_name=model_name).get(label)
+    target = _newest_verifying(base, current, label)
+    with locked(base):
+        now = labels(base, model_name=model_name).get(label)
         if now != current:
             raise InvalidInputError(
                 f'label {label!r} moved from version {current} to {now} while rolling back; '
                 'run the rollback again'
             )
         result = _update_config(
-            model_base,
-            lambda config: _write_label(config, model_base, target, label, model_name, None, force),
+            base,
+            lambda config: _write_label(config, base, target, label, model_name, None, force),
         )
     logger.info('Rolled %s back from version %s to %s.', label, current, target)
     return result
 
 
-def refresh(model_base: str, *, model_name: str | None = None) -> tuple[int, ...] | None:
+def _newest_verifying(base: ModelBase, current: int, label: str) -> int:
+    """The newest complete version older than `current` that verifies.
+
+    Raises:
+        InvalidInputError: if there is none.
+    """
+    older = [v for v in complete_versions(base) if v < current]
+    for candidate in reversed(older):
+        try:
+            check_version_verifies(base.version_dir(candidate), store=base.store)
+        except InvalidInputError as e:
+            logger.warning('Not rolling back to version %s: %s', candidate, e)
+            continue
+        return candidate
+    raise InvalidInputError(
+        f'cannot roll {label!r} back from version {current}: no complete version older than '
+        f'it under {base.path!r} verifies against its manifest (checked {older[::-1]})'
+    )
+
+
+def refresh(
+    model_base: str | ModelBase, *, model_name: str | None = None
+) -> tuple[int, ...] | None:
     """Recomputes the served versions after a publish; a no-op without a model config file.
 
     Call it after publishing a version with no label, so the server loads the new
@@ -362,25 +378,30 @@ def refresh(model_base: str, *, model_name: str | None = None) -> tuple[int, ...
     Returns:
         The served versions, or None when there is no model config file.
     """
-    if read_config(model_base) is None:
+    base = resolve_model_base(model_base)
+    if _read_config(base)[0] is None:
         return None
 
     def change(config: Any) -> tuple[int, ...] | None:
-        entry = _find_entry(config, model_base, model_name)
-        return None if entry is None else _set_policy(entry, model_base, extra=())
+        entry = _find_entry(config, base, model_name)
+        return None if entry is None else _set_policy(entry, base, extra=())
 
-    with locked(model_base):
-        return _update_config(model_base, change)
+    with locked(base):
+        return _update_config(base, change)
 
 
-def check_version_verifies(version_dir: str) -> None:
+def check_version_verifies(version_dir: str, *, store: Store | None = None) -> None:
     """Re-hashes a version folder against its manifest.
+
+    Args:
+        version_dir: The version folder or prefix.
+        store: The store holding it, when the caller has resolved it already.
 
     Raises:
         InvalidInputError: naming the folder and its first problems.
     """
     try:
-        report = verify_export(version_dir)
+        report = verify_export(version_dir, store=store)
     except IntegrityError as e:
         raise InvalidInputError(f'version {version_dir!r} does not verify: {e}') from None
     if not report.ok:
@@ -393,7 +414,7 @@ def check_version_verifies(version_dir: str) -> None:
 
 def _write_label(
     config: Any,
-    model_base: str,
+    base: ModelBase,
     version: int,
     label: str,
     model_name: str | None,
@@ -403,12 +424,12 @@ def _write_label(
     """Under the lock: sets the label (or stages its version) in `config`."""
     # Retention may have removed the version since it was checked; it holds the lock
     # while it does, so this is final.
-    _version_dir(model_base, version)
-    entry = _find_entry(config, model_base, model_name)
+    _version_dir(base, version)
+    entry = _find_entry(config, base, model_name)
     if entry is None:
         entry = config.model_config_list.config.add()
-        entry.name = model_name or _default_name(model_base)
-        entry.base_path = _check_base_path(base_path or store_for(model_base).absolute(model_base))
+        entry.name = model_name or _default_name(base)
+        entry.base_path = _check_base_path(base_path or base.store.absolute(base.path))
         entry.model_platform = MODEL_PLATFORM
     elif base_path is not None:
         entry.base_path = _check_base_path(base_path)
@@ -426,16 +447,16 @@ def _write_label(
             previous,
             version,
         )
-    served = _set_policy(entry, model_base, extra=() if applied else (version,))
+    served = _set_policy(entry, base, extra=() if applied else (version,))
     logger.info(
         'Label %s -> %s in %s (served versions %s).',
         label,
         version if applied else previous,
-        config_path(model_base),
+        config_path(base),
         list(served),
     )
     return LabelResult(
-        config_path=config_path(model_base),
+        config_path=config_path(base),
         model_name=entry.name,
         label=label,
         version=version,
@@ -446,9 +467,9 @@ def _write_label(
     )
 
 
-def _set_policy(entry: Any, model_base: str, extra: tuple[int, ...]) -> tuple[int, ...]:
+def _set_policy(entry: Any, base: ModelBase, extra: tuple[int, ...]) -> tuple[int, ...]:
     """Sets the `specific` policy: labelled versions, their standbys, the latest, `extra`."""
-    complete = complete_versions(model_base)
+    complete = complete_versions(base)
     labelled = set(entry.version_labels.values())
     wanted = labelled | set(extra)
     if complete:
@@ -472,30 +493,28 @@ def _policy_versions(entry: Any) -> list[int]:
     return sorted(policy.specific.versions)
 
 
-def _find_entry(config: Any, model_base: str, model_name: str | None) -> Any | None:
+def _find_entry(config: Any, base: ModelBase, model_name: str | None) -> Any | None:
     entries = list(config.model_config_list.config)
     if model_name is not None:
         return next((e for e in entries if e.name == model_name), None)
     if len(entries) == 1:
         return entries[0]
-    default = _default_name(model_base)
+    default = _default_name(base)
     return next((e for e in entries if e.name == default), None)
 
 
-def _default_name(model_base: str) -> str:
+def _default_name(base: ModelBase) -> str:
     """The last part of the model base path: the model's name, as the exporter wrote it."""
-    return store_for(model_base).absolute(model_base).rstrip('/').rsplit('/', 1)[-1]
+    return base.store.absolute(base.path).rstrip('/').rsplit('/', 1)[-1]
 
 
-def _version_dir(model_base: str, version: int) -> str:
-    store = store_for(model_base)
-    path = store.join(model_base, str(version))
-    if version not in store.list_versions(model_base):
+def _version_dir(base: ModelBase, version: int) -> str:
+    if version not in base.list_versions():
         raise InvalidInputError(
-            f'version {version} does not exist under {model_base!r}; it has complete versions '
-            f'{complete_versions(model_base)}'
+            f'version {version} does not exist under {base.path!r}; it has complete versions '
+            f'{complete_versions(base)}'
         )
-    return path
+    return base.version_dir(version)
 
 
 def _check_label(label: Any) -> None:

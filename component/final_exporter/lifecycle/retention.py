@@ -27,10 +27,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection
 
+from final_exporter.checks.savedmodel import GRAPH_FILES
 from final_exporter.common import keys
 from final_exporter.common.errors import InvalidInputError
 from final_exporter.lifecycle.model_config import complete_versions, locked, pinned_versions
-from final_exporter.storage.stores import store_for
+from final_exporter.storage.base import ModelBase
+from final_exporter.storage.stores import StoreOptions, resolve_model_base
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ RETENTION_LINEAGE_KEY = keys.RETENTION_LINEAGE_KEY
 
 
 def apply_retention(
-    model_base: str,
+    model_base: str | ModelBase,
     keep: int,
     *,
     protect: Collection[int] = (),
@@ -47,7 +49,9 @@ def apply_retention(
     """Removes the oldest complete versions beyond the newest `keep`.
 
     Args:
-        model_base: `<export_base>/<name>`, the folder holding the versions.
+        model_base: `<export_base>/<name>`, the folder holding the versions (or
+            its `ModelBase`, resolved already: then its store removes versions
+            with the caller's `publish_last`).
         keep: How many of the newest complete versions to keep (at least 1).
         protect: Versions never to remove (e.g. labelled elsewhere).
         just_published: The version this run published; never removed.
@@ -63,23 +67,24 @@ def apply_retention(
         raise InvalidInputError(
             f'exports_to_keep must be an integer >= 1 (the newest versions kept), got {keep!r}'
         )
-    store = store_for(model_base)
-    if not store.children(model_base):
-        raise InvalidInputError(f'model base {model_base!r} does not exist')
-    store.finish_removals(model_base)
+    base = resolve_model_base(model_base, StoreOptions(publish_last=GRAPH_FILES))
+    store = base.store
+    if not store.children(base.path):
+        raise InvalidInputError(f'model base {base.path!r} does not exist')
+    store.finish_removals(base.path)
     removed: list[int] = []
-    with locked(model_base):
-        complete = complete_versions(model_base)
+    with locked(base):
+        complete = complete_versions(base)
         kept = set(complete[-keep:]) | {just_published} | set(protect)
-        kept |= pinned_versions(model_base)
+        kept |= pinned_versions(base)
         for version in complete:
             if version in kept:
                 continue
-            if not store.remove_version(model_base, version):
+            if not store.remove_version(base.path, version):
                 logger.info('Version %s was already removed by another run.', version)
                 continue
             removed.append(version)
             logger.info(
-                'Removed version %s of %s (keeping the newest %s).', version, model_base, keep
+                'Removed version %s of %s (keeping the newest %s).', version, base.path, keep
             )
     return removed

@@ -10,8 +10,12 @@ or a full `gs://` / `s3://` URI.
 
 How each store keeps the promises is its own business: a local store publishes
 with one `renameat2(RENAME_NOREPLACE)`, a bucket with a claim and server-side
-copies that put `saved_model.pb` last; a local store serialises label writers
-with `flock`, a bucket with a leased lock object and compare-and-swap writes.
+copies that put last the files its caller named (`StoreOptions.publish_last`:
+a SavedModel's graph file); a local store serialises label writers with `flock`,
+a bucket with a leased lock object and compare-and-swap writes.
+
+A caller resolves the store of a path once (`stores.store_for`, or
+`stores.resolve_model_base` for a `ModelBase`) and passes it down.
 """
 
 from __future__ import annotations
@@ -25,8 +29,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from final_exporter.common.progress import Progress
-from final_exporter.storage.manifest import FileEntry
-from final_exporter.storage.transfer import CopyItem
+from final_exporter.storage.types import CopyItem, FileEntry, StageRequest, Versioned
 
 
 def is_version_name(name: str) -> bool:
@@ -43,29 +46,18 @@ class Staging:
             the versions, never loaded by a server).
         model_base: `<export_base>/<name>`, where the export is published.
         local_dir: A local folder holding the export's bytes as they will be
-            published, for TensorFlow and the serving checks. The staging folder
-            itself on a local store; a private temporary folder on a bucket.
+            published, for TensorFlow and the serving checks: the staging folder
+            itself on a local store, a private temporary folder on a bucket. None
+            when the staging was begun without `local_view`.
         handle: The store's hold on the area (a lock, a lease).
         staged: The store's record of each staged file (what the server must report).
     """
 
     path: str
     model_base: str
-    local_dir: str
+    local_dir: str | None
     handle: Any = None
     staged: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class Versioned:
-    """A small file's bytes with the token a compare-and-swap write must match.
-
-    `data` is None when the file does not exist; writing with that token then
-    means "create only if still absent".
-    """
-
-    data: bytes | None
-    token: Any
 
 
 class Store(abc.ABC):
@@ -140,8 +132,13 @@ class Store(abc.ABC):
     # --- Staging and publishing ----------------------------------------------
 
     @abc.abstractmethod
-    def begin_staging(self, model_base: str) -> Staging:
+    def begin_staging(self, model_base: str, *, local_view: bool) -> Staging:
         """Creates a fresh staging area beside the versions, owned by this process.
+
+        Args:
+            model_base: Where the export will be published.
+            local_view: Whether TensorFlow or the checks read the staged files:
+                then `Staging.local_dir` holds them, else it is None.
 
         Raises:
             InvalidInputError: if `model_base` cannot be written to.
@@ -152,38 +149,13 @@ class Store(abc.ABC):
         """Removes what exporters that are provably gone left behind; never a live one's."""
 
     @abc.abstractmethod
-    def stage(
-        self,
-        staging: Staging,
-        items: Sequence[CopyItem],
-        *,
-        method: str,
-        workers: int | None,
-        progress: Progress | None,
-        keep_local: bool,
-        copier: Callable[[list[CopyItem], str], dict[str, FileEntry]] | None = None,
-        meanwhile: Callable[[], None] | None = None,
-        when_complete: Callable[[], None] | None = None,
-    ) -> dict[str, FileEntry]:
+    def stage(self, staging: Staging, request: StageRequest) -> dict[str, FileEntry]:
         """Copies (or uploads) files into the staging area, hashing every byte once.
 
-        Args:
-            staging: The staging area.
-            items: Sources (local paths or URIs of any store) and destinations.
-            method: The local copy method (`auto`, `copy`, `hardlink`).
-            workers: Transfer threads; a default when None.
-            progress: Counts bytes and files.
-            keep_local: Also make every staged file readable under
-                `staging.local_dir` (for the serving checks).
-            copier: Replaces the local thread-pool copy (the Beam fan-out).
-            meanwhile: Called once, in this thread, while the transfer's own
-                threads (which import nothing) move the bytes: the TensorFlow
-                import of the checks.
-            when_complete: Called once, in this thread, when every staged file
-                holds its final bytes (under `staging.local_dir` with
-                `keep_local`), possibly while they are still being hashed: the
-                serving checks run there, overlapping the hashing. What it
-                raises fails the staging.
+        Every staged file is also readable under `staging.local_dir`, when the
+        staging has one. How local files are copied (the method, the threads, a
+        Beam fan-out) and which files go last is the store's own configuration
+        (`stores.StoreOptions`).
 
         Returns:
             {destination: FileEntry} with the size and SHA-256 of what was staged.
@@ -191,7 +163,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def stage_local_files(self, staging: Staging, paths: Sequence[str]) -> dict[str, FileEntry]:
-        """Stages files TensorFlow or the checks wrote under `staging.local_dir`."""
+        """Stages files TensorFlow or the checks wrote under `staging.local_dir` (which the
+        staging must have: begun with `local_view`)."""
 
     @abc.abstractmethod
     def write_manifest(self, staging: Staging, data: bytes) -> None:
@@ -229,7 +202,7 @@ class Store(abc.ABC):
 
     def finish_removals(self, model_base: str) -> None:
         """Completes version removals a dead run left unfinished (nothing to do on a bucket,
-        where a version stops loading once its `saved_model.pb` is gone)."""
+        where a version stops loading once its `publish_last` files are gone)."""
         return None
 
     @abc.abstractmethod
@@ -249,6 +222,31 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def write_versioned(self, path: str, data: bytes, token: Any) -> bool:
         """Replaces a small file only if it is still as read with `token`; False if not."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelBase:
+    """`<export_base>/<name>` and the store that holds it: resolved once, passed down.
+
+    Attributes:
+        store: The store (`stores.resolve_model_base` picks it).
+        path: The model base in the store's own path form.
+    """
+
+    store: Store
+    path: str
+
+    def join(self, *parts: str) -> str:
+        """`<model_base>/part/...` in the store's path form."""
+        return self.store.join(self.path, *parts)
+
+    def version_dir(self, version: int) -> str:
+        """Where version `version` is (or would be) published."""
+        return self.store.join(self.path, str(version))
+
+    def list_versions(self) -> list[int]:
+        """The numeric versions, ascending."""
+        return self.store.list_versions(self.path)
 
 
 @contextlib.contextmanager

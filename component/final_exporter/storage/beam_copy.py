@@ -10,7 +10,7 @@ driver through a results folder beside the staging folder, which must
 therefore be on storage every worker can reach (the case for Dataflow, Flink
 or Spark with a shared filesystem). The driver then checks each split source
 is unchanged and each copy complete, and copies the files in `last` itself, so
-`saved_model.pb` still comes last.
+they still come last (for a SavedModel, its graph file).
 """
 
 from __future__ import annotations
@@ -20,16 +20,9 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
-from final_exporter.storage.manifest import FileEntry
-from final_exporter.storage.transfer import (
-    PUBLISH_LAST,
-    SPLIT_CHUNK_BYTES,
-    SPLIT_MIN_BYTES,
-    CopyItem,
-    check_method,
-    copy_and_hash,
+from final_exporter.storage.filecopy import (
     copy_file,
     copy_piece,
     finish_split,
@@ -38,11 +31,15 @@ from final_exporter.storage.transfer import (
     make_dest_folders,
     split_pieces,
 )
+from final_exporter.storage.transfer import copy_and_hash
+from final_exporter.storage.transfer_config import DEFAULT_TRANSFER, TransferConfig
+from final_exporter.storage.types import CopyItem, FileEntry, StageRequest
 
 logger = logging.getLogger(__name__)
 
 # Element kinds: (kind, src, dest, size, offset, length).
 _FILE, _HASH, _PIECE = 'file', 'hash', 'piece'
+Element = tuple[str, str, str, int, int, int]
 
 
 def copy_and_hash_beam(
@@ -50,10 +47,8 @@ def copy_and_hash_beam(
     dest_root: str,
     beam_pipeline_args: Sequence[str],
     *,
-    method: str,
-    last: Sequence[str] = PUBLISH_LAST,
-    split_min_bytes: int = SPLIT_MIN_BYTES,
-    piece_bytes: int = SPLIT_CHUNK_BYTES,
+    config: TransferConfig = DEFAULT_TRANSFER,
+    last: Collection[str] = (),
 ) -> dict[str, FileEntry]:
     """Like `transfer.copy_and_hash`, with files and pieces fanned out by a Beam pipeline.
 
@@ -62,11 +57,9 @@ def copy_and_hash_beam(
         dest_root: The staging folder.
         beam_pipeline_args: Beam options, e.g. `--runner=DirectRunner
             --direct_running_mode=multi_processing --direct_num_workers=2`.
-        method: As for `transfer.copy_and_hash`.
+        config: The copy method; files of `split_min_bytes` or more are copied in
+            pieces of `piece_bytes` (not with `hardlink`, which copies nothing).
         last: Destinations the driver copies after the pipeline.
-        split_min_bytes: Files of this size or more are copied in pieces
-            (not with `hardlink`, which copies nothing).
-        piece_bytes: The size of those pieces.
 
     Returns:
         {destination path: FileEntry}, the same as the threaded path gives.
@@ -74,38 +67,59 @@ def copy_and_hash_beam(
     Raises:
         IntegrityError: if a source file changed while it was copied.
     """
-    import apache_beam as beam
-
-    check_method(method)
     items = list(items)
     make_dest_folders(items, dest_root)
     fan_out = [i for i in items if i.dest not in last]
-    elements: list[tuple[str, str, str, int, int, int]] = []
+    elements, split = _elements(fan_out, dest_root, config)
+    logger.info(
+        'Copying %s files (%s elements) with Beam (%s).',
+        len(fan_out), len(elements), ' '.join(beam_pipeline_args),
+    )  # fmt: skip
+    entries = _run_pipeline(elements, dest_root, beam_pipeline_args, config)
+    missing = sorted({i.dest for i in fan_out} - set(entries))
+    if missing:
+        raise RuntimeError(f'the Beam copy returned no entry for {missing[:5]}')
+    for dest, (item, before) in split.items():
+        finish_split(item, os.path.join(dest_root, dest), before, entries[dest])
+    entries.update(copy_and_hash([i for i in items if i.dest in last], dest_root, config=config))
+    return entries
+
+
+def _elements(
+    items: Sequence[CopyItem], dest_root: str, config: TransferConfig
+) -> tuple[list[Element], dict[str, tuple[CopyItem, os.stat_result]]]:
+    """The pipeline's elements, and the split files with their sources' stat before the copy."""
+    elements: list[Element] = []
     split: dict[str, tuple[CopyItem, os.stat_result]] = {}
-    for item in fan_out:
-        if is_split(item, method, split_min_bytes):
+    for item in items:
+        if is_split(item, config):
             # The driver creates the file; the piece elements write into it.
             with open(os.path.join(dest_root, item.dest), 'xb'):
                 pass
             split[item.dest] = (item, os.stat(item.src))
             elements.append((_HASH, item.src, item.dest, item.size, 0, item.size))
-            for offset, length in split_pieces(item.size, piece_bytes):
+            for offset, length in split_pieces(item.size, config.piece_bytes):
                 elements.append((_PIECE, item.src, item.dest, item.size, offset, length))
         else:
             elements.append((_FILE, item.src, item.dest, item.size, 0, item.size))
+    return elements, split
+
+
+def _run_pipeline(
+    elements: list[Element], dest_root: str, args: Sequence[str], config: TransferConfig
+) -> dict[str, FileEntry]:
+    """Runs the elements on Beam; the entries come back through a results folder."""
+    import apache_beam as beam
+
     results_dir = f'{dest_root.rstrip("/")}.beam-results'
     os.makedirs(results_dir)
     try:
-        logger.info(
-            'Copying %s files (%s elements) with Beam (%s).',
-            len(fan_out), len(elements), ' '.join(beam_pipeline_args),
-        )  # fmt: skip
-        with beam.Pipeline(argv=list(beam_pipeline_args)) as pipeline:
+        with beam.Pipeline(argv=list(args)) as pipeline:
             _ = (
                 pipeline
                 | 'FilesAndPieces' >> beam.Create(elements)
                 | 'Spread' >> beam.Reshuffle()
-                | 'CopyAndHash' >> beam.FlatMap(_run_element, dest_root=dest_root, method=method)
+                | 'CopyAndHash' >> beam.FlatMap(_run_element, dest_root=dest_root, config=config)
                 | 'Write' >> beam.io.WriteToText(os.path.join(results_dir, 'entries'))
             )
         entries = {}
@@ -116,29 +130,49 @@ def copy_and_hash_beam(
                     entries[entry.path] = entry
     finally:
         shutil.rmtree(results_dir, ignore_errors=True)
-    missing = sorted({i.dest for i in fan_out} - set(entries))
-    if missing:
-        raise RuntimeError(f'the Beam copy returned no entry for {missing[:5]}')
-    for dest, (item, before) in split.items():
-        finish_split(item, os.path.join(dest_root, dest), before, entries[dest])
-    entries.update(
-        copy_and_hash([i for i in items if i.dest in last], dest_root, method=method, last=())
-    )
     return entries
 
 
-def _run_element(
-    element: tuple[str, str, str, int, int, int], dest_root: str, method: str
-) -> list[str]:
+def _run_element(element: Element, dest_root: str, config: TransferConfig) -> list[str]:
     """Copies a file (its entry), hashes a split file (its entry) or copies a piece (nothing)."""
     kind, src, dest, size, offset, length = element
     item = CopyItem(src, dest, size)
     if kind == _PIECE:
         # A retried piece rewrites the same range of the same file: idempotent.
-        copy_piece(item, os.path.join(dest_root, dest), offset, length)
+        copy_piece(item, os.path.join(dest_root, dest), (offset, length), config)
         return []
     if kind == _HASH:
-        entry = hash_only(item, method)
+        entry = hash_only(item, config)
     else:
-        entry = copy_file(item, dest_root, method=method, replace=True)
+        entry = copy_file(item, dest_root, config=config, replace=True)
     return [json.dumps(entry.as_dict())]
+
+
+class BeamCopier:
+    """The Beam fan-out as a local store's copier (`types.Copier`).
+
+    Args:
+        beam_pipeline_args: The Beam options (a runner, or direct-runner parallelism).
+        config: The copy method and piece sizes.
+    """
+
+    def __init__(
+        self, beam_pipeline_args: Sequence[str], config: TransferConfig = DEFAULT_TRANSFER
+    ) -> None:
+        self.beam_pipeline_args = tuple(beam_pipeline_args)
+        self.config = config
+
+    def copy(
+        self, request: StageRequest, dest_root: str, last: Collection[str] = ()
+    ) -> dict[str, FileEntry]:
+        """Runs `meanwhile` first (Beam's workers may import), the pipeline, then
+        `when_complete`. The workers count no progress: they may run in other
+        processes or on other hosts."""
+        if request.meanwhile is not None:
+            request.meanwhile()
+        entries = copy_and_hash_beam(
+            request.items, dest_root, self.beam_pipeline_args, config=self.config, last=last
+        )
+        if request.when_complete is not None:
+            request.when_complete()
+        return entries

@@ -14,8 +14,9 @@ lists, so on a bucket an export goes through these steps:
    `<model_base>/.final-exporter-claims/<version>`: two exporters never take the
    same version. Claiming after the upload means a failed upload uses no number.
 4. **Publish** with server-side copies into `<model_base>/<version>/`, every
-   object but `saved_model.pb` first, then `saved_model.pb` alone: a server
-   that lists the version before it is complete does not load it.
+   object but those the caller names last (`publish_last`; for a SavedModel,
+   `saved_model.pb`) first, then those alone: a server that lists the version
+   before it is complete does not load it.
 5. **Clean up** the staging prefix and the claim.
 
 Leftovers of exporters that died are cleared by later runs: a staging prefix (and
@@ -41,16 +42,16 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 from final_exporter.common import keys
 from final_exporter.common.errors import IntegrityError, InvalidInputError
 from final_exporter.common.progress import Progress
-from final_exporter.storage.base import Staging, Store, Versioned, is_version_name
-from final_exporter.storage.manifest import FileEntry, entry_digest
+from final_exporter.storage.base import Staging, Store, is_version_name
+from final_exporter.storage.manifest import entry_digest
 from final_exporter.storage.objectstore import ObjectClient, Uploaded, is_object_store_uri, join
-from final_exporter.storage.transfer import PUBLISH_LAST, CopyItem, default_workers
+from final_exporter.storage.types import CopyItem, FileEntry, StageRequest, Versioned
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,11 @@ _MAX_CLAIM_ATTEMPTS = 1000
 LEASE_SECONDS = 60.0
 EXPIRY_MARGIN_SECONDS = 600.0
 _OWNER_SEP = '~'
+
+
+def default_workers() -> int:
+    """Threads for object-store transfers: network bound, so many more than cores."""
+    return min(16, 4 * (os.cpu_count() or 1))
 
 
 def _process_start(pid: int) -> str | None:
@@ -151,6 +157,11 @@ class BucketStore(Store):
             another host treats its owner as gone.
         clock: Seconds since the epoch (leases and lock expiry).
         source_clients: The client for a source URI of another store.
+        workers: Transfer threads; `default_workers()` when None.
+        publish_last: Files published after every other and removed before them:
+            the caller's rule for what marks a version complete (for a SavedModel,
+            its graph file). Without one, a claimed version a dead exporter left
+            is kept, since nothing tells whether its publish finished.
     """
 
     def __init__(
@@ -161,12 +172,16 @@ class BucketStore(Store):
         lease_seconds: float = LEASE_SECONDS,
         expiry_margin_seconds: float = EXPIRY_MARGIN_SECONDS,
         clock: Callable[[], float] = time.time,
+        workers: int | None = None,
+        publish_last: Collection[str] = (),
     ) -> None:
         self.client = client
         self.lease_seconds = lease_seconds
         self.expiry_margin_seconds = expiry_margin_seconds
         self.clock = clock
         self._source_clients = source_clients
+        self._workers = workers or default_workers()
+        self.publish_last = tuple(publish_last)
 
     # --- Paths and reading ------------------------------------------------
 
@@ -203,11 +218,11 @@ class BucketStore(Store):
 
     # --- Staging and publishing ----------------------------------------------
 
-    def begin_staging(self, model_base: str) -> Staging:
+    def begin_staging(self, model_base: str, *, local_view: bool) -> Staging:
         name = f'{STAGING_PREFIX}{uuid.uuid4().hex}{_OWNER_SEP}{_owner()}'
         lease = Lease(self, lease_uri(model_base, name))
         lease.start()
-        local_dir = tempfile.mkdtemp(prefix='final-exporter-build-')
+        local_dir = tempfile.mkdtemp(prefix='final-exporter-build-') if local_view else None
         return Staging(join(model_base, name), model_base, local_dir, handle=lease)
 
     def _expired(self, lease_uri: str) -> bool:
@@ -236,7 +251,7 @@ class BucketStore(Store):
                 removed.append(name)
                 logger.info('Removed abandoned staging prefix %s/%s.', model_base, name)
         # A claim left behind names an exporter that died after claiming, perhaps halfway
-        # through its copies: its <version>/ prefix has no saved_model.pb and never will.
+        # through its copies: its <version>/ prefix lacks the `publish_last` files for good.
         for name in sorted(self.children(join(model_base, CLAIMS_DIR))):
             if not is_version_name(name):
                 continue
@@ -251,8 +266,10 @@ class BucketStore(Store):
             elif staging_name in names or not self._abandoned(model_base, staging_name):
                 continue  # Its owner's staging is alive, or its lease says it may be.
             version_dir = join(model_base, name)
-            if not any(self.is_file(join(version_dir, f)) for f in PUBLISH_LAST):
-                # saved_model.pb goes last: without it the publish never finished.
+            if self.publish_last and not any(
+                self.is_file(join(version_dir, f)) for f in self.publish_last
+            ):
+                # These go last (saved_model.pb): without them the publish never finished.
                 self._remove_prefix(version_dir)
             self.client.delete([claim])
             removed.append(name)
@@ -265,70 +282,72 @@ class BucketStore(Store):
                 self.client.delete([join(model_base, LEASES_DIR, name)])
         return removed
 
-    def stage(
-        self,
-        staging: Staging,
-        items: Sequence[CopyItem],
-        *,
-        method: str,
-        workers: int | None,
-        progress: Progress | None,
-        keep_local: bool,
-        copier: Callable[[list[CopyItem], str], dict[str, FileEntry]] | None = None,
-        meanwhile: Callable[[], None] | None = None,
-        when_complete: Callable[[], None] | None = None,
-    ) -> dict[str, FileEntry]:
-        del method, copier  # Local copy choices; a bucket is written by uploads and copies.
-        uploads: dict[str, Uploaded] = staging.staged
-
-        def one(item: CopyItem) -> FileEntry:
-            dest_uri = join(staging.path, item.dest)
-            local = os.path.join(staging.local_dir, *item.dest.split('/'))
-            if keep_local:
-                os.makedirs(os.path.dirname(local), exist_ok=True)
-            if is_object_store_uri(item.src) and self.client.same_store(item.src):
-                # Server-side copy of exactly the generation (ETag) read and hashed here.
-                info = self.client.stat(item.src)
-                if info is None:
-                    raise InvalidInputError(f'source object {item.src} is missing')
-                with concurrent.futures.ThreadPoolExecutor(1) as side:
-                    copied = side.submit(self.client.copy, item.src, dest_uri, info.token)
-                    entry = self.client.download(
-                        item.src, local if keep_local else None, progress, info.token
-                    )
-                    copied.result()
-                up = Uploaded(
-                    entry.size,
-                    entry.sha256,
-                    info.checksum if info.portable else '',
-                    entry.chunked_sha256,
-                )
-            else:
-                src = item.src
-                if is_object_store_uri(src):  # Another store: through a local copy.
-                    os.makedirs(os.path.dirname(local), exist_ok=True)
-                    self._source_client(src).download(src, local, None, None)
-                    src = local
-                elif keep_local and not os.path.exists(local):
-                    os.symlink(os.path.abspath(src), local)
-                up = self.client.upload_file(src, dest_uri, progress)
-            uploads[item.dest] = up
-            if progress is not None:
-                progress.file_done(item.dest)
-            return FileEntry(item.dest, up.size, up.sha256, up.chunked_sha256)
-
-        if meanwhile is not None:
+    def stage(self, staging: Staging, request: StageRequest) -> dict[str, FileEntry]:
+        """Uploads local sources and copies same-store objects server-side, on a pool; a
+        source on another store goes through a local copy."""
+        if request.meanwhile is not None:
             # Before the uploads, not beside them: the client libraries may import
             # on first use, and two threads importing at once can deadlock (see
-            # core/exporter.py `_import_tensorflow`).
-            meanwhile()
-        with concurrent.futures.ThreadPoolExecutor(
-            max_workers=workers or default_workers()
-        ) as pool:
-            staged = {e.path: e for e in pool.map(one, items)}
-        if when_complete is not None:
-            when_complete()
+            # core/staging.py `import_tensorflow`).
+            request.meanwhile()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=self._workers) as pool:
+            staged = {
+                e.path: e
+                for e in pool.map(
+                    lambda item: self._stage_one(staging, item, request.progress), request.items
+                )
+            }
+        if request.when_complete is not None:
+            request.when_complete()
         return staged
+
+    def _stage_one(self, staging: Staging, item: CopyItem, progress: Progress | None) -> FileEntry:
+        dest_uri = join(staging.path, item.dest)
+        local = None
+        if staging.local_dir is not None:
+            local = os.path.join(staging.local_dir, *item.dest.split('/'))
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+        if is_object_store_uri(item.src) and self.client.same_store(item.src):
+            up = self._copy_server_side(item.src, dest_uri, local, progress)
+        elif is_object_store_uri(item.src):
+            up = self._copy_from_other_store(item.src, dest_uri, local, progress)
+        else:
+            if local is not None and not os.path.exists(local):
+                os.symlink(os.path.abspath(item.src), local)
+            up = self.client.upload_file(item.src, dest_uri, progress)
+        staging.staged[item.dest] = up
+        if progress is not None:
+            progress.file_done(item.dest)
+        return FileEntry(item.dest, up.size, up.sha256, up.chunked_sha256)
+
+    def _copy_server_side(
+        self, src: str, dest_uri: str, local: str | None, progress: Progress | None
+    ) -> Uploaded:
+        """Copies exactly the generation (ETag) this process reads and hashes meanwhile."""
+        info = self.client.stat(src)
+        if info is None:
+            raise InvalidInputError(f'source object {src} is missing')
+        with concurrent.futures.ThreadPoolExecutor(1) as side:
+            copied = side.submit(self.client.copy, src, dest_uri, info.token)
+            entry = self.client.download(src, local, progress, info.token)
+            copied.result()
+        return Uploaded(
+            entry.size,
+            entry.sha256,
+            info.checksum if info.portable else '',
+            entry.chunked_sha256,
+        )
+
+    def _copy_from_other_store(
+        self, src: str, dest_uri: str, local: str | None, progress: Progress | None
+    ) -> Uploaded:
+        """Downloads `src` (into the local view, else a temporary file), then uploads it."""
+        with contextlib.ExitStack() as stack:
+            if local is None:
+                transit = tempfile.TemporaryDirectory(prefix='final-exporter-transit-')
+                local = os.path.join(stack.enter_context(transit), 'object')
+            self._source_client(src).download(src, local, None, None)
+            return self.client.upload_file(local, dest_uri, progress)
 
     def _source_client(self, uri: str) -> ObjectClient:
         if self._source_clients is None:
@@ -344,9 +363,7 @@ class BucketStore(Store):
             )
             for p in paths
         ]
-        return self.stage(
-            staging, items, method='copy', workers=None, progress=None, keep_local=False
-        )
+        return self.stage(staging, StageRequest(items))
 
     def write_manifest(self, staging: Staging, data: bytes) -> None:
         up = self.client.upload_bytes(data, join(staging.path, keys.MANIFEST_RELPATH))
@@ -424,9 +441,9 @@ class BucketStore(Store):
             logger.warning('Could not remove the claim of version %s.', version, exc_info=True)
 
     def _publish_copies(self, staging: str, final: str, paths: Sequence[str]) -> None:
-        """Server-side copies staging -> final, `saved_model.pb` (and .pbtxt) after all others."""
-        first = [p for p in paths if p not in PUBLISH_LAST]
-        last = [p for p in paths if p in PUBLISH_LAST]
+        """Server-side copies staging -> final, the `publish_last` files after all others."""
+        first = [p for p in paths if p not in self.publish_last]
+        last = [p for p in paths if p in self.publish_last]
         try:
             with concurrent.futures.ThreadPoolExecutor(max_workers=default_workers()) as pool:
                 for batch in (first, last):
@@ -443,7 +460,8 @@ class BucketStore(Store):
 
     def discard(self, staging: Staging) -> None:
         self._remove_prefix(staging.path)
-        shutil.rmtree(staging.local_dir, ignore_errors=True)
+        if staging.local_dir is not None:
+            shutil.rmtree(staging.local_dir, ignore_errors=True)
         staging.handle.stop()
 
     def remove_version(self, model_base: str, version: int) -> bool:
@@ -451,8 +469,8 @@ class BucketStore(Store):
         objects = self.client.list(version_dir)
         if not objects:
             return False
-        # saved_model.pb first: from then on no server loads what remains.
-        first = [u for u in objects if u.rsplit('/', 1)[-1] in PUBLISH_LAST]
+        # The `publish_last` files first (saved_model.pb): then no server loads what remains.
+        first = [u for u in objects if u.rsplit('/', 1)[-1] in self.publish_last]
         self.client.delete(first)
         self.client.delete(u for u in objects if u not in first)
         return True

@@ -11,7 +11,6 @@ from typing import Any, BinaryIO
 
 from final_exporter.common.errors import IntegrityError
 from final_exporter.common.progress import Progress
-from final_exporter.storage.base import Versioned
 from final_exporter.storage.objectstore import (
     PART_BYTES,
     UPLOAD_PART_BYTES,
@@ -22,6 +21,7 @@ from final_exporter.storage.objectstore import (
     check_unchanged,
     split_uri,
 )
+from final_exporter.storage.types import Versioned
 
 
 class GCSClient(ObjectClient):

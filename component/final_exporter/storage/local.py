@@ -17,6 +17,7 @@ then hold empty or truncated files.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import logging
@@ -24,24 +25,28 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 from final_exporter.common import keys
 from final_exporter.common.errors import IntegrityError, InvalidInputError
 from final_exporter.common.fs import flush_tree, fsync_dir, rename_no_replace
 from final_exporter.common.progress import Progress
-from final_exporter.storage.base import Staging, Store, Versioned, is_version_name
-from final_exporter.storage.manifest import SHA256, FileEntry, verify_tree
+from final_exporter.storage.base import Staging, Store, is_version_name
+from final_exporter.storage.filecopy import copy_file, hash_only
+from final_exporter.storage.hashing import hash_local_chunks, sha256_file
+from final_exporter.storage.manifest import verify_tree
 from final_exporter.storage.objectstore import is_object_store_uri
-from final_exporter.storage.transfer import (
+from final_exporter.storage.transfer import ThreadedCopier, plan_tree
+from final_exporter.storage.transfer_config import TransferConfig
+from final_exporter.storage.types import (
+    COPY_PLAIN,
+    SHA256,
+    Copier,
     CopyItem,
-    copy_and_hash,
-    copy_file,
-    hash_local_chunks,
-    hash_only,
-    plan_tree,
-    sha256_file,
+    FileEntry,
+    StageRequest,
+    Versioned,
 )
 
 logger = logging.getLogger(__name__)
@@ -50,6 +55,8 @@ STAGING_PREFIX = keys.STAGING_PREFIX
 # Each retry moves past a version another exporter published in the meantime;
 # running out means something keeps creating numeric folders under us.
 _MAX_PUBLISH_ATTEMPTS = 1000
+# A model in a bucket is downloaded into fresh files: nothing to link or clone.
+_DOWNLOAD = TransferConfig(method=COPY_PLAIN)
 
 
 def list_versions(model_base: str) -> list[int]:
@@ -189,11 +196,42 @@ def publish(
     )
 
 
-class LocalStore(Store):
-    """A local folder tree (or a FUSE mount such as `/gcs/`): the `Store` of plain paths."""
+def list_local_files(root: str) -> dict[str, int]:
+    """{POSIX path relative to `root`: size} of every file under the local folder `root`."""
+    found: dict[str, int] = {}
+    root = os.path.normpath(root)
+    skip = len(root.rstrip(os.sep)) + 1
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        # os.walk's paths all start with `root`: slicing is relpath without its cost.
+        rel_dir = dirpath[skip:].replace(os.sep, '/')
+        for name in filenames:
+            rel = f'{rel_dir}/{name}' if rel_dir else name
+            found[rel] = os.lstat(os.path.join(dirpath, name)).st_size
+    return found
 
-    def __init__(self, source_clients: Callable[[str], Any] | None = None) -> None:
+
+class LocalStore(Store):
+    """A local folder tree (or a FUSE mount such as `/gcs/`): the `Store` of plain paths.
+
+    Args:
+        source_clients: The object client for a source URI (a model in a bucket).
+        copier: Copies local files into a staging folder; a thread pool with the
+            default `TransferConfig` when None.
+        publish_last: Destinations copied after every other file (on a FUSE
+            mount of a bucket, the files whose presence marks a version complete).
+    """
+
+    def __init__(
+        self,
+        source_clients: Callable[[str], Any] | None = None,
+        *,
+        copier: Copier | None = None,
+        publish_last: Collection[str] = (),
+    ) -> None:
         self._source_clients = source_clients
+        self._copier = copier or ThreadedCopier()
+        self._publish_last = tuple(publish_last)
 
     # --- Paths and reading ------------------------------------------------
 
@@ -201,17 +239,7 @@ class LocalStore(Store):
         return os.path.join(base, *parts)
 
     def list_files(self, root: str) -> dict[str, int]:
-        found: dict[str, int] = {}
-        root = os.path.normpath(root)
-        skip = len(root.rstrip(os.sep)) + 1
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            # os.walk's paths all start with `root`: slicing is relpath without its cost.
-            rel_dir = dirpath[skip:].replace(os.sep, '/')
-            for name in filenames:
-                rel = f'{rel_dir}/{name}' if rel_dir else name
-                found[rel] = os.lstat(os.path.join(dirpath, name)).st_size
-        return found
+        return list_local_files(root)
 
     def children(self, folder: str) -> set[str]:
         try:
@@ -247,7 +275,7 @@ class LocalStore(Store):
 
     def download(self, path: str, local_path: str, progress: Progress | None = None) -> FileEntry:
         item = CopyItem(path, os.path.basename(local_path), os.path.getsize(path))
-        return copy_file(item, os.path.dirname(local_path), method='copy', progress=progress)
+        return copy_file(item, os.path.dirname(local_path), config=_DOWNLOAD, progress=progress)
 
     def plan_tree(self, root: str, exclude: Sequence[str] = ()) -> list[CopyItem]:
         """Refuses special files and links that leave the tree (transfer.plan_tree)."""
@@ -259,9 +287,9 @@ class LocalStore(Store):
 
     # --- Staging and publishing ----------------------------------------------
 
-    def begin_staging(self, model_base: str) -> Staging:
+    def begin_staging(self, model_base: str, *, local_view: bool) -> Staging:
         path = make_staging_dir(model_base)
-        return Staging(path, model_base, local_dir=path)
+        return Staging(path, model_base, local_dir=path if local_view else None)
 
     def remove_abandoned_staging(self, model_base: str) -> list[str]:
         return remove_abandoned_staging(model_base)
@@ -271,49 +299,29 @@ class LocalStore(Store):
         with contextlib.suppress(FileNotFoundError):
             _empty_trash(model_base)
 
-    def stage(
-        self,
-        staging: Staging,
-        items: Sequence[CopyItem],
-        *,
-        method: str,
-        workers: int | None,
-        progress: Progress | None,
-        keep_local: bool,
-        copier: Callable[[list[CopyItem], str], dict[str, FileEntry]] | None = None,
-        meanwhile: Callable[[], None] | None = None,
-        when_complete: Callable[[], None] | None = None,
-    ) -> dict[str, FileEntry]:
-        del keep_local  # The staging folder is local already.
-        local = [i for i in items if not is_object_store_uri(i.src)]
-        remote = [i for i in items if is_object_store_uri(i.src)]
-        if copier is not None:
-            if meanwhile is not None:
-                meanwhile()
-            staged = copier(local, staging.path)
-        else:
-            # With every source local, the checks overlap the hashing of the copies.
-            staged = copy_and_hash(
-                local,
-                staging.path,
-                method=method,
-                workers=workers,
-                progress=progress,
-                meanwhile=meanwhile,
-                when_copied=None if remote else when_complete,
-            )
-            if not remote:
-                when_complete = None
-        for item in remote:  # Sources in a bucket: downloaded, hashed in the same read.
-            if self._source_clients is None:
-                raise InvalidInputError(f'{item.src} is in a bucket, which this store cannot read')
-            dest = os.path.join(staging.path, *item.dest.split('/'))
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            entry = self._source_clients(item.src).download(item.src, dest, progress, None)
-            staged[item.dest] = FileEntry(item.dest, entry.size, entry.sha256, entry.chunked_sha256)
-        if when_complete is not None:
-            when_complete()
+    def stage(self, staging: Staging, request: StageRequest) -> dict[str, FileEntry]:
+        """Local sources through the copier (`last` after the others); sources in a bucket
+        downloaded, hashed in the same read. The staging folder is the local view."""
+        local = [i for i in request.items if not is_object_store_uri(i.src)]
+        remote = [i for i in request.items if is_object_store_uri(i.src)]
+        # With every source local, the checks overlap the hashing of the copies.
+        copy = dataclasses.replace(
+            request, items=local, when_complete=None if remote else request.when_complete
+        )
+        staged = self._copier.copy(copy, staging.path, self._publish_last)
+        for item in remote:
+            staged[item.dest] = self._download_source(item, staging.path, request.progress)
+        if remote and request.when_complete is not None:
+            request.when_complete()
         return staged
+
+    def _download_source(self, item: CopyItem, root: str, progress: Progress | None) -> FileEntry:
+        if self._source_clients is None:
+            raise InvalidInputError(f'{item.src} is in a bucket, which this store cannot read')
+        dest = os.path.join(root, *item.dest.split('/'))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        entry = self._source_clients(item.src).download(item.src, dest, progress, None)
+        return FileEntry(item.dest, entry.size, entry.sha256, entry.chunked_sha256)
 
     def stage_local_files(self, staging: Staging, paths: Sequence[str]) -> dict[str, FileEntry]:
         """The files are in the staging folder already: hashes them."""
@@ -322,7 +330,7 @@ class LocalStore(Store):
             for p in paths
             for local in [os.path.join(staging.path, *p.split('/'))]
         ]
-        return {e.path: e for e in (hash_only(i, 'copy') for i in items)}
+        return {e.path: e for e in (hash_only(i) for i in items)}
 
     def write_manifest(self, staging: Staging, data: bytes) -> None:
         path = os.path.join(staging.path, *keys.MANIFEST_RELPATH.split('/'))

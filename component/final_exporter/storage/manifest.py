@@ -24,40 +24,13 @@ from typing import Any
 
 from final_exporter.common import keys
 from final_exporter.common.errors import IntegrityError
+from final_exporter.storage.types import CHUNKED_SHA256, SHA256, FileEntry
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
 # 32 MiB: the piece size of a split local copy and of an S3 multipart upload, large
 # enough that a chunk's digest costs nothing next to its bytes (32 bytes per 32 MiB).
 CHUNK_BYTES = 32 * 1024 * 1024
-SHA256, CHUNKED_SHA256 = 'sha256', 'chunked_sha256'
-
-
-@dataclasses.dataclass(frozen=True)
-class FileEntry:
-    """One file of an export: POSIX path relative to the export root, size, digest.
-
-    Exactly one of `sha256` (whole file) and `chunked_sha256` (see the module
-    docstring) is set; `sha256` is '' for a chunked entry.
-    """
-
-    path: str
-    size: int
-    sha256: str
-    chunked_sha256: str = ''
-
-    def as_dict(self) -> dict[str, Any]:
-        # dataclasses.asdict deep-copies each field: a tenth of the export of a 2000-file model.
-        if self.chunked_sha256:
-            return {'path': self.path, 'size': self.size, CHUNKED_SHA256: self.chunked_sha256}
-        return {'path': self.path, 'size': self.size, SHA256: self.sha256}
-
-    @property
-    def digest(self) -> tuple[str, str]:
-        """(kind, hex): what a manifest entry's digest is compared with."""
-        if self.chunked_sha256:
-            return CHUNKED_SHA256, self.chunked_sha256
-        return SHA256, self.sha256
 
 
 def entry_digest(entry: Mapping[str, Any]) -> tuple[str, str]:

@@ -25,8 +25,8 @@ from typing import Any, BinaryIO
 
 from final_exporter.common.errors import IntegrityError, InvalidInputError
 from final_exporter.common.progress import Progress
-from final_exporter.storage.base import Versioned
-from final_exporter.storage.manifest import SHA256, ChunkedHasher, FileEntry
+from final_exporter.storage.manifest import ChunkedHasher
+from final_exporter.storage.types import SHA256, FileEntry, Versioned
 
 SCHEMES = ('gs', 's3')
 PART_BYTES = 8 * 1024 * 1024

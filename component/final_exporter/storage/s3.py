@@ -12,7 +12,6 @@ from typing import Any, BinaryIO
 
 from final_exporter.common.errors import IntegrityError
 from final_exporter.common.progress import Progress
-from final_exporter.storage.base import Versioned
 from final_exporter.storage.manifest import CHUNK_BYTES
 from final_exporter.storage.objectstore import (
     UPLOAD_PART_BYTES,
@@ -22,6 +21,7 @@ from final_exporter.storage.objectstore import (
     check_unchanged,
     split_uri,
 )
+from final_exporter.storage.types import Versioned
 
 # Parts of one large file in flight at once, and across all files: each holds an
 # UPLOAD_PART_BYTES buffer, so this bounds the upload memory (8 x 32 MiB).

@@ -7,15 +7,19 @@ client module plus its line in `_CLIENTS`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import os
 import threading
 from collections.abc import Iterator
 
-from final_exporter.storage.base import Store
+from final_exporter.storage.base import ModelBase, Store
 from final_exporter.storage.bucket import LEASE_SECONDS, BucketStore
 from final_exporter.storage.local import LocalStore
 from final_exporter.storage.objectstore import SCHEMES, ObjectClient, is_object_store_uri, split_uri
+from final_exporter.storage.transfer import ThreadedCopier
+from final_exporter.storage.transfer_config import DEFAULT_TRANSFER, TransferConfig
+from final_exporter.storage.types import Copier
 
 # scheme -> (module, class) of its client; imported on first use, so a local export
 # loads neither SDK.
@@ -42,12 +46,55 @@ def client_for(uri: str) -> ObjectClient:
         return _clients[scheme]
 
 
-def store_for(path: str) -> Store:
-    """The store holding `path`: a local folder tree, or the bucket store of its scheme."""
+@dataclasses.dataclass(frozen=True)
+class StoreOptions:
+    """What only the caller knows about how a store it writes an export to should work.
+
+    Attributes:
+        publish_last: Relative paths copied and published after every other file
+            and removed before them: the files whose presence tells a loader a
+            version is complete (the core passes a SavedModel's graph files).
+        transfer: The local copy's method, threads and tuning; its `workers` also
+            sizes a bucket's transfer pool.
+        copier: Makes a local store's copies (the Beam fan-out); a thread pool
+            with `transfer` when None.
+    """
+
+    publish_last: tuple[str, ...] = ()
+    transfer: TransferConfig = DEFAULT_TRANSFER
+    copier: Copier | None = None
+
+
+def store_for(path: str, options: StoreOptions | None = None) -> Store:
+    """The store holding `path`: a local folder tree, or the bucket store of its scheme.
+
+    Without `options`, a store to read with (and to label, list or verify).
+    """
     if not is_object_store_uri(path):
-        return _LOCAL
-    lease = float(os.environ.get(LEASE_ENV) or LEASE_SECONDS)
-    return BucketStore(client_for(path), lease_seconds=lease, source_clients=client_for)
+        if options is None:
+            return _LOCAL
+        return LocalStore(
+            source_clients=client_for,
+            copier=options.copier or ThreadedCopier(options.transfer),
+            publish_last=options.publish_last,
+        )
+    options = options or StoreOptions()
+    return BucketStore(
+        client_for(path),
+        lease_seconds=float(os.environ.get(LEASE_ENV) or LEASE_SECONDS),
+        source_clients=client_for,
+        workers=options.transfer.workers,
+        publish_last=options.publish_last,
+    )
+
+
+def resolve_model_base(
+    model_base: str | ModelBase, options: StoreOptions | None = None
+) -> ModelBase:
+    """`model_base` with its store, resolved here once (as it is when already a ModelBase)."""
+    if isinstance(model_base, ModelBase):
+        return model_base
+    return ModelBase(store_for(model_base, options), model_base)
 
 
 _LOCAL = LocalStore(source_clients=client_for)

@@ -8,26 +8,30 @@ from typing import Any
 
 from final_exporter.common import keys
 from final_exporter.common.errors import InvalidInputError
+from final_exporter.storage.base import Store
 from final_exporter.storage.manifest import (
     CHUNK_BYTES,
-    SHA256,
-    FileEntry,
     VerifyReport,
     manifest_bytes,
     parse_manifest,
     verify_tree,
 )
 from final_exporter.storage.stores import store_for
+from final_exporter.storage.types import SHA256, FileEntry
 
 
-def read_manifest(export_dir: str) -> tuple[dict[str, Any], str]:
+def read_manifest(export_dir: str, *, store: Store | None = None) -> tuple[dict[str, Any], str]:
     """Returns the manifest of an export (a folder or a bucket prefix) and its SHA-256.
+
+    Args:
+        export_dir: The export (version) folder or prefix.
+        store: The store holding it, when the caller has resolved it already.
 
     Raises:
         InvalidInputError: if the export has no manifest.
         IntegrityError: if it is not a valid one.
     """
-    store = store_for(export_dir)
+    store = store or store_for(export_dir)
     path = store.join(export_dir, *keys.MANIFEST_RELPATH.split('/'))
     try:
         data = store.read_bytes(path)
@@ -44,6 +48,7 @@ def verify_export(
     *,
     rehash: bool = True,
     known: Mapping[str, FileEntry] | None = None,
+    store: Store | None = None,
 ) -> VerifyReport:
     """Checks an export (a folder or a bucket prefix) against its manifest.
 
@@ -54,14 +59,15 @@ def verify_export(
             listing and sizes only, and the hashes in `known`.
         known: Hashes computed while the files were written (copy and hash in one
             read), compared with the manifest instead of re-reading the bytes.
+        store: The store holding it, when the caller has resolved it already.
 
     Returns:
         A VerifyReport; `ok` is True when the export matches exactly.
     """
-    store = store_for(export_dir)
+    store = store or store_for(export_dir)
     report = VerifyReport(export_dir=export_dir)
     if manifest is None:
-        manifest, report.manifest_sha256 = read_manifest(export_dir)
+        manifest, report.manifest_sha256 = read_manifest(export_dir, store=store)
     return verify_tree(store, export_dir, manifest, rehash=rehash, known=known, report=report)
 
 
@@ -77,11 +83,6 @@ def write_manifest(export_dir: str, manifest: Mapping[str, Any]) -> str:
 def hash_file(path: str) -> tuple[int, str]:
     """(size, whole-file SHA-256 hex) of a file or object, streamed."""
     return store_for(path).digest_file(path, SHA256, CHUNK_BYTES)
-
-
-def digest_file(path: str, kind: str, chunk_bytes: int = CHUNK_BYTES) -> tuple[int, str]:
-    """(size, hex) of a file or object: the manifest digest of `kind` (manifest.py)."""
-    return store_for(path).digest_file(path, kind, chunk_bytes)
 
 
 def list_files(root: str) -> dict[str, int]:

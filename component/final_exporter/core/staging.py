@@ -1,0 +1,223 @@
+"""The build step: stage beside the versions, run the checks, write and verify the manifest, publish.
+
+The store keeps each step's promise: a local store stages in a hidden folder and
+publishes with one rename; a bucket stages under a hidden prefix and publishes
+with a claim and server-side copies, the SavedModel's graph file last
+(storage/bucket.py). This module tells the store how to copy (`store_options`)
+and what to copy; it never asks which kind of store it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from final_exporter.checks.savedmodel import GRAPH_FILES
+from final_exporter.common import keys
+from final_exporter.common.errors import IntegrityError
+from final_exporter.common.keys import WARMUP_RELPATH
+from final_exporter.common.progress import Progress
+from final_exporter.core.config import ExportConfig
+from final_exporter.core.plan import Plan, lineage_maker, rewrites, with_local_source
+from final_exporter.core.request import ExportRequest
+from final_exporter.core.serving_checks import (
+    beam_requested,
+    import_tensorflow,
+    serving_checks,
+    wants_checks,
+)
+from final_exporter.storage.base import ModelBase, Staging, Store
+from final_exporter.storage.local import list_local_files
+from final_exporter.storage.manifest import build_manifest, manifest_bytes
+from final_exporter.storage.stores import StoreOptions
+from final_exporter.storage.transfer_config import TransferConfig
+from final_exporter.storage.types import FileEntry, StageRequest
+from final_exporter.storage.verify import verify_export
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Published:
+    """A version this run published: where, and its manifest with the manifest's SHA-256."""
+
+    version: int
+    export_dir: str
+    manifest: dict[str, Any]
+    manifest_sha256: str
+
+
+def store_options(request: ExportRequest, workers: int | None) -> StoreOptions:
+    """How the export's store copies: the method and threads asked for, a Beam fan-out of
+    the local copy when the Beam args ask for one, the SavedModel's graph file last."""
+    transfer = TransferConfig(method=request.config.copy_method, workers=workers)
+    copier = None
+    if beam_requested(request.beam_pipeline_args):
+        from final_exporter.storage.beam_copy import BeamCopier
+
+        copier = BeamCopier(request.beam_pipeline_args, transfer)
+    return StoreOptions(publish_last=GRAPH_FILES, transfer=transfer, copier=copier)
+
+
+def stage_and_publish(
+    base: ModelBase,
+    request: ExportRequest,
+    plan: Plan,
+    report_progress: Callable[[str], None] | None,
+    clock: Callable[[], float],
+) -> Published:
+    """Builds the export in a fresh staging area of `base` and publishes it as the next version.
+
+    On any failure the staging area is removed and no version appears.
+    """
+    config = request.config
+    with contextlib.ExitStack() as cleanup:
+        plan = with_local_source(plan, config, cleanup)
+        staging = base.store.begin_staging(base.path, local_view=_needs_local_view(request, plan))
+        try:
+            manifest, data = _build_verified(base, staging, request, plan, report_progress, clock)
+            version, export_dir = base.store.publish(staging, clock)
+        finally:
+            # Unpublished: removed. Published: only what the store kept aside (a lease, a
+            # local build folder) is released.
+            base.store.discard(staging)
+    digest = hashlib.sha256(data).hexdigest()
+    logger.info(
+        'Exported %s files (%s bytes) to %s (manifest sha256 %s).',
+        manifest['file_count'],
+        manifest['total_bytes'],
+        export_dir,
+        digest,
+    )
+    return Published(version, export_dir, manifest, digest)
+
+
+def _build_verified(
+    base: ModelBase,
+    staging: Staging,
+    request: ExportRequest,
+    plan: Plan,
+    report_progress: Callable[[str], None] | None,
+    clock: Callable[[], float],
+) -> tuple[dict[str, Any], bytes]:
+    """Fills the staging area, checks it, writes and verifies its manifest: (manifest, bytes)."""
+    config, store, items = request.config, base.store, plan.items
+    progress = Progress(
+        total_bytes=sum(i.size for i in items), total_files=len(items), report=report_progress
+    )
+    checks: dict[str, Any] = {}
+    run_checks, warmup = None, None
+    if staging.local_dir is not None:  # Without a local view there is nothing to check.
+        local_dir = staging.local_dir
+        warmup = os.path.join(local_dir, *WARMUP_RELPATH.split('/'))
+
+        def run_checks() -> None:
+            checks.update(serving_checks(local_dir, plan.source.path, config, request, warmup))
+
+    files, signatures = _build(base, staging, request, plan, progress, run_checks)
+    if warmup is not None and os.path.exists(warmup) and WARMUP_RELPATH not in files:
+        files.update(store.stage_local_files(staging, [WARMUP_RELPATH]))
+    make_lineage = lineage_maker(request, plan, clock)
+    manifest = build_manifest(files.values(), make_lineage(signatures, files, checks))
+    data = manifest_bytes(manifest)
+    store.write_manifest(staging, data)
+    store.verify_staged(staging, manifest, known=files)
+    if config.paranoid_verify:
+        store.flush_for_reread(staging)
+        reread_staging(staging.path, manifest, store=store)
+    return manifest, data
+
+
+def reread_staging(
+    staging: str, manifest: Mapping[str, Any], *, store: Store | None = None
+) -> None:
+    """The paranoid verify: reads every staged byte back and checks it against the manifest.
+
+    The store has flushed a local staging folder and dropped it from the page
+    cache first, so the bytes come back from the disk rather than from the memory
+    they were written from; a bucket's are downloaded.
+
+    Raises:
+        IntegrityError: naming the files that differ; nothing was published.
+    """
+    check = verify_export(staging, manifest, rehash=True, store=store)
+    if not check.ok:
+        raise IntegrityError(
+            f'paranoid verify: staged export {staging!r} read back differs from its manifest: '
+            f'{"; ".join(check.problems())}'
+        )
+    logger.info(
+        'Paranoid verify: read back %s files (%s bytes) of %s; all match the manifest.',
+        check.files_checked,
+        check.bytes_checked,
+        staging,
+    )
+
+
+def _build(
+    base: ModelBase,
+    staging: Staging,
+    request: ExportRequest,
+    plan: Plan,
+    progress: Progress,
+    run_checks: Callable[[], None] | None,
+) -> tuple[dict[str, FileEntry], tuple[str, ...]]:
+    """Fills the staging area and runs the serving checks on it; returns its files' entries
+    and signature names.
+
+    The checks load `staging.local_dir`, the export as it will be served. A copied
+    model is checked as soon as its bytes are in place, while they are still being
+    hashed; one that TensorFlow rewrites, once it has.
+    """
+    config, source = request.config, plan.source
+    rewritten = rewrites(config)
+    if config.serving_fn:
+        from final_exporter.core import tf_export  # TensorFlow only when needed.
+
+        tf_export.reexport(source.path, staging.local_dir, config.serving_fn)
+    staged = base.store.stage(
+        staging,
+        StageRequest(
+            plan.items,
+            progress=progress,
+            meanwhile=import_tensorflow if wants_checks(config, request) else None,
+            when_complete=None if rewritten else run_checks,
+        ),
+    )
+    if not rewritten:
+        return staged, source.signature_names
+    signatures = _rewrite(staging.local_dir, source.path, config)
+    # Stage only what TensorFlow wrote; the copy already hashed the rest.
+    written = sorted(set(list_local_files(staging.local_dir)) - set(staged))
+    staged.update(base.store.stage_local_files(staging, written))
+    if run_checks is not None:
+        run_checks()
+    return staged, signatures
+
+
+def _rewrite(local: str, source_path: str, config: ExportConfig) -> tuple[str, ...]:
+    """Has TensorFlow write the text graph (`as_text`) and load the result; its signatures."""
+    from final_exporter.core import tf_export  # TensorFlow only when needed.
+
+    if config.serving_fn and config.as_text:
+        tf_export.convert_in_place_to_pbtxt(local)
+    elif config.as_text:
+        tf_export.write_pbtxt(
+            os.path.join(source_path, keys.SAVED_MODEL_PB),
+            os.path.join(local, keys.SAVED_MODEL_PBTXT),
+        )
+    return tf_export.check_loads(local)
+
+
+def _needs_local_view(request: ExportRequest, plan: Plan) -> bool:
+    """Whether TensorFlow or a serving check reads the staged export."""
+    return bool(
+        wants_checks(request.config, request)
+        or rewrites(request.config)
+        or any(i.dest == WARMUP_RELPATH for i in plan.items)
+    )

@@ -1,0 +1,418 @@
+"""One file's copy: placed by the kernel (or a link) and hashed, or read once, hashed and written.
+
+The pieces the copy engines (`transfer.py` threads, `beam_copy.py` workers) are
+made of. The source is read with `pread`, never mapped: a mapped source that
+another process truncates mid-copy makes the kernel raise SIGBUS and end the
+process. A source that shrinks, grows, is replaced or removed, or cannot be
+read is an error naming the file (IntegrityError; InvalidInputError when it is
+unreadable), and nothing is published.
+
+Copied bytes are handed to the disk as they are written (`start_writeback`),
+so the flush before publishing (`fs.flush_tree`) waits for little: the disk
+writes while the next bytes are hashed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import hashlib
+import logging
+import mmap
+import os
+import sys
+import threading
+from collections.abc import Iterable, Iterator
+
+from final_exporter.common import libc
+from final_exporter.common.errors import IntegrityError, InvalidInputError
+from final_exporter.common.progress import Progress
+from final_exporter.storage.manifest import CHUNK_BYTES as MANIFEST_CHUNK_BYTES
+from final_exporter.storage.manifest import ChunkedHasher, entry_from_chunks
+from final_exporter.storage.transfer_config import DEFAULT_TRANSFER, TransferConfig
+from final_exporter.storage.types import COPY_AUTO, COPY_HARDLINK, CopyItem, FileEntry
+
+# MAP_POPULATE faults a window in with one call, not page by page.
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, 'MAP_POPULATE', 0)
+
+logger = logging.getLogger(__name__)
+
+
+def in_pieces(item: CopyItem, config: TransferConfig) -> bool:
+    """Whether a file is copied by the kernel chunk by chunk, then hashed (else in one pass)."""
+    return item.size >= config.kernel_copy_min_bytes
+
+
+def is_split(item: CopyItem, config: TransferConfig) -> bool:
+    """Whether the Beam copy copies `item` in pieces (never when linked: nothing is copied)."""
+    return item.size >= config.split_min_bytes and config.method != COPY_HARDLINK
+
+
+def split_pieces(size: int, piece_bytes: int = MANIFEST_CHUNK_BYTES) -> list[tuple[int, int]]:
+    """The (offset, length) pieces a large file is copied in (an empty file is one empty piece)."""
+    return [(o, min(piece_bytes, size - o)) for o in range(0, size, piece_bytes)] or [(0, 0)]
+
+
+def make_dest_folders(items: Iterable[CopyItem], dest_root: str) -> None:
+    for folder in sorted({os.path.dirname(i.dest) for i in items}):
+        os.makedirs(os.path.join(dest_root, folder), exist_ok=True)
+
+
+def copy_file(
+    item: CopyItem,
+    dest_root: str,
+    *,
+    config: TransferConfig = DEFAULT_TRANSFER,
+    progress: Progress | None = None,
+    replace: bool = False,
+) -> FileEntry:
+    """Copies (or links) one file and returns its entry; the bytes are read once.
+
+    `replace` removes what an earlier attempt left at the destination (a Beam
+    retry); the destination is inside this export's own staging folder.
+    """
+    dest = os.path.join(dest_root, item.dest)
+    if replace and os.path.lexists(dest):
+        os.remove(dest)
+    method = config.method
+    with source_errors(item):
+        linked = (method == COPY_HARDLINK and try_hardlink(item.src, dest)) or (
+            method == COPY_AUTO and try_reflink(item.src, dest)
+        )
+    if linked:
+        # The blocks are shared, not copied: one read of the source gives the hash.
+        entry = _hash_unchanged(item, progress, None, config)
+    elif in_pieces(item, config):
+        entry = _copy_in_chunks(item, dest, progress, config)
+    else:
+        with open(dest, 'xb', buffering=0) as out:
+            entry = _hash_unchanged(item, progress, out, config)
+    if progress is not None:
+        progress.file_done(item.dest)
+    return entry
+
+
+def _copy_in_chunks(
+    item: CopyItem, dest: str, progress: Progress | None, config: TransferConfig
+) -> FileEntry:
+    """Copies a large file piece by piece in this thread: the same entry as the pool gives."""
+    with source_errors(item):
+        before = os.stat(item.src)
+    with open(dest, 'xb'):
+        pass
+    digests = []
+    for offset, length in split_pieces(before.st_size):
+        digest = place_piece(item, dest, before, offset, length, progress, config)
+        if digest is None:
+            digest = hash_range(item, dest, offset, length, progress, mapped=True, config=config)
+        digests.append(digest)
+    entry = entry_from_chunks(item.dest, before.st_size, digests)
+    return finish_split(item, dest, before, entry)
+
+
+def finish_split(item: CopyItem, dest: str, before: os.stat_result, entry: FileEntry) -> FileEntry:
+    """Checks a file copied in pieces: the source unchanged since `before`, `dest` its full size."""
+    check_unchanged(item, before, entry.size)
+    written = os.path.getsize(dest)
+    if written != entry.size:
+        raise IntegrityError(
+            f'{dest!r} holds {written} bytes after the copy of {item.src!r}, expected {entry.size}'
+        )
+    return entry
+
+
+def hash_only(item: CopyItem, config: TransferConfig = DEFAULT_TRANSFER) -> FileEntry:
+    """Hashes `item.src` (the entry it would have as a copy) without writing anything."""
+    return _hash_unchanged(item, None, None, config)
+
+
+def place_piece(
+    item: CopyItem,
+    dest: str,
+    before: os.stat_result,
+    offset: int,
+    length: int,
+    progress: Progress | None = None,
+    config: TransferConfig = DEFAULT_TRANSFER,
+) -> bytes | None:
+    """Copies [offset, offset+length) of `item.src` into the existing `dest`.
+
+    The kernel copies the range (`copy_file_range`): no byte passes through
+    user space, and the call releases the GIL for the whole range, so a thread
+    importing TensorFlow meanwhile is not held up. The range is then hashed
+    from the staged copy (`hash_range`). Where the kernel cannot copy this pair
+    of files, the source is read with `pread`, hashed and written in one pass.
+
+    Returns:
+        The range's SHA-256 digest where it was hashed while copied, else None.
+
+    Raises:
+        IntegrityError: if the source was replaced since `before` or ends early.
+    """
+    with contextlib.ExitStack() as stack:
+        with source_errors(item):
+            src = stack.enter_context(open(item.src, 'rb', buffering=0))
+        now = os.fstat(src.fileno())
+        if (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
+            raise _changed(item, before, now.st_size, offset, 'was replaced')
+        out = stack.enter_context(open(dest, 'r+b', buffering=0))
+        digest = None
+        if not (length and _copy_range(item, src.fileno(), out.fileno(), offset, length)):
+            digest = hashlib.sha256()
+            _read_chunk(item, before, src.fileno(), out, (offset, length), digest, progress, config)
+        elif progress is not None:
+            progress.add_copied(length)
+        start_writeback(out.fileno(), offset, length)
+    return digest.digest() if digest is not None else None
+
+
+def copy_piece(item: CopyItem, dest: str, span: tuple[int, int], config: TransferConfig) -> None:
+    """Copies the range `span` (offset, length) of `item.src` into the existing `dest` (a
+    Beam element)."""
+    with source_errors(item):
+        before = os.stat(item.src)
+    place_piece(item, dest, before, *span, None, config)
+
+
+def hash_range(
+    item: CopyItem,
+    path: str,
+    offset: int,
+    length: int,
+    progress: Progress | None = None,
+    *,
+    mapped: bool,
+    config: TransferConfig = DEFAULT_TRANSFER,
+) -> bytes:
+    """The SHA-256 of [offset, offset+length) of `path`, a staged file.
+
+    `mapped` hashes through read-only mappings of `config.map_window_bytes`:
+    each byte is touched once in user space, with no copy into a buffer. Only
+    this export's own staged copies are mapped: a file another process can
+    truncate (a hard link to the source) is read with `pread`, since a mapped
+    file cut short kills the process with SIGBUS.
+    """
+    digest = hashlib.sha256()
+    window = config.map_window_bytes
+    with open(path, 'rb', buffering=0) as f:
+        if mapped and length:
+            for start in range(offset, offset + length, window):
+                size = min(window, offset + length - start)
+                with (
+                    mmap.mmap(f.fileno(), size, flags=_MAP_FLAGS, prot=mmap.PROT_READ, offset=start)
+                    as mapping,
+                    memoryview(mapping) as view,
+                ):  # fmt: skip
+                    digest.update(view)
+            if progress is not None:
+                progress.add_bytes(length)
+        else:
+            before = os.fstat(f.fileno())
+            _read_chunk(item, before, f.fileno(), None, (offset, length), digest, progress, config)
+    return digest.digest()
+
+
+def _read_chunk(item, before, src_fd, out, span, digest, progress, config) -> None:
+    """Reads the range `span` (offset, length) with `pread`, hashing it and writing it to
+    `out` (if any)."""
+    offset, length = span
+    buf = _buffer(config.buffer_bytes)
+    view = memoryview(buf)
+    done = 0
+    while done < length:
+        with source_errors(item):
+            n = os.preadv(src_fd, [view[: min(len(buf), length - done)]], offset + done)
+        if n == 0:
+            raise _changed(item, before, os.fstat(src_fd).st_size, offset + done)
+        digest.update(view[:n])
+        if out is not None:
+            _pwrite_all(out.fileno(), view[:n], offset + done)
+        done += n
+        if progress is not None:
+            if out is not None:
+                progress.add_copied(n)
+            progress.add_bytes(n)
+
+
+def _pwrite_all(fd: int, chunk: memoryview, offset: int) -> None:
+    while chunk:
+        n = os.pwrite(fd, chunk, offset)
+        chunk, offset = chunk[n:], offset + n
+
+
+_local = threading.local()
+
+
+def _buffer(size: int) -> bytearray:
+    # One buffer per thread, reused across files: memory stays flat whatever the model size.
+    buf = getattr(_local, 'buf', None)
+    if buf is None or len(buf) != size:
+        buf = _local.buf = bytearray(size)
+    return buf
+
+
+@contextlib.contextmanager
+def source_errors(item: CopyItem) -> Iterator[None]:
+    """Turns "cannot read / no longer there" errors about `item.src` into one clear message."""
+    try:
+        yield
+    except PermissionError as e:
+        if e.filename not in (None, item.src):
+            raise
+        raise InvalidInputError(
+            f'cannot read source file {item.src!r} ({e.strerror}); expected a file readable by '
+            f'the user running the export (uid {os.geteuid()})'
+        ) from None
+    except FileNotFoundError as e:
+        if e.filename not in (None, item.src):
+            raise
+        raise IntegrityError(
+            f'source file {item.src!r} was removed (or renamed) while it was copied; '
+            'export a model that is no longer being written'
+        ) from None
+
+
+def _changed(
+    item: CopyItem, before: os.stat_result, size_now: int | None, read: int, how: str = ''
+) -> IntegrityError:
+    now = f' -> {size_now}' if size_now is not None else ''
+    what = how or ('shrank' if size_now is not None and size_now < before.st_size else 'changed')
+    return IntegrityError(
+        f'source file {item.src!r} {what} while it was copied '
+        f'(size {before.st_size}{now}, read {read} bytes); '
+        'export a model that is no longer being written'
+    )
+
+
+def _copy_range(item: CopyItem, src_fd: int, out_fd: int, offset: int, length: int) -> bool:
+    """Copies [offset, offset+length) in the kernel; False if this filesystem pair cannot."""
+    copied = 0
+    while copied < length:
+        try:
+            n = os.copy_file_range(
+                src_fd, out_fd, length - copied, offset + copied, offset + copied
+            )
+        except (OSError, AttributeError) as e:
+            if copied == 0 and (isinstance(e, AttributeError) or e.errno in _UNSUPPORTED):
+                return False
+            raise
+        if n == 0:
+            raise _changed(item, os.fstat(src_fd), os.fstat(src_fd).st_size, offset + copied)
+        copied += n
+    return True
+
+
+def _hash_unchanged(
+    item: CopyItem, progress: Progress | None, out, config: TransferConfig
+) -> FileEntry:
+    """Reads `item.src` once, hashing it (and writing it to `out`); fails if it changes."""
+    buf = _buffer(config.buffer_bytes)
+    view = memoryview(buf)
+    hasher = ChunkedHasher()
+    flushed = 0
+    with contextlib.ExitStack() as stack:
+        with source_errors(item):
+            src = stack.enter_context(open(item.src, 'rb', buffering=0))
+        before = os.fstat(src.fileno())
+        while True:
+            with source_errors(item):
+                n = src.readinto(buf)
+            if not n:
+                break
+            chunk = view[:n]
+            hasher.update(chunk)
+            if out is not None:
+                _write_all(out, chunk)
+                if hasher.size - flushed >= config.writeback_batch_bytes:
+                    start_writeback(out.fileno(), flushed, hasher.size - flushed)
+                    flushed = hasher.size
+            if progress is not None:
+                if out is not None:
+                    progress.add_copied(n)
+                progress.add_bytes(n)
+        if out is not None and hasher.size >= config.writeback_min_bytes and hasher.size > flushed:
+            start_writeback(out.fileno(), flushed, hasher.size - flushed)
+    check_unchanged(item, before, hasher.size)
+    return hasher.entry(item.dest)
+
+
+def check_unchanged(item: CopyItem, before: os.stat_result, read: int) -> None:
+    """Fails unless `item.src` is still the file `before` describes and `read` is all of it."""
+    with source_errors(item):
+        after = os.stat(item.src)
+    if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
+        raise _changed(item, before, after.st_size, read, 'was replaced')
+    if (
+        read != before.st_size
+        or after.st_size != before.st_size
+        or after.st_mtime_ns != before.st_mtime_ns
+    ):
+        raise _changed(item, before, after.st_size, read)
+
+
+def _write_all(out, chunk: memoryview) -> None:
+    while chunk:
+        n = out.write(chunk)
+        chunk = chunk[n:]
+
+
+_sync_file_range = (
+    libc.function('sync_file_range', [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
+    if sys.platform == 'linux'
+    else None
+)
+_SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h: start writeback of dirty pages, do not wait.
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Starts writing [offset, offset+length) of `fd` to disk, without waiting for it.
+
+    Left to the kernel, dirty pages are written only once they pile up or age
+    (or at the fsync before publishing), after the copy; started now, the disk
+    writes while the copy goes on. Best effort: the fsync before publishing is
+    what makes the bytes durable, so a failure here (or no such call) is ignored.
+    """
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+# Errors meaning "this filesystem (pair) cannot do that": fall back to a copy.
+_UNSUPPORTED = frozenset(
+    {errno.EXDEV, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOTTY, errno.ENOSYS,
+     errno.EPERM, errno.EMLINK}
+)  # fmt: skip
+_FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+_reflink_unsupported: set[int] = set()  # st_dev of filesystems that refused a reflink
+
+
+def try_hardlink(src: str, dest: str) -> bool:
+    """Links `src` at `dest`; False where the filesystem (pair) cannot."""
+    try:
+        os.link(src, dest, follow_symlinks=True)
+        return True
+    except OSError as e:
+        if e.errno in _UNSUPPORTED:
+            logger.info('Cannot hard-link %s (%s); copying instead.', src, e.strerror)
+            return False
+        raise
+
+
+def try_reflink(src: str, dest: str) -> bool:
+    """Clones `src` into a new `dest` sharing its blocks (btrfs, XFS); False if unsupported."""
+    if sys.platform != 'linux':
+        return False
+    dev = os.stat(os.path.dirname(dest)).st_dev
+    if dev in _reflink_unsupported:
+        return False
+    with open(src, 'rb') as s, open(dest, 'xb') as d:
+        try:
+            fcntl.ioctl(d.fileno(), _FICLONE, s.fileno())
+            return True
+        except OSError as e:
+            if e.errno not in _UNSUPPORTED:
+                raise
+            _reflink_unsupported.add(dev)
+    os.remove(dest)
+    return False

@@ -1,0 +1,78 @@
+"""The local copy engine's settings in one object (as s3transfer's `TransferConfig`).
+
+The copy method and thread count are the export's choice; the sizes are
+tuning measured on the benchmarks (`make benchmark`). A copy engine
+(`transfer.py`, `beam_copy.py`) takes one `TransferConfig`; the stores and the
+core hand it on without looking inside.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from final_exporter.storage.manifest import CHUNK_BYTES as MANIFEST_CHUNK_BYTES
+from final_exporter.storage.types import COPY_AUTO, check_method
+
+_MIB = 1024 * 1024
+
+
+def local_copy_workers() -> int:
+    """Threads for a local copy: hashing keeps a core busy and the disk writes in the
+    background (`start_writeback`), so two per core cover page faults and waits;
+    more only contend (measured: 4 threads on 2 cores beat 2 and 8)."""
+    return min(16, 2 * (os.cpu_count() or 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferConfig:
+    """How local files are copied and hashed.
+
+    Attributes:
+        method: `auto` (reflink where the filesystem can, else copy), `copy`, or
+            `hardlink` (link the source files; for immutable sources such as TFX
+            artifacts; falls back to a copy across filesystems).
+        workers: Copy threads; `local_copy_workers()` when None. A bucket store
+            sizes its transfer pool with it too (its own default when None).
+        buffer_bytes: One read or write of a file copied through a buffer (files
+            under `kernel_copy_min_bytes`, or where the kernel cannot copy).
+        kernel_copy_min_bytes: Files from this size are copied in the kernel and
+            hashed through a mapping of the copy, chunk by chunk; smaller ones
+            take one read and one write.
+        parallel_min_bytes: A thread per this many bytes at most: starting one
+            costs about as much as copying and hashing 100 KiB, so a small model
+            is copied inline.
+        map_window_bytes: The staged copy is hashed through read-only mappings of
+            this size: what a thread holds mapped (and counts in its RSS) stays
+            small whatever the file size.
+        writeback_min_bytes: Smaller files are left for the fsync before
+            publishing: nothing to overlap with.
+        writeback_batch_bytes: Writeback is started per this many bytes written
+            (one call per read would be 1 per MiB).
+        split_min_bytes: The Beam copy copies files of this size or more in
+            pieces (never with `hardlink`, which copies nothing).
+        piece_bytes: The size of those pieces. (The threaded copy always works
+            in manifest chunks: their digests are the manifest's.)
+    """
+
+    method: str = COPY_AUTO
+    workers: int | None = None
+    buffer_bytes: int = 8 * _MIB
+    kernel_copy_min_bytes: int = 4 * _MIB
+    parallel_min_bytes: int = 8 * _MIB
+    map_window_bytes: int = 8 * _MIB
+    writeback_min_bytes: int = 1 * _MIB
+    writeback_batch_bytes: int = 8 * _MIB
+    split_min_bytes: int = MANIFEST_CHUNK_BYTES + 1
+    piece_bytes: int = MANIFEST_CHUNK_BYTES
+
+    def __post_init__(self) -> None:
+        check_method(self.method)
+
+    @property
+    def threads(self) -> int:
+        """The copy threads to use at most."""
+        return self.workers or local_copy_workers()
+
+
+DEFAULT_TRANSFER = TransferConfig()
