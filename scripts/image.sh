@@ -146,17 +146,47 @@ cmd_stand_in_base() {
       find "$CACHE/image-base" -maxdepth 1 -name "python-$PY_MINOR-slim-$SUITE-*.tar" ! -path "$tar" -mmin +2880 -delete
     fi
   ) 9>"$CACHE/image-base/.lock"
+  local old
+  old=$(podman image inspect --format '{{.Id}}' "$BASE_REF" 2>/dev/null || true)
   import_stand_in "$tar" "$key" "$("$py/bin/python$PY_MINOR" -V | cut -d' ' -f2)"
+  # The previous stand-in, unless images built on it still need it.
+  [ -z "$old" ] || podman rmi "$old" >/dev/null 2>&1 || true
   say "stand-in $BASE_REF imported ($key)"
 }
 
 # --- the build -----------------------------------------------------------------------
 
+# The host's CA bundle, and a pip configuration that points pip at it, mounted into the
+# build's RUN steps (not into the image): where TLS goes through an intercepting proxy only
+# the host's bundle holds its CA; elsewhere it holds the public CAs, as the image's own does.
+build_mounts() {
+  local bundle=/etc/ssl/certs/ca-certificates.crt
+  [ -f "$bundle" ] || return 0
+  printf '[global]\ncert = %s\n' "$bundle" >"$CACHE/build-pip.conf"
+  printf '%s\n' --volume "$bundle:$bundle:ro" --volume "$CACHE/build-pip.conf:/etc/pip.conf:ro"
+}
+
+containers() { buildah containers --all --quiet --notruncate | sort; }
+
+# podman leaves the working containers of a failed or interrupted build behind: removes
+# those made since $BEFORE (one build at a time: the caller holds the build lock).
+remove_build_containers() {
+  comm -13 <(echo "$BEFORE") <(containers) | xargs -r buildah rm >/dev/null 2>&1 || true
+}
+
 build() { # CONTEXT TAG [PODMAN_ARGS...]: prints the image id
-  local context=$1 tag=$2
+  local context=$1 tag=$2 mounts
   shift 2
-  podman build --isolation=chroot --pull=never --force-rm --layers --quiet=false \
-    --iidfile "$CACHE/.iid.$$" -t "$tag" "$@" "$context" >&2
+  mapfile -t mounts < <(build_mounts)
+  BEFORE=$(containers)
+  trap 'remove_build_containers; exit 130' INT
+  trap 'remove_build_containers; exit 143' TERM
+  if ! podman build --isolation=chroot --pull=never --force-rm --layers \
+    "${mounts[@]}" --iidfile "$CACHE/.iid.$$" -t "$tag" "$@" "$context" >&2; then
+    remove_build_containers
+    die "podman build failed (above)"
+  fi
+  trap - INT TERM
   cat "$CACHE/.iid.$$"
   rm -f "$CACHE/.iid.$$"
 }

@@ -18,6 +18,9 @@
 # tests/test_kubeflow_image.py runs both steps in a venv over a test environment, offline.
 set -euo pipefail
 
+# An image is installed as root, by design.
+export PIP_ROOT_USER_ACTION=ignore
+
 say() { printf 'image_install: %s\n' "$*" >&2; }
 die() { printf 'image_install: error: %s\n' "$*" >&2; exit 1; }
 
@@ -26,15 +29,15 @@ STATE="$(python -c 'import sys; print(sys.prefix)')/share/tfx-final-exporter"
 
 base_has_tfx() { python -c 'import importlib.metadata as m; m.version("tfx")' 2>/dev/null; }
 
-requirements() { # pyproject.toml's build backend and dependencies, one a line
-  python - <<'EOF'
+pyproject() { # KEY...: the list at that path in pyproject.toml, one item a line
+  python - "$@" <<'EOF'
+import functools, sys
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10 has no tomllib; pip carries the same parser.
     from pip._vendor import tomli as tomllib
 with open('pyproject.toml', 'rb') as f:
-    project = tomllib.load(f)
-print('\n'.join(project['build-system']['requires'] + project['project']['dependencies']))
+    print('\n'.join(functools.reduce(lambda d, k: d[k], sys.argv[1:], tomllib.load(f))))
 EOF
 }
 
@@ -56,7 +59,7 @@ EOF
 tested_constraints() { # the tested set for the base's Python
   local py found
   py=$(python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-  found=$(ls constraints/tfx-*-py"$py".txt 2>/dev/null | tail -n 1)
+  found=$(ls constraints/tfx-*-py"$py".txt 2>/dev/null | tail -n 1 || true)
   [ -n "$found" ] || die "Python $py is not a tested Python (no constraints/tfx-*-py$py.txt;" \
     "tested: $(cd constraints && ls tfx-*.txt | sed 's/\.txt$//' | tr '\n' ' ')); use a" \
     "python:<tested>-slim base or a TFX image (docs/kubeflow-vertex.md)"
@@ -67,6 +70,7 @@ with_compiler() { # runs "$@" with g++ present; removes what it installed, as py
   if command -v g++ >/dev/null || ! command -v apt-get >/dev/null; then "$@"; return; fi
   # pyfarmhash, in the tested set, is published as source only.
   say "installing g++ for the packages published as source only (removed afterwards)"
+  export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends g++ >/dev/null
   "$@"
@@ -76,7 +80,7 @@ with_compiler() { # runs "$@" with g++ present; removes what it installed, as py
 
 cmd_dependencies() {
   mkdir -p "$STATE"
-  requirements >"$STATE/requirements.txt"
+  pyproject project dependencies >"$STATE/requirements.txt"
   if base_has_tfx; then
     say "the base has TFX $(python -c 'import importlib.metadata as m; print(m.version("tfx"))'):" \
       "keeping every version it has installed"
@@ -94,7 +98,9 @@ cmd_dependencies() {
     echo tested >"$STATE/route"
     cp "$constraints" "$STATE/constraints.txt"
     : >"$STATE/pip-check-base.txt"
-    # The pip the test environments use (scripts/bootstrap.sh, scripts/userland.sh).
+    # The pip the test environments use (scripts/bootstrap.sh, scripts/userland.sh), and
+    # the build backend, so the package step builds offline.
+    pyproject build-system requires >>"$STATE/requirements.txt"
     python -m pip install -q --no-cache-dir --upgrade 'pip<27' "$@"
     with_compiler python -m pip install -q --no-cache-dir -c "$STATE/constraints.txt" \
       -r "$STATE/requirements.txt" "$@"
@@ -115,10 +121,10 @@ link_demo_data() { # the penguin examples the tfx package ships, where pipelines
 }
 
 export_check() { # a real export with the smoke test, verified, in this environment
-  local testdata work destination
+  local testdata destination
   testdata=$(python -c 'import os, tfx; print(os.path.join(os.path.dirname(tfx.__file__), "components", "testdata"))')
-  work=$(mktemp -d)
-  trap 'rm -rf "$work"' RETURN
+  WORK=$(mktemp -d)
+  trap 'rm -rf "$WORK"' EXIT
   # What both kinds of step import: the TFX v2 entrypoint with the class path the compiled
   # pipeline names, and the kfp executor with the components.
   python -c 'import sys
@@ -126,17 +132,21 @@ from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_run_executor
 from tfx.utils import import_utils
 import kfp.dsl.executor_main, final_exporter.adapters.kfp
 import_utils.import_class_by_path("final_exporter.adapters.tfx.executor.Executor")'
-  final-exporter export --json --name smoke --export-base "$work/serving" \
+  final-exporter export --json --name smoke --export-base "$WORK/serving" \
     --model "$testdata/trainer/keras" --model-blessing "$testdata/model_validator/blessed" \
-    --examples "$testdata/penguin/data" --warmup-requests 2 >"$work/result.json"
-  destination=$(python -c 'import json, sys; r = json.load(open(sys.argv[1])); assert r["pushed"], r; print(r["export_dir"])' "$work/result.json")
+    --examples "$testdata/penguin/data" --warmup-requests 2 >"$WORK/result.json"
+  destination=$(python -c 'import json, sys; r = json.load(open(sys.argv[1])); assert r["pushed"], r; print(r["export_dir"])' "$WORK/result.json")
   final-exporter verify "$destination"
 }
 
 cmd_package() {
   [ -f "$STATE/route" ] || die "run 'scripts/image_install.sh dependencies' first"
-  # The dependencies are the layer below: nothing is downloaded here.
-  python -m pip install -q --no-cache-dir --no-deps --no-build-isolation --no-index "$@" .
+  # The dependencies are the layer below. The tested route has the build backend there
+  # too, so nothing is downloaded; on a TFX image pip builds in an isolated environment,
+  # leaving the image's own setuptools as it is.
+  local offline=()
+  [ "$(cat "$STATE/route")" = base ] || offline=(--no-index --no-build-isolation)
+  python -m pip install -q --no-cache-dir --no-deps "${offline[@]}" "$@" .
   rm -rf build component/*.egg-info
   check_pip
   link_demo_data
