@@ -175,8 +175,9 @@ remove_build_containers() {
 }
 
 build() { # CONTEXT TAG [PODMAN_ARGS...]: prints the image id
-  local context=$1 tag=$2 mounts
+  local context=$1 tag=$2 mounts old new
   shift 2
+  old=$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
   mapfile -t mounts < <(build_mounts)
   BEFORE=$(containers)
   trap 'remove_build_containers; exit 130' INT
@@ -187,8 +188,12 @@ build() { # CONTEXT TAG [PODMAN_ARGS...]: prints the image id
     die "podman build failed (above)"
   fi
   trap - INT TERM
-  cat "$CACHE/.iid.$$"
+  new=$(cat "$CACHE/.iid.$$")
   rm -f "$CACHE/.iid.$$"
+  # The image the tag named before, with the layers only it used (about 3 GB when the
+  # dependencies changed), unless something still uses it.
+  [ -z "$old" ] || [ "$old" = "${new#sha256:}" ] || podman rmi "$old" >/dev/null 2>&1 || true
+  echo "$new"
 }
 
 cmd_build() {

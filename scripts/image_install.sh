@@ -75,36 +75,43 @@ with_compiler() { # runs "$@" with g++ present; removes what it installed, as py
   apt-get install -y -qq --no-install-recommends g++ >/dev/null
   "$@"
   apt-get purge -y -qq --auto-remove -o APT::AutoRemove::RecommendsImportant=false g++ >/dev/null
-  rm -rf /var/lib/apt/lists/*
+  # The package lists and the downloaded .debs (apt < 2.7.8 has no dist-clean).
+  apt-get dist-clean 2>/dev/null || { apt-get clean && rm -rf /var/lib/apt/lists/*; }
+}
+
+install_on_tfx_base() { # PIP_ARGS...: what the base lacks, pinned to what it has
+  say "the base has TFX $(python -c 'import importlib.metadata as m; print(m.version("tfx"))'):" \
+    "keeping every version it has installed"
+  echo base >"$STATE/route"
+  base_pins >"$STATE/constraints.txt"
+  python -m pip check >"$STATE/pip-check-base.txt" 2>&1 || true
+  python -m pip install -q --no-cache-dir -c "$STATE/constraints.txt" -r "$STATE/requirements.txt" "$@" \
+    || die "this package's requirements (pyproject.toml) cannot be met without changing what" \
+      "the base has installed (pip's reason above); the tested set is the default route," \
+      "FROM python:3.11-slim"
+}
+
+install_tested_set() { # PIP_ARGS...: the tested set of the base's Python
+  local constraints backend
+  constraints=$(tested_constraints)
+  say "the base has no TFX: installing the tested set, $constraints"
+  echo tested >"$STATE/route"
+  cp "$constraints" "$STATE/constraints.txt"
+  : >"$STATE/pip-check-base.txt"
+  # pip and the build backend as the test environments have them (scripts/userland.sh:
+  # the newest, unless pinned), whatever the base came with; the package step then
+  # builds offline.
+  mapfile -t backend < <(pyproject build-system requires)
+  python -m pip install -q --no-cache-dir --upgrade -c "$STATE/constraints.txt" 'pip<27' \
+    "${backend[@]}" "$@"
+  with_compiler python -m pip install -q --no-cache-dir -c "$STATE/constraints.txt" \
+    -r "$STATE/requirements.txt" "$@"
 }
 
 cmd_dependencies() {
   mkdir -p "$STATE"
   pyproject project dependencies >"$STATE/requirements.txt"
-  if base_has_tfx; then
-    say "the base has TFX $(python -c 'import importlib.metadata as m; print(m.version("tfx"))'):" \
-      "keeping every version it has installed"
-    echo base >"$STATE/route"
-    base_pins >"$STATE/constraints.txt"
-    python -m pip check >"$STATE/pip-check-base.txt" 2>&1 || true
-    python -m pip install -q --no-cache-dir -c "$STATE/constraints.txt" -r "$STATE/requirements.txt" "$@" \
-      || die "this package's requirements (pyproject.toml) cannot be met without changing what" \
-        "the base has installed (pip's reason above); the tested set is the default route," \
-        "FROM python:3.11-slim"
-  else
-    local constraints
-    constraints=$(tested_constraints)
-    say "the base has no TFX: installing the tested set, $constraints"
-    echo tested >"$STATE/route"
-    cp "$constraints" "$STATE/constraints.txt"
-    : >"$STATE/pip-check-base.txt"
-    # The pip the test environments use (scripts/bootstrap.sh, scripts/userland.sh), and
-    # the build backend, so the package step builds offline.
-    pyproject build-system requires >>"$STATE/requirements.txt"
-    python -m pip install -q --no-cache-dir --upgrade 'pip<27' "$@"
-    with_compiler python -m pip install -q --no-cache-dir -c "$STATE/constraints.txt" \
-      -r "$STATE/requirements.txt" "$@"
-  fi
+  if base_has_tfx; then install_on_tfx_base "$@"; else install_tested_set "$@"; fi
 }
 
 check_pip() { # pip check may report nothing the base did not already report
