@@ -19,6 +19,9 @@ FROM ${BASE_IMAGE}
 
 # As the TFX CLI's generated Dockerfile: the build context (see .dockerignore) in /pipeline.
 WORKDIR /pipeline
+# Build time only, unset by default: a CA bundle for pip where TLS goes through an
+# intercepting proxy (scripts/image.sh passes the host's; not kept in the image).
+ARG PIP_CERT
 
 # The dependencies, from what alone decides them: a change to component/ or pipelines/
 # reuses this layer (about 3 GB: TensorFlow, TFX, Beam, kfp).

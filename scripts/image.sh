@@ -32,6 +32,8 @@ PYENV_PREFIX=${PYENV_ROOT:-/root/.pyenv}/versions
 # The image label that marks the stand-in and says what it was made from.
 STAND_IN_LABEL=org.tfx-final-exporter.stand-in
 
+source "$REPO/scripts/debootstrap.sh"
+
 say() { printf 'image: %s\n' "$*" >&2; }
 die() { printf 'image: error: %s\n' "$*" >&2; exit 2; }
 
@@ -53,21 +55,6 @@ stand_in_python() { # the newest pyenv CPython of the base's minor
   [ -x "$found/bin/python$PY_MINOR" ] \
     || die "$BASE is not present and no Python $PY_MINOR to make a stand-in of it: pull $BASE, or pyenv install $PY_MINOR"
   printf '%s' "$found"
-}
-
-debootstrap_rootfs() { # DIR: a minimal Debian $SUITE with $PACKAGES
-  command -v debootstrap >/dev/null || {
-    say "installing debootstrap (apt)"
-    source "$REPO/scripts/apt_install.sh" && apt_install debootstrap
-  } || die "debootstrap is missing and could not be installed (apt-get install debootstrap)"
-  local mirror
-  mirror=$(apt-get indextargets --format '$(REPO_URI)' 'Origin: Debian' 2>/dev/null | grep -v security | head -n 1 || true)
-  say "debootstrap $SUITE (about 2 min)"
-  # Inside its own mount namespace: the /proc and /sys debootstrap mounts cannot outlive it.
-  unshare --mount --propagation private \
-    debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$1" ${mirror:+"$mirror"} \
-    >"$1.log" 2>&1 || { tail -n 20 "$1.log" >&2; die "debootstrap failed (log: $1.log)"; }
-  rm -f "$1.log"
 }
 
 install_cpython() { # ROOT PYTHON_PREFIX: CPython under ROOT/usr/local, as `make install` lays it out
@@ -98,7 +85,7 @@ install_cpython() { # ROOT PYTHON_PREFIX: CPython under ROOT/usr/local, as `make
 build_stand_in_tar() { # TAR PYTHON_PREFIX: the rootfs, built beside TAR, renamed into place when complete
   local tar=$1 py=$2 root="$1.building.$$"
   rm -rf "$root" "$tar.tmp"
-  debootstrap_rootfs "$root"
+  debootstrap_into "$root" "$SUITE" "$PACKAGES" || die "could not make the stand-in's Debian $SUITE"
   install_cpython "$root" "$py"
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
   tar -C "$root" --numeric-owner -cf "$tar.tmp" .
@@ -108,7 +95,7 @@ build_stand_in_tar() { # TAR PYTHON_PREFIX: the rootfs, built beside TAR, rename
 
 stand_in_key() { # PYTHON_PREFIX
   { echo "$SUITE $PACKAGES $BASE"; "$1/bin/python$PY_MINOR" -VV
-    declare -f debootstrap_rootfs install_cpython build_stand_in_tar import_stand_in; } | sha256sum | cut -c1-16
+    declare -f debootstrap_into install_cpython build_stand_in_tar import_stand_in; } | sha256sum | cut -c1-16
 }
 
 import_stand_in() { # TAR KEY PYTHON_VERSION: the image config python's own image has (ENV, CMD)
@@ -156,14 +143,14 @@ cmd_stand_in_base() {
 
 # --- the build -----------------------------------------------------------------------
 
-# The host's CA bundle, and a pip configuration that points pip at it, mounted into the
-# build's RUN steps (not into the image): where TLS goes through an intercepting proxy only
-# the host's bundle holds its CA; elsewhere it holds the public CAs, as the image's own does.
-build_mounts() {
+# The host's CA bundle mounted over the base's during the build's RUN steps (a mount over a
+# file the base has leaves nothing in the image), and pip pointed at it (the Dockerfile's
+# PIP_CERT): where TLS goes through an intercepting proxy only the host's bundle holds its
+# CA; elsewhere it holds the public CAs, as the image's own does.
+build_args() {
   local bundle=/etc/ssl/certs/ca-certificates.crt
   [ -f "$bundle" ] || return 0
-  printf '[global]\ncert = %s\n' "$bundle" >"$CACHE/build-pip.conf"
-  printf '%s\n' --volume "$bundle:$bundle:ro" --volume "$CACHE/build-pip.conf:/etc/pip.conf:ro"
+  printf '%s\n' --volume "$bundle:$bundle:ro" --build-arg "PIP_CERT=$bundle"
 }
 
 containers() { buildah containers --all --quiet --notruncate | sort; }
@@ -175,15 +162,15 @@ remove_build_containers() {
 }
 
 build() { # CONTEXT TAG [PODMAN_ARGS...]: prints the image id
-  local context=$1 tag=$2 mounts old new
+  local context=$1 tag=$2 extra old new
   shift 2
   old=$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
-  mapfile -t mounts < <(build_mounts)
+  mapfile -t extra < <(build_args)
   BEFORE=$(containers)
   trap 'remove_build_containers; exit 130' INT
   trap 'remove_build_containers; exit 143' TERM
   if ! podman build --isolation=chroot --pull=never --force-rm --layers \
-    "${mounts[@]}" --iidfile "$CACHE/.iid.$$" -t "$tag" "$@" "$context" >&2; then
+    "${extra[@]}" --iidfile "$CACHE/.iid.$$" -t "$tag" "$@" "$context" >&2; then
     remove_build_containers
     die "podman build failed (above)"
   fi

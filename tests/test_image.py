@@ -353,7 +353,7 @@ def test_kfp_final_export_in_the_image_exports_to_a_bucket_and_outputs_a_vertex_
     found = assert_kfp_outputs(output, gcs_base, env)
     (version,) = vertex.versions('penguin')
     assert version.artifact_uri == found['values']['destination']
-    assert list(version.version_aliases) == ['default', 'candidate']
+    assert sorted(version.version_aliases) == ['candidate', 'default']
     registered = launcher.output_artifact(output, 'registered_model')
     assert registered['metadata']['resourceName'] == f'{version.name}@1'
     assert registered['uri'] == f'https://{REGION}-aiplatform.googleapis.com/v1/{version.name}@1'
