@@ -226,7 +226,7 @@ cmd_benchmark() {
   id=$(build "$context" tfx-final-exporter:benchmark)
   printf 'rebuild after a one-line change to component/: %s s; load average after: %s\n' "$(seconds_since "$t")" "$(load)"
   size=$(podman image inspect --format '{{.Size}}' "$id")
-  printf 'image size: %s bytes (%s)\n' "$size" "$(numfmt --to=si --suffix=B "$size")"
+  printf 'image size: %s bytes (%s GB)\n' "$size" "$(awk -v b="$size" 'BEGIN {printf "%.2f", b / 1e9}')"
   podman history --format '{{.Size}}\t{{.CreatedBy}}' "$id" | cut -c1-120 | head -n 8
 }
 
