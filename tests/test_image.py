@@ -176,7 +176,7 @@ def run_tfx_step(image, compiled, inputs, tmp_path, *, export_base, env, **param
         # The compiled parameters name the demo's files by their paths in the image.
         parameters={
             **launcher.constant_parameters(step['task']),
-            keys.EXPORT_BASE_KEY: export_base,
+            'export_base': export_base,
             **parameters,
         },
         output_root=str(tmp_path / 'FinalExporter'),
