@@ -117,6 +117,7 @@ cmd_stand_in_base() {
       return 0
     fi
   fi
+  [ "$(id -u)" = 0 ] || die "$BASE is not present, and making a stand-in of it needs root (debootstrap, chroot): pull $BASE, or run as root"
   local py key tar
   py=$(stand_in_python)
   key=$(stand_in_key "$py")
@@ -235,5 +236,5 @@ case "${1:-}" in
   stand-in-base) cmd_stand_in_base ;;
   build) shift; cmd_build "$@" ;;
   benchmark) shift; cmd_benchmark "$@" ;;
-  *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -166,5 +166,5 @@ cmd_package() {
 case "${1:-}" in
   dependencies) shift; cmd_dependencies "$@" ;;
   package) shift; cmd_package "$@" ;;
-  *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
