@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -238,23 +239,35 @@ def run_install_step(step: str, context: str, venv: str) -> subprocess.Completed
     )
 
 
+def tfx_base_venv(path: str) -> str:
+    """A venv standing in for a TFX image: it sees this environment's packages (TF, TFX).
+
+    They come after the venv's own, as a plain path, so this checkout's editable
+    final_exporter is not seen. Returns the venv's site-packages.
+    """
+    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', path], check=True)
+    site_packages = subprocess.run(
+        [
+            os.path.join(path, 'bin', 'python'),
+            '-c',
+            'import sysconfig; print(sysconfig.get_paths()["purelib"])',
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    with open(os.path.join(site_packages, 'parent_environment.pth'), 'w') as f:
+        f.write(sysconfig.get_paths()['purelib'] + '\n')
+    return site_packages
+
+
 def test_tfx_image_route_installs_pinned_to_what_the_base_has_and_exports(
     build_context, compiled, tmp_path
 ):
     context, _ = build_context
     venv = str(tmp_path / 'venv')
-    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', venv], check=True)
+    site_packages = tfx_base_venv(venv)
     python = os.path.join(venv, 'bin', 'python')
-    site_packages = subprocess.run(
-        [python, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    # The base: this environment's packages (TF, TFX: what the TFX image has) after the
-    # venv's own, as a plain path, so this checkout's editable final_exporter is not seen.
-    with open(os.path.join(site_packages, 'parent_environment.pth'), 'w') as f:
-        f.write(sysconfig.get_paths()['purelib'] + '\n')
 
     # Offline: every requirement must already be met by what the base has.
     for step in ('dependencies', 'package'):
@@ -299,3 +312,31 @@ def test_tfx_image_route_installs_pinned_to_what_the_base_has_and_exports(
     found = json.loads(probe.stdout.strip().splitlines()[-1])
     for path in found.values():
         assert path.startswith(site_packages + os.sep), found
+
+
+def test_tfx_image_whose_tfx_the_package_does_not_admit_stops_the_build_saying_so(
+    build_context, tmp_path
+):
+    # As a TFX 1.21 image (Python 3.10) meets this package's TFX 1.16 requirement for
+    # Python 3.10: here the base has this environment's TFX, the package asks another.
+    source, _ = build_context
+    context = str(tmp_path / 'context')
+    shutil.copytree(source, context)
+    pyproject = os.path.join(context, 'pyproject.toml')
+    with open(pyproject, encoding='utf-8') as f:
+        text = f.read()
+    other = '1.16.*' if tfx.__version__.startswith('1.21.') else '1.21.*'
+    text, count = re.subn(r'"tfx\[kfp\][^";]*;', f'"tfx[kfp]=={other};', text)
+    assert count == 2
+    with open(pyproject, 'w', encoding='utf-8') as f:
+        f.write(text)
+    venv = str(tmp_path / 'venv')
+    tfx_base_venv(venv)
+
+    done = run_install_step('dependencies', context, venv)
+
+    assert done.returncode == 1
+    assert f'Cannot install tfx=={other}' in done.stderr
+    assert "this package's requirements (pyproject.toml) cannot be met without changing" in (
+        done.stderr
+    )
