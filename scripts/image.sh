@@ -128,6 +128,8 @@ cmd_stand_in_base() {
   (
     flock 9
     if [ ! -f "$tar" ]; then
+      # What an interrupted build left (this lock is held while one runs).
+      rm -rf "$CACHE/image-base/"*.building.* "$CACHE/image-base/"*.tar.tmp
       say "making a stand-in for $BASE: Debian $SUITE + CPython $("$py/bin/python$PY_MINOR" -V | cut -d' ' -f2) (pyenv) under /usr/local"
       build_stand_in_tar "$tar" "$py"
       # Stand-ins of other keys: other clones and branches may still use theirs for a while.
