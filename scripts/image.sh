@@ -181,8 +181,11 @@ build() { # CONTEXT TAG [PODMAN_ARGS...]: prints the image id
   new=$(cat "$CACHE/.iid.$$")
   rm -f "$CACHE/.iid.$$"
   # The image the tag named before, with the layers only it used (about 3 GB when the
-  # dependencies changed), unless something still uses it.
-  [ -z "$old" ] || [ "$old" = "${new#sha256:}" ] || podman rmi "$old" >/dev/null 2>&1 || true
+  # dependencies changed), once no tag names it and nothing else uses it.
+  if [ -n "$old" ] && [ "$old" != "${new#sha256:}" ] \
+    && [ "$(podman image inspect --format '{{len .RepoTags}}' "$old" 2>/dev/null)" = 0 ]; then
+    podman rmi "$old" >/dev/null 2>&1 || true
+  fi
   echo "$new"
 }
 
