@@ -4,7 +4,7 @@
 VENV := .venv/bin
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: venv demo test soak benchmark lint format docs constraints
+.PHONY: venv demo test soak benchmark image image-benchmark lint format docs constraints
 
 venv:
 	bash scripts/bootstrap.sh
@@ -26,6 +26,17 @@ soak: venv
 benchmark: venv
 	$(VENV)/python benchmarks/export_benchmark.py --sizes all --repeats 5
 	$(VENV)/python benchmarks/large_model_benchmark.py --repeats 5 --plot docs/large_models.png
+
+# The component image, built with podman from the Dockerfile (scripts/image.sh; where the
+# base cannot be pulled, a local stand-in of it: docs/kubeflow-vertex.md).
+image:
+	bash scripts/image.sh build
+
+# The image's rebuild after a one-line change to component/, and its size; not in
+# `make benchmark` (the first run builds the image). IMAGE_BENCHMARK=--cold also times a
+# build with no layer cached (about 10 min).
+image-benchmark:
+	bash scripts/image.sh benchmark $(IMAGE_BENCHMARK)
 
 lint: venv
 	$(VENV)/ruff check component pipelines tests scripts

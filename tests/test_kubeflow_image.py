@@ -1,21 +1,24 @@
-"""The component image: Dockerfile, build.yaml and .dockerignore, checked without a Docker engine.
+"""The component image's recipe: Dockerfile, build.yaml, .dockerignore and the install script.
 
-The image itself cannot be built here, so these tests check what decides
-whether it works: its base is the TFX image of a tested TFX version (by default
-the newest; this environment's through the TFX_VERSION build argument), the
-compiled pipeline names the image build.yaml builds, and the package installs
-from the build context the way the Dockerfile installs it (a real `pip install`
-into a fresh virtual environment, then the executor class path the compiled
-spec names is imported from it). Each tested environment with kfp checks its
-own TFX version's image.
+`tests/test_image.py` builds the image and runs it (on the host, with podman).
+These tests check, in every environment with kfp, what decides whether the
+image works for its users: the default base is a Python whose tested set has kfp;
+`docker build .` and `skaffold build -f build.yaml` need no build argument; the
+TFX-image route's base is the TFX image of the compiling release; the compiled
+pipeline names the image build.yaml builds; the dependency layer does not depend
+on the package's code; the build context holds what the image needs and nothing
+else. The TFX-image route's install runs here for real: this environment stands in
+for the TFX image of its TFX version (a fresh venv that sees this environment's
+packages, as a TFX image's Python has TFX installed), and the install script's two
+steps run in it offline, export and verify included.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -34,39 +37,40 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCKERFILE = os.path.join(REPO_ROOT, 'Dockerfile')
 BUILD_YAML = os.path.join(REPO_ROOT, 'build.yaml')
 DOCKERIGNORE = os.path.join(REPO_ROOT, '.dockerignore')
-# This environment's pins: one constraints file per tested TFX and Python.
-CONSTRAINTS_NAME = 'constraints/tfx-{}-py{}.{}.txt'.format(
-    tfx.__version__.rpartition('.')[0], *sys.version_info[:2]
-)
-CONSTRAINTS = os.path.join(REPO_ROOT, CONSTRAINTS_NAME)
-TFX_IMAGE = 'gcr.io/tfx-oss-public/tfx:{}'
+INSTALL_SCRIPT = 'scripts/image_install.sh'
 SKAFFOLD_ENV = {
     'SKAFFOLD_DEFAULT_REPO': 'us-docker.pkg.dev/test-project/test-repo',
     'IMAGE_TAG': '0.1.0-test',
 }
 
 
-def pinned_version(package: str, constraints: str = CONSTRAINTS) -> str:
+def pins(constraints: str) -> dict[str, str]:
+    found = {}
     with open(constraints, encoding='utf-8') as f:
         for line in f:
             name, sep, version = line.strip().partition('==')
-            if sep and name.lower() == package:
-                return version
-    raise AssertionError(f'{package} is not pinned in {constraints}')
+            if sep:
+                found[name.lower()] = version
+    return found
 
 
-def tested_tfx_versions() -> set[str]:
-    files = glob.glob(os.path.join(REPO_ROOT, 'constraints', 'tfx-*.txt'))
-    return {pinned_version('tfx', f) for f in files}
-
-
-def version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version.split('.'))
+def default_base() -> str:
+    return docker_context.arg_defaults(DOCKERFILE)['BASE_IMAGE']
 
 
 def build_spec() -> dict:
     with open(BUILD_YAML, encoding='utf-8') as f:
         return yaml.safe_load(f)
+
+
+def render(template: str, environ: dict[str, str]) -> str:
+    """A skaffold template field: `{{.VAR}}` and `{{default "x" .VAR}}` (Sprig), from `environ`."""
+
+    def field(m: re.Match) -> str:
+        default, name = m.group(1), m.group(2)
+        return environ.get(name) or (default or '')
+
+    return re.sub(r'\{\{\s*(?:default\s+"([^"]*)"\s+)?\.(\w+)\s*\}\}', field, template)
 
 
 def skaffold_image(spec: dict, environ: dict[str, str]) -> str:
@@ -76,38 +80,50 @@ def skaffold_image(spec: dict, environ: dict[str, str]) -> str:
     ($SKAFFOLD_DEFAULT_REPO) prefixes a bare image name with `<repo>/`.
     """
     (artifact,) = spec['build']['artifacts']
-    tag = re.sub(
-        r'\{\{\s*\.(\w+)\s*\}\}',
-        lambda m: environ[m.group(1)],
-        spec['build']['tagPolicy']['envTemplate']['template'],
-    )
+    tag = render(spec['build']['tagPolicy']['envTemplate']['template'], environ)
     return f'{environ["SKAFFOLD_DEFAULT_REPO"]}/{artifact["image"]}:{tag}'
 
 
-def test_dockerfile_starts_from_the_tfx_image_of_a_tested_tfx_version():
+def test_default_base_is_python_slim_whose_tested_set_has_tfx_and_kfp():
     (base,) = [args for name, args in docker_context.instructions(DOCKERFILE) if name == 'FROM']
-    default = docker_context.arg_defaults(DOCKERFILE)['TFX_VERSION']
+    assert base == '${BASE_IMAGE}'
+    match = re.fullmatch(r'python:(\d+\.\d+)-slim', default_base())
+    assert match, default_base()
 
-    # By default the newest tested TFX; this environment's through the build argument.
-    assert default == max(tested_tfx_versions(), key=version_key)
-    assert docker_context.substitute(base, {'TFX_VERSION': default}) == TFX_IMAGE.format(default)
-    assert pinned_version('tfx') == tfx.__version__
-    mine = docker_context.substitute(base, {'TFX_VERSION': tfx.__version__})
-    # The image KubeflowV2DagRunner uses when none is given: the same release.
-    assert mine == kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig().default_image
+    # The default route installs the tested set of the base's Python: one file, with kfp,
+    # so the image runs the kfp-native components as well as the TFX steps.
+    tested = [
+        f
+        for f in os.listdir(os.path.join(REPO_ROOT, 'constraints'))
+        if f.endswith(f'-py{match.group(1)}.txt')
+    ]
+    assert len(tested) == 1, tested
+    pinned = pins(os.path.join(REPO_ROOT, 'constraints', tested[0]))
+    assert {'tfx', 'kfp', 'tensorflow'} <= set(pinned)
 
 
-def test_build_yaml_builds_every_tested_tfx_version():
+def test_build_yaml_default_needs_no_build_argument_and_tfx_image_profile_sets_the_base():
     spec = build_spec()
-    default = docker_context.arg_defaults(DOCKERFILE)['TFX_VERSION']
+    (artifact,) = spec['build']['artifacts']
+    assert 'buildArgs' not in artifact['docker']
 
-    profiles = {
-        patch['value']['TFX_VERSION']
-        for profile in spec.get('profiles', [])
-        for patch in profile['patches']
-        if patch['path'] == '/build/artifacts/0/docker/buildArgs'
+    (profile,) = [p for p in spec['profiles'] if p['name'] == 'tfx-image']
+    (patch,) = profile['patches']
+    assert patch['path'] == '/build/artifacts/0/docker/buildArgs'
+    template = patch['value']['BASE_IMAGE']
+    # The TFX-image route for this environment's TFX: the image KubeflowV2DagRunner uses
+    # when none is given, that of the compiling release.
+    assert (
+        render(template, {'TFX_VERSION': tfx.__version__})
+        == kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig().default_image
+    )
+    # Without TFX_VERSION, a TFX image whose TFX and Python have a tested set.
+    tfx_version = render(template, {}).rpartition(':')[2]
+    assert tfx_version in {
+        pins(os.path.join(REPO_ROOT, 'constraints', f))['tfx']
+        for f in os.listdir(os.path.join(REPO_ROOT, 'constraints'))
+        if f.endswith('-py3.10.txt')
     }
-    assert {default, *profiles} == tested_tfx_versions()
 
 
 def test_build_yaml_is_one_docker_artifact_built_from_the_dockerfile_tagged_from_env():
@@ -145,13 +161,23 @@ def test_compiled_pipeline_and_kfp_components_name_the_image_build_yaml_builds(c
     assert {c.component_spec.implementation.container.image for c in components} == {expected}
 
 
-def test_dockerfile_lays_out_the_paths_the_runner_compiles_into_the_pipeline():
-    dockerfile = dict(docker_context.instructions(DOCKERFILE))
-
-    assert dockerfile['WORKDIR'] == kubeflow_v2_runner.IMAGE_WORKDIR
-    assert dockerfile['COPY'] == './ ./'
-    runs = ' '.join(args for name, args in docker_context.instructions(DOCKERFILE) if name == 'RUN')
-    assert kubeflow_v2_runner.IMAGE_DATA_ROOT in runs
+def test_dependency_layer_is_reused_when_the_package_code_changes():
+    steps = docker_context.instructions(DOCKERFILE)
+    runs = [args for name, args in steps if name == 'RUN']
+    assert runs == [f'bash {INSTALL_SCRIPT} dependencies', f'bash {INSTALL_SCRIPT} package']
+    dependencies = steps.index(('RUN', runs[0]))
+    # Before the dependencies' RUN, only what decides them is copied: no package code.
+    copied_before = [
+        source
+        for name, args in steps[:dependencies]
+        if name == 'COPY'
+        for source in args.split()[:-1]
+    ]
+    assert copied_before, 'nothing copied before the dependencies are installed'
+    for source in copied_before:
+        assert source not in ('.', './') and not source.startswith(('component', 'pipelines'))
+    assert ('WORKDIR', kubeflow_v2_runner.IMAGE_WORKDIR) in steps
+    assert steps.index(('COPY', './ ./')) > dependencies
 
 
 @pytest.fixture(scope='module')
@@ -179,8 +205,12 @@ def test_build_context_holds_what_the_image_needs_and_nothing_else(build_context
     for needed in (
         'pyproject.toml',
         'README.md',
-        CONSTRAINTS_NAME,
-        'scripts/image_install.sh',
+        *(
+            f'constraints/{f}'
+            for f in os.listdir(os.path.join(REPO_ROOT, 'constraints'))
+            if f.endswith('.txt')
+        ),
+        INSTALL_SCRIPT,
         'component/final_exporter/adapters/tfx/executor.py',
         'component/final_exporter/adapters/kfp.py',
         *(path.removeprefix(prefix) for path in named),
@@ -189,46 +219,72 @@ def test_build_context_holds_what_the_image_needs_and_nothing_else(build_context
     assert not [
         f
         for f in files
-        if f.startswith(('.venv/', '.git/', 'tests/', 'demo_output/')) or '__pycache__' in f
+        if f.startswith(('.venv/', '.git/', 'tests/', 'docs/', 'benchmarks/', 'demo_output/'))
+        or '__pycache__' in f
+        or f.endswith('.new')
     ]
 
 
-def test_package_installs_from_the_build_context_as_the_dockerfile_does(
-    build_context, compiled, tmp_path
-):
-    context, _ = build_context
-    venv = tmp_path / 'venv'
-    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(venv)], check=True)
-    python = str(venv / 'bin' / 'python')
-    site_packages = subprocess.run(
-        [python, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    # The new environment sees this one's packages (TF, TFX: what the TFX image
-    # has) after its own, as a plain path: this checkout's editable install of
-    # final_exporter (a .pth file here) is not picked up.
-    with open(os.path.join(site_packages, 'parent_environment.pth'), 'w') as f:
-        f.write(sysconfig.get_paths()['purelib'] + '\n')
-
-    # The Dockerfile's own install step, offline: every dependency must already be
-    # satisfied by this environment's pinned set, and the build backend is this one's.
-    runs = [args for name, args in docker_context.instructions(DOCKERFILE) if name == 'RUN']
-    assert runs[0] == 'bash scripts/image_install.sh'
-    install = subprocess.run(
-        ['bash', 'scripts/image_install.sh', '--no-index', '--no-build-isolation'],
+def run_install_step(step: str, context: str, venv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ['bash', INSTALL_SCRIPT, step, '--no-index', '--no-build-isolation'],
         cwd=context,
         capture_output=True,
         text=True,
         env={
             **os.environ,
-            'PATH': str(venv / 'bin') + os.pathsep + os.environ['PATH'],
+            'PATH': os.path.join(venv, 'bin') + os.pathsep + os.environ['PATH'],
             'TF_CPP_MIN_LOG_LEVEL': '2',
         },
     )
-    assert install.returncode == 0, install.stdout + install.stderr
 
+
+def tfx_base_venv(path: str) -> str:
+    """A venv standing in for a TFX image: it sees this environment's packages (TF, TFX).
+
+    They come after the venv's own, as a plain path, so this checkout's editable
+    final_exporter is not seen. Returns the venv's site-packages.
+    """
+    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', path], check=True)
+    site_packages = subprocess.run(
+        [
+            os.path.join(path, 'bin', 'python'),
+            '-c',
+            'import sysconfig; print(sysconfig.get_paths()["purelib"])',
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    with open(os.path.join(site_packages, 'parent_environment.pth'), 'w') as f:
+        f.write(sysconfig.get_paths()['purelib'] + '\n')
+    return site_packages
+
+
+def test_tfx_image_route_installs_pinned_to_what_the_base_has_and_exports(
+    build_context, compiled, tmp_path
+):
+    context, _ = build_context
+    venv = str(tmp_path / 'venv')
+    site_packages = tfx_base_venv(venv)
+    python = os.path.join(venv, 'bin', 'python')
+
+    # Offline: every requirement must already be met by what the base has.
+    for step in ('dependencies', 'package'):
+        done = run_install_step(step, context, venv)
+        assert done.returncode == 0, done.stdout + done.stderr[-4000:]
+    assert 'export and verify passed' in done.stderr
+
+    state = os.path.join(venv, 'share', 'tfx-final-exporter')
+    with open(os.path.join(state, 'route')) as f:
+        assert f.read().strip() == 'base'
+    base_pins = pins(os.path.join(state, 'constraints.txt'))
+    assert base_pins['tfx'] == tfx.__version__
+    assert 'tfx-final-exporter' not in base_pins
+    # The demo data where the runner compiles it into the pipeline.
+    assert os.path.realpath(os.path.join(context, 'data', 'penguin')).endswith(
+        os.path.join('tfx', 'components', 'testdata', 'penguin', 'data')
+    )
     args = launcher.step(launcher.load_pipeline_spec(compiled), 'FinalExporter')['executor'][
         'container'
     ]['args']
@@ -256,3 +312,31 @@ def test_package_installs_from_the_build_context_as_the_dockerfile_does(
     found = json.loads(probe.stdout.strip().splitlines()[-1])
     for path in found.values():
         assert path.startswith(site_packages + os.sep), found
+
+
+def test_tfx_image_whose_tfx_the_package_does_not_admit_stops_the_build_saying_so(
+    build_context, tmp_path
+):
+    # As a TFX 1.21 image (Python 3.10) meets this package's TFX 1.16 requirement for
+    # Python 3.10: here the base has this environment's TFX, the package asks another.
+    source, _ = build_context
+    context = str(tmp_path / 'context')
+    shutil.copytree(source, context)
+    pyproject = os.path.join(context, 'pyproject.toml')
+    with open(pyproject, encoding='utf-8') as f:
+        text = f.read()
+    other = '1.16.*' if tfx.__version__.startswith('1.21.') else '1.21.*'
+    text, count = re.subn(r'"tfx\[kfp\][^";]*;', f'"tfx[kfp]=={other};', text)
+    assert count == 2
+    with open(pyproject, 'w', encoding='utf-8') as f:
+        f.write(text)
+    venv = str(tmp_path / 'venv')
+    tfx_base_venv(venv)
+
+    done = run_install_step('dependencies', context, venv)
+
+    assert done.returncode == 1
+    assert f'Cannot install tfx=={other}' in done.stderr
+    assert "this package's requirements (pyproject.toml) cannot be met without changing" in (
+        done.stderr
+    )

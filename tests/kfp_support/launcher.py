@@ -124,20 +124,27 @@ def executor_input(
     }
 
 
-def command_line(executor: Mapping[str, Any], invocation: Mapping[str, Any]) -> list[str]:
-    """The container's command and args with the executor input in place, run by this Python.
+def command_line(
+    executor: Mapping[str, Any],
+    invocation: Mapping[str, Any],
+    *,
+    python: str | None = sys.executable,
+) -> list[str]:
+    """The container's command and args with the executor input in place.
 
-    `python` / `python3` become this interpreter, as `kfp.local.SubprocessRunner`
-    does it; any placeholder other than `{{$}}` is an error, because this
+    `python` / `python3` become `python` (by default this interpreter, as
+    `kfp.local.SubprocessRunner` does it; None keeps them, for a run in the
+    image); any placeholder other than `{{$}}` is an error, because this
     helper does not resolve it.
     """
     container = executor['container']
     payload = json.dumps(invocation)
     parts = []
     for part in [*container.get('command', []), *container.get('args', [])]:
-        if part in ('python', 'python3'):
-            part = sys.executable
-        part = part.replace('python3 -m ', f'{sys.executable} -m ')
+        if python is not None:
+            if part in ('python', 'python3'):
+                part = python
+            part = part.replace('python3 -m ', f'{python} -m ')
         part = part.replace(EXECUTOR_INPUT_PLACEHOLDER, payload)
         if '{{$' in part.replace(payload, ''):
             raise ValueError(f'unresolved placeholder in {part!r}')
