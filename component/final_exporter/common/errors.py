@@ -20,3 +20,11 @@ class BlessingMismatchError(InvalidInputError):
 
 class IntegrityError(FinalExporterError):
     """Bytes on disk do not match what was read or what the manifest records."""
+
+
+class BreakingChangeError(InvalidInputError):
+    """The export would break the clients of the served version (its serving signatures).
+
+    Bad input like the others (exit code 2, nothing published): the model is the
+    user's to fix, or to export anyway with `allow_breaking_changes=True`.
+    """
