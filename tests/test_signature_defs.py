@@ -12,6 +12,7 @@ from final_exporter.checks.signature_defs import (
     TensorSpec,
     read_serving_signatures,
     signatures_from_pb,
+    signatures_from_pbtxt,
 )
 from final_exporter.common.errors import InvalidInputError
 from final_exporter.core.tf_export import write_pbtxt
@@ -88,6 +89,50 @@ def test_pbtxt_reading_equals_pb_reading(all_models, name, tmp_path):
 
     assert as_text.graph_file == 'saved_model.pbtxt'
     assert as_text.signatures == read_serving_signatures(path, LOCAL).signatures
+
+
+@pytest.mark.parametrize(
+    'options',
+    [
+        {'as_one_line': True},
+        {'pointy_brackets': True},
+        {'use_short_repeated_primitives': True, 'as_utf8': True},
+        {'force_colon': True, 'use_index_order': True},
+    ],
+    ids=['one_line', 'pointy_brackets', 'short_lists_utf8', 'colons_index_order'],
+)
+def test_every_text_format_variant_protobuf_writes_is_read(signature_models, options):
+    from google.protobuf import text_format
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = signature_models['tf1_predict']
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, 'saved_model.pb'), 'rb') as f:
+        saved_model.ParseFromString(f.read())
+    text = text_format.MessageToString(saved_model, **options).encode('utf-8')
+
+    as_text = signatures_from_pbtxt(b'# written by protobuf\n' + text, 'saved_model.pbtxt')
+
+    assert as_text == read_serving_signatures(path, LOCAL).signatures
+
+
+def test_any_fields_in_the_skipped_graph_are_read_past(signature_models):
+    from google.protobuf import text_format
+    from tensorflow.core.framework import tensor_shape_pb2
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = signature_models['tf1_predict']
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, 'saved_model.pb'), 'rb') as f:
+        saved_model.ParseFromString(f.read())
+    shape = tensor_shape_pb2.TensorShapeProto(dim=[{'size': 7}])
+    saved_model.meta_graphs[0].collection_def['shapes'].any_list.value.add().Pack(shape)
+    text = text_format.MessageToString(saved_model)
+    assert '[type.googleapis.com/tensorflow.TensorShapeProto] {' in text
+
+    as_text = signatures_from_pbtxt(text.encode('utf-8'), 'saved_model.pbtxt')
+
+    assert as_text == read_serving_signatures(path, LOCAL).signatures
 
 
 def test_shapes_dtypes_methods_and_encodings_are_read(signature_models):

@@ -9,10 +9,18 @@ length-delimited value that is not needed is skipped without being decoded.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 # Wire types (https://protobuf.dev/programming-guides/encoding/).
 VARINT, I64, LEN, I32 = 0, 1, 2, 5
+
+# The messages a reader needs: message -> {field name: (field number, type)}, a type
+# being another message of the schema or `string`, `int` (int64), `bool`, `enum`.
+# Map fields are their entry messages (`key` 1, `value` 2), as on the wire.
+Schema = Mapping[str, Mapping[str, tuple[int, str]]]
+# A decoded message: field name -> its values in order (one for a singular field).
+Message = dict[str, list[Any]]
 
 
 class WireError(ValueError):
@@ -63,3 +71,33 @@ def fields(buf: memoryview | bytes, start: int, end: int) -> Iterator[tuple[int,
         if pos > end:
             raise WireError('message truncated')
         yield field, wire, value_start, pos
+
+
+def decode(buf: memoryview, start: int, end: int, message: str, schema: Schema) -> Message:
+    """The fields of `message` that `schema` lists; the others are skipped undecoded.
+
+    Raises:
+        WireError: if the bytes are not such a message.
+        UnicodeDecodeError: if a string field is not UTF-8.
+    """
+    by_number = {number: (name, kind) for name, (number, kind) in schema[message].items()}
+    decoded: Message = {}
+    for number, wire, s, e in fields(buf, start, end):
+        if number in by_number:
+            name, kind = by_number[number]
+            decoded.setdefault(name, []).append(_value(buf, wire, s, e, kind, schema))
+    return decoded
+
+
+def _value(buf: memoryview, wire: int, start: int, end: int, kind: str, schema: Schema) -> Any:
+    expected = LEN if kind in schema or kind == 'string' else VARINT
+    if wire != expected:
+        raise WireError(f'a {kind} field has wire type {wire}')
+    if kind in schema:
+        return decode(buf, start, end, kind, schema)
+    if kind == 'string':
+        return bytes(buf[start:end]).decode('utf-8')
+    value = read_varint(buf, start, end)[0]
+    if kind == 'int':
+        return signed64(value)
+    return bool(value) if kind == 'bool' else value

@@ -4,31 +4,27 @@ What a client of TensorFlow Serving relies on: each `SignatureDef` of the meta
 graph a model server loads (the one tagged `serve`), with its method name and the
 dtype and shape of every input and output, keyed as requests name them. Read from
 `saved_model.pb` at the wire level (checks/protowire.py) or from
-`saved_model.pbtxt` (an `as_text` export, text format, tokenised here), both
-against one small schema of the few messages involved, so both forms of one
-model give equal results. The graph itself is skipped: a `.pb` without decoding
+`saved_model.pbtxt` (an `as_text` export; checks/textproto.py), both against
+one small schema of the few messages involved, so both forms of one model give
+equal results. The graph itself is skipped: a `.pb` without decoding
 it, a `.pbtxt` without keeping it.
 """
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
-import re
 from collections.abc import Mapping
 from typing import Any
 
-from final_exporter.checks import protowire
+from final_exporter.checks import protowire, textproto
 from final_exporter.common import keys
 from final_exporter.common.errors import InvalidInputError
 
 SERVE_TAG = 'serve'
 
-# The messages read, from tensorflow/core/protobuf/{saved_model,meta_graph,struct}.proto
-# and tensorflow/core/framework/tensor_shape.proto: message -> {field: (number, type)},
-# a type being a message of this table or `string`, `int` (int64), `bool`, `enum`.
-# Map fields are their entry messages (`key` 1, `value` 2), as on the wire.
-SCHEMA: dict[str, dict[str, tuple[int, str]]] = {
+# The messages read (field numbers from tensorflow/core/protobuf/{saved_model,meta_graph,
+# struct}.proto and tensorflow/core/framework/tensor_shape.proto).
+SCHEMA: protowire.Schema = {
     'SavedModel': {'meta_graphs': (2, 'MetaGraphDef')},
     'MetaGraphDef': {'meta_info_def': (1, 'MetaInfoDef'), 'signature_def': (5, 'SignatureEntry')},
     'MetaInfoDef': {'tags': (4, 'string')},
@@ -73,7 +69,7 @@ TYPE_SPEC_CLASSES = {
     12: 'REGISTERED_TYPE_SPEC', 13: 'EXTENSION_TYPE_SPEC',
 }  # fmt: skip
 
-Message = dict[str, list[Any]]
+Message = protowire.Message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,7 +160,7 @@ def signatures_from_pb(data: bytes, where: str) -> dict[str, Signature]:
         InvalidInputError: if the bytes are not a SavedModel protocol buffer.
     """
     try:
-        saved_model = _decode_pb(memoryview(data), 0, len(data), 'SavedModel')
+        saved_model = protowire.decode(memoryview(data), 0, len(data), 'SavedModel', SCHEMA)
     except (protowire.WireError, UnicodeDecodeError) as err:
         raise InvalidInputError(
             f'{where!r} cannot be read as a SavedModel protocol buffer ({err}); it is '
@@ -180,8 +176,8 @@ def signatures_from_pbtxt(data: bytes, where: str) -> dict[str, Signature]:
         InvalidInputError: if the text is not a SavedModel in protobuf text format.
     """
     try:
-        saved_model = _TextReader(data.decode('utf-8')).message('SavedModel', None)
-    except (_TextFormatError, UnicodeDecodeError, ValueError) as err:
+        saved_model = textproto.decode(data.decode('utf-8'), 'SavedModel', SCHEMA)
+    except (textproto.TextFormatError, UnicodeDecodeError, ValueError) as err:
         raise InvalidInputError(
             f'{where!r} cannot be read as a SavedModel in protobuf text format ({err})'
         ) from None
@@ -260,116 +256,3 @@ def _encoding(info: Message) -> str:
     spec = _one(_one(info, 'composite_tensor', {}), 'type_spec', {})
     kind = _one(spec, 'type_spec_class_name', '') or _one(spec, 'type_spec_class', 0)
     return f'composite:{TYPE_SPEC_CLASSES.get(kind, kind) if isinstance(kind, int) else kind}'
-
-
-# --- saved_model.pb: the wire format -------------------------------------------
-
-
-def _decode_pb(buf: memoryview, start: int, end: int, message: str) -> Message:
-    """The fields of `message` that `SCHEMA` lists; the others are skipped undecoded."""
-    by_number = {number: (name, kind) for name, (number, kind) in SCHEMA[message].items()}
-    decoded: Message = {}
-    for number, wire, s, e in protowire.fields(buf, start, end):
-        if number in by_number:
-            name, kind = by_number[number]
-            decoded.setdefault(name, []).append(_pb_value(buf, wire, s, e, kind))
-    return decoded
-
-
-def _pb_value(buf: memoryview, wire: int, start: int, end: int, kind: str) -> Any:
-    expected = protowire.LEN if kind in SCHEMA or kind == 'string' else protowire.VARINT
-    if wire != expected:
-        raise protowire.WireError(f'a {kind} field has wire type {wire}')
-    if kind in SCHEMA:
-        return _decode_pb(buf, start, end, kind)
-    if kind == 'string':
-        return bytes(buf[start:end]).decode('utf-8')
-    value = protowire.read_varint(buf, start, end)[0]
-    if kind == 'int':
-        return protowire.signed64(value)
-    return bool(value) if kind == 'bool' else value
-
-
-# --- saved_model.pbtxt: the text format ---------------------------------------
-
-# Whitespace and `#` comments (no group), then one token: a quoted string, a word
-# (name, number, enum value, URL of an Any), or punctuation.
-_TOKEN_RE = re.compile(
-    r"""\s+|\#[^\n]*|("(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'|[^\s{}<>:;,\[\]"'\#]+|[{}<>:;,\[\]])"""
-)
-_CLOSING = {'{': '}', '<': '>'}
-
-
-class _TextFormatError(ValueError):
-    pass
-
-
-class _TextReader:
-    """Reads protobuf text format against `SCHEMA`; fields it does not list are skipped."""
-
-    def __init__(self, text: str) -> None:
-        self._tokens = [t for t in _TOKEN_RE.findall(text) if t]
-        self._pos = 0
-
-    def _take(self) -> str | None:
-        if self._pos >= len(self._tokens):
-            return None
-        self._pos += 1
-        return self._tokens[self._pos - 1]
-
-    def _peek(self) -> str | None:
-        return self._tokens[self._pos] if self._pos < len(self._tokens) else None
-
-    def message(self, message: str | None, close: str | None) -> Message:
-        """Reads fields up to `close` (None: the end of the text); `message` None skips them."""
-        decoded: Message = {}
-        schema = SCHEMA[message] if message else {}
-        while (token := self._take()) != close:
-            if token is None:
-                raise _TextFormatError(f'the text ends before a closing {close!r}')
-            name = self._field_name(token)
-            kind = schema[name][1] if name in schema else None
-            token = self._take()
-            if token == ':':
-                token = self._take()
-            values = self._list(kind) if token == '[' else [self._value(token, kind)]
-            if kind is not None:
-                decoded.setdefault(name, []).extend(values)
-            if self._peek() in (';', ','):
-                self._take()
-        return decoded
-
-    def _field_name(self, token: str) -> str:
-        if token in '{}<>:;,]':
-            raise _TextFormatError(f'a field name was expected, found {token!r}')
-        if token != '[':  # `[type.googleapis.com/...]`: an Any's or extension's name.
-            return token
-        parts = []
-        while (part := self._take()) not in (']', None):
-            parts.append(part)
-        return f'[{"".join(parts)}]'
-
-    def _list(self, kind: str | None) -> list[Any]:
-        values = []
-        while (token := self._take()) != ']':
-            if token != ',':
-                values.append(self._value(token, kind))
-        return values
-
-    def _value(self, token: str | None, kind: str | None) -> Any:
-        if token is None:
-            raise _TextFormatError('the text ends where a value was expected')
-        if token in _CLOSING:
-            return self.message(kind if kind in SCHEMA else None, _CLOSING[token])
-        if token[0] in '"\'':
-            while (self._peek() or ' ')[0] in '"\'':  # "a" "b" is one string.
-                token = token[:-1] + self._take()[1:]
-            # Only the strings kept are unescaped: others may be any bytes (tensor contents).
-            return codecs.escape_decode(token[1:-1])[0].decode('utf-8') if kind else token
-        if kind == 'int':
-            return int(token, 0) if token.lower().startswith(('0x', '-0x')) else int(token)
-        if kind == 'bool':
-            return token in ('true', 'True', 't', '1')
-        if kind == 'enum' and token.lstrip('-').isdigit():
-            return int(token)
-        return token
