@@ -149,6 +149,9 @@ def test_a_reexport_with_a_renamed_input_fails_naming_the_input(export_base, ree
     assert "input 'examples' renamed to 'serialized' (string (None,))" in message
     assert 'allow_breaking_changes=True' in message and 'Nothing was published' in message
     assert isinstance(failed.value, InvalidInputError)  # Exit code 2, like any bad input.
+    refused = failed.value.lineage[keys.SIGNATURE_DIFF_LINEAGE_KEY]  # For --json and the logs.
+    assert refused['status'] == 'breaking' and refused['allow_breaking_changes'] is False
+    assert failed.value.lineage[keys.SIGNATURE_BREAKS_LINEAGE_KEY] == refused['breaks']
 
 
 def test_a_reexport_with_a_changed_dtype_fails_naming_both_dtypes(export_base, reexports):

@@ -83,7 +83,7 @@ class ContractCheck:
     reason: str | None = None
 
     def to_lineage(self, allow_breaking_changes: bool) -> dict[str, Any]:
-        """`serving_signature_diff`, and `serving_signature_breaks` when breaks went through."""
+        """`serving_signature_diff`, and `serving_signature_breaks` when it breaks."""
         record: dict[str, Any] = {
             'status': self.status,
             'compared_with': None,
@@ -200,7 +200,7 @@ def enforce(check: ContractCheck, *, allow_breaking_changes: bool) -> dict[str, 
     """
     if check.status == BREAKING:
         if not allow_breaking_changes:
-            raise BreakingChangeError(check.error_message())
+            raise BreakingChangeError(check.error_message(), check.to_lineage(False))
         logger.warning('Exporting despite breaking changes: %s', check.error_message())
     return check.to_lineage(allow_breaking_changes)
 
@@ -233,6 +233,7 @@ def guard_serving_signatures(
 
     Raises:
         BreakingChangeError: for breaking changes not allowed; nothing may be published.
+            Its `lineage` holds the entries a refused export would have recorded.
         InvalidInputError: if the new export's graph file does not parse, or
             `models.config` is not a model server config.
     """
