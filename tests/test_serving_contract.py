@@ -366,6 +366,8 @@ def test_only_the_served_saved_model_pb_is_read_locally(export_base, reexports):
 
 def test_only_the_served_saved_model_pb_is_read_on_buckets(bucket_base, reexports):
     base, _ = bucket_base
+    first = guard(reexports['classify'], f'{base}/penguin')[keys.SIGNATURE_DIFF_LINEAGE_KEY]
+    assert first['status'] == 'nothing_to_compare'
     served = publish(KERAS_MODEL, base)
     scheme = base.split('://')[0]
     counting = CountingClient(client_for(base))
