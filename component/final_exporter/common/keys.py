@@ -53,6 +53,10 @@ IDEMPOTENCY_KEY_KEY = 'idempotency_key'
 SMOKE_TEST_LINEAGE_KEY = 'smoke_test'
 PARITY_LINEAGE_KEY = 'prediction_parity'
 WARMUP_LINEAGE_KEY = 'warmup_requests'
+# The serving-signature guard (lifecycle/serving_contract.py): the diff against the
+# served version, always; the breaks an `allow_breaking_changes` export let through.
+SIGNATURE_DIFF_LINEAGE_KEY = 'serving_signature_diff'
+SIGNATURE_BREAKS_LINEAGE_KEY = 'serving_signature_breaks'
 # Recorded after publish (on the PushedModel and in the report, not in the sealed manifest).
 LABELS_LINEAGE_KEY = 'version_labels'
 RETENTION_LINEAGE_KEY = 'retention'

@@ -53,6 +53,7 @@ def render_report(result: ExportResult) -> str:
         if lin.get(key):
             lines.append(f'| {escape(label)} | {escape(lin[key])} |')
     lines += _release_checks(lin)
+    lines += _signature_diff_section(lin)
     assets = lin.get(keys.ASSETS_EXTRA_FILES_KEY) or []
     if assets:
         lines += ['', '## assets.extra', ''] + [f'- {escape(a)}' for a in assets]
@@ -109,6 +110,35 @@ def _release_checks(lin: Mapping[str, Any]) -> list[str]:
     if lin.get(keys.POST_PUBLISH_ERROR_KEY):
         rows.append(f'| After publish | **failed**: {escape(lin[keys.POST_PUBLISH_ERROR_KEY])} |')
     return rows
+
+
+def _signature_diff_section(lin: Mapping[str, Any]) -> list[str]:
+    """The serving-signature guard's outcome (lifecycle/serving_contract.py), with every change."""
+    record = lin.get(keys.SIGNATURE_DIFF_LINEAGE_KEY)
+    if not record:
+        return []
+    served = record.get('compared_with') or {}
+    label = served.get('label')
+    against = f'version {served.get("version")} ' + (
+        f'(labelled {escape(label)})' if label else '(the newest)'
+    )
+    status = record.get('status')
+    summary = {
+        'nothing_to_compare': f'Nothing to compare: {escape(record.get("reason"))}.',
+        'not_compared': f'Not compared with {against}: {escape(record.get("reason"))}.',
+        'unchanged': f'Unchanged from {against}.',
+        'compatible': f'Compatible with {against}.',
+        'breaking': f'**Breaking** for the clients of {against}; exported with '
+        'allow\\_breaking\\_changes.',
+    }.get(status, escape(status))
+    lines = ['', '## Serving signatures', '', summary]
+    for title, changes in (
+        ('Breaking changes', record.get('breaks') or []),
+        ('Compatible changes', record.get('compatible_changes') or []),
+    ):
+        if changes:
+            lines += ['', f'{title}:', ''] + [f'- {escape(c.get("text"))}' for c in changes]
+    return lines
 
 
 def _fmt(value: Any) -> str:
