@@ -1,75 +1,26 @@
-"""The one seam with `model_signing` 1.1 (OpenSSF Model Signing): its statement and bundle.
+"""The one seam with `model_signing` 1.1 (OpenSSF Model Signing): its signature verifiers.
 
-`model_signing`'s public API signs and verifies a folder by hashing it itself. An
-export has already hashed every byte, and may sit in a bucket, so this module
-uses the classes behind that API instead: the in-toto payload, the elliptic-key
-and certificate signers and verifiers, and the Sigstore bundle. They are
-internal to `model_signing`, so the `[signing]` extra admits 1.1.x only, and the
-tests run the standard `model_signing verify` command on what is signed here.
+`final-exporter verify --public-key/--certificate-chain` checks a signature with
+the standard's own verifiers (not with the code that signed it): the
+elliptic-key and certificate verifiers behind `model_signing verify`, given
+loaded keys instead of files, since keys and exports may sit in buckets. They
+are internal to `model_signing`, so the `[signing]` extra admits 1.1.x only.
 
-Imported only to sign or verify: `import model_signing` needs the `[signing]`
-extra (`storage.signing.require_model_signing` says so when it is missing).
+Imported only to verify: `import model_signing` needs the `[signing]` extra on
+Python 3.11+ (`storage.signature_verify.require_model_signing` says so).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from model_signing import manifest as ms_manifest
-from model_signing._hashing import hashing as ms_hashing
 from model_signing._signing import sign_certificate, sign_ec_key, sign_sigstore_pb
-from model_signing._signing import signing as ms_signing
 from OpenSSL import crypto
 from sigstore_models.bundle import v1 as bundle_v1
-
-# The serialization `model_signing sign` uses by default and the one `model_signing
-# verify` recomputes whatever a signature says: one whole-file SHA-256 per file.
-FILES_SERIALIZATION = {'method': 'files', 'hash_type': 'sha256', 'allow_symlinks': False}
-
-
-def statement(model_name: str, digests: Mapping[str, str], ignore_paths: Sequence[str]) -> Any:
-    """The in-toto statement over `digests` ({relative path: whole-file SHA-256 hex})."""
-    serialization = ms_manifest.SerializationType.from_args(
-        {**FILES_SERIALIZATION, 'ignore_paths': list(ignore_paths)}
-    )
-    items = [
-        serialization.new_item(path, ms_hashing.Digest('sha256', bytes.fromhex(hex_digest)))
-        for path, hex_digest in digests.items()
-    ]
-    return ms_signing.Payload(ms_manifest.Manifest(model_name, items, serialization))
-
-
-class _KeySigner(sign_ec_key.Signer):
-    """The standard's elliptic-key signer, given a loaded key rather than a key file."""
-
-    def __init__(self, private_key: ec.EllipticCurvePrivateKey) -> None:
-        sign_ec_key._check_supported_ec_key(private_key.public_key())
-        self._private_key = private_key
-
-
-class _CertificateSigner(sign_certificate.Signer):
-    """The standard's certificate signer, given loaded objects rather than files."""
-
-    def __init__(
-        self, private_key: ec.EllipticCurvePrivateKey, chain: Sequence[x509.Certificate]
-    ) -> None:
-        sign_ec_key._check_supported_ec_key(private_key.public_key())
-        self._private_key = private_key
-        self._signing_certificate = chain[0]
-        self._trust_chain = list(chain[1:])
-
-
-def sign(
-    private_key: ec.EllipticCurvePrivateKey, chain: Sequence[x509.Certificate], payload: Any
-) -> bytes:
-    """The Sigstore bundle (JSON) over `payload`: key signing, or certificate signing when
-    `chain` (signing certificate first) is given."""
-    signer = _CertificateSigner(private_key, chain) if chain else _KeySigner(private_key)
-    return signer.sign(payload).bundle.to_json().encode()
 
 
 class _KeyVerifier(sign_ec_key.Verifier):

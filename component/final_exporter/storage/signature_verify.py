@@ -11,22 +11,37 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from types import ModuleType
 from typing import Any
 
 from final_exporter.common import keys
 from final_exporter.common.errors import InvalidInputError
-from final_exporter.storage.signing import (
-    GIT_PATHS,
+from final_exporter.storage.signing import GIT_PATHS, is_ignored, whole_file_sha256
+from final_exporter.storage.signing_keys import (
     certificate_identity,
-    is_ignored,
     key_fingerprint,
     load_certificates,
     load_public_key,
     read_key_material,
-    require_model_signing,
-    whole_file_sha256,
 )
 from final_exporter.storage.stores import store_for
+
+
+def require_model_signing() -> ModuleType:
+    """The seam over the standard's verifiers (storage/model_signing_seam.py).
+
+    Raises:
+        InvalidInputError: when the `[signing]` extra is not installed, or cannot run
+            here (Python 3.10, TFX 1.16: see pyproject.toml).
+    """
+    try:
+        from final_exporter.storage import model_signing_seam
+    except ImportError as e:
+        raise InvalidInputError(
+            'verifying a signature needs the model-signing package: pip install '
+            f"'tfx-final-exporter[signing]' on Python 3.11+ ({type(e).__name__}: {e})"
+        ) from None
+    return model_signing_seam
 
 
 @dataclasses.dataclass
