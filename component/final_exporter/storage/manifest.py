@@ -200,7 +200,9 @@ def verify_tree(
     found.pop(keys.MANIFEST_RELPATH, None)
     # The signature signs the manifest, so the manifest cannot list it; the lineage
     # says whether there must be one (storage/signing.py checks what it says).
-    signed = found.pop(keys.SIGNATURE_RELPATH, None) is not None
+    signed = keys.SIGNATURE_RELPATH not in expected and (
+        found.pop(keys.SIGNATURE_RELPATH, None) is not None
+    )
     report.missing = sorted(set(expected) - set(found))
     if manifest.get('lineage', {}).get(keys.SIGNING_LINEAGE_KEY) and not signed:
         report.missing.append(keys.SIGNATURE_RELPATH)

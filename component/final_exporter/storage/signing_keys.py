@@ -207,7 +207,8 @@ def require_signing_certificate(chain: Sequence[Any], private_key: Any) -> None:
         pass
     if not can_sign:
         raise InvalidInputError(
-            f'signing certificate {leaf.subject.rfc4514_string()} allows neither digital '
-            'signatures (KeyUsage) nor code signing (ExtendedKeyUsage); `model_signing '
-            'verify` refuses signatures made with it'
+            "signing_certificate_chain's first certificate "
+            f'({leaf.subject.rfc4514_string()}) allows neither digital signatures (KeyUsage) '
+            'nor code signing (ExtendedKeyUsage); expected one that may sign, as '
+            '`model_signing verify` refuses signatures made with any other'
         )
