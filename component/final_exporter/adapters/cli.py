@@ -228,9 +228,25 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument('--json', action='store_true', help='print the result as one JSON object')
     export.set_defaults(func=_export)
 
-    verify = commands.add_parser('verify', help='check an export against its manifest')
+    verify = commands.add_parser(
+        'verify', help='check an export against its manifest, or against its signature'
+    )
     verify.add_argument('export_dir', metavar='EXPORT_DIR')
     verify.add_argument('--json', action='store_true')
+    key_help = 'a path, gs:// or s3:// object, or env:NAME'
+    verify.add_argument(
+        '--public-key',
+        metavar='PEM',
+        default='',
+        help=f'check the signature of a key-signed export with this public key ({key_help})',
+    )
+    verify.add_argument(
+        '--certificate-chain',
+        metavar='PEM',
+        default='',
+        help='check the signature of a certificate-signed export up to these trusted '
+        f'certificates: the root, and intermediates the signature lacks ({key_help})',
+    )
     verify.set_defaults(func=_verify)
 
     label = commands.add_parser(
@@ -360,6 +376,8 @@ def _describe(result: ExportResult) -> str:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    if args.public_key or args.certificate_chain:
+        return _verify_signature(args)
     report = verify_export(args.export_dir)
     if args.json:
         print(
@@ -383,6 +401,26 @@ def _verify(args: argparse.Namespace) -> int:
         )
     else:
         print(f'{report.export_dir} does not match its manifest:')
+        for line in report.problems():
+            print(f'  {line}')
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _verify_signature(args: argparse.Namespace) -> int:
+    from final_exporter.storage.signature_verify import verify_signature
+
+    report = verify_signature(
+        args.export_dir, public_key=args.public_key, certificate_chain=args.certificate_chain
+    )
+    if args.json:
+        print(json.dumps(report.as_dict(), sort_keys=True))
+    elif report.ok:
+        print(
+            f'ok: {report.files_checked} files, {human_bytes(report.bytes_checked)} match '
+            f'the signature ({report.signer["method"]} {report.signer["key_fingerprint"]})'
+        )
+    else:
+        print(f'{report.export_dir} does not match its signature:')
         for line in report.problems():
             print(f'  {line}')
     return EXIT_OK if report.ok else EXIT_FAILED
