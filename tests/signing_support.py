@@ -17,7 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from final_exporter.common import keys
 from final_exporter.storage.manifest import FileEntry, manifest_bytes
-from final_exporter.storage.signing import ExportSigner
+from final_exporter.storage.signing import ExportSigner, file_digests
 from final_exporter.storage.stores import store_for
 from final_exporter.storage.verify import read_manifest
 
@@ -145,9 +145,8 @@ def sign_published(export_dir: str, signer: ExportSigner, model_name: str = 'pen
     manifest['lineage'][keys.SIGNING_LINEAGE_KEY] = signer.identity.to_lineage()
     data = manifest_bytes(manifest)
     write_object(export_dir, keys.MANIFEST_RELPATH, data)
-    signature = signer.sign(
-        manifest_entries(manifest), data, store=store, root=export_dir, model_name=model_name
-    )
+    digests = file_digests(manifest_entries(manifest), store, export_dir)
+    signature = signer.sign(digests, data, model_name=model_name)
     write_object(export_dir, keys.SIGNATURE_RELPATH, signature)
     return signature
 

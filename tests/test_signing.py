@@ -138,7 +138,7 @@ def test_certificate_signing_records_the_signers_identity_and_carries_the_chain(
         'signer@example.com',
         'https://ci.example.com/pipelines/penguin',
     ]
-    bundle = json.loads(signer.sign([], b'{}\n', store=None, root='', model_name='m'))
+    bundle = json.loads(signer.sign({}, b'{}\n', model_name='m'))
     carried = bundle['verificationMaterial']['x509CertificateChain']['certificates']
     assert [base64.b64decode(c['rawBytes']) for c in carried] == [
         pki.leaf.public_bytes(encoding=_der()),

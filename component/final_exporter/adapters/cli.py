@@ -415,9 +415,11 @@ def _verify_signature(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.as_dict(), sort_keys=True))
     elif report.ok:
+        certificate = report.signer.get('certificate')
+        signer = f'certificate {certificate["subject"]}' if certificate else 'key'
         print(
             f'ok: {report.files_checked} files, {human_bytes(report.bytes_checked)} match '
-            f'the signature ({report.signer["method"]} {report.signer["key_fingerprint"]})'
+            f'the signature ({signer}, {report.signer["key_fingerprint"]})'
         )
     else:
         print(f'{report.export_dir} does not match its signature:')

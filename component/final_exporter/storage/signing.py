@@ -161,10 +161,22 @@ def bundle(private_key: Any, chain: Sequence[Any], payload: bytes) -> bytes:
     ).encode()
 
 
-def signed_digests(
-    files: Iterable[FileEntry], manifest_data: bytes, store: Any, root: str
-) -> dict[str, str]:
-    """{path: whole-file SHA-256 hex} of every file a signature covers."""
+def file_digests(files: Iterable[FileEntry], store: Any, root: str) -> dict[str, str]:
+    """{path: whole-file SHA-256 hex} of the export's files a signature covers.
+
+    Reads only files of several manifest chunks, in parallel, from `root` on `store`
+    (the staging area): every other entry already holds its whole-file SHA-256. It
+    needs only the staged files, so it can run while the serving checks run.
+
+    Args:
+        files: The export's files as the export hashed them (every file but the
+            manifest and the signature).
+        store: The `storage.base.Store` holding them.
+        root: Where they are staged on it.
+
+    Raises:
+        InvalidInputError: if the export has a file of its own at the signature's path.
+    """
     entries = {f.path: f for f in files if not is_ignored(f.path, GIT_PATHS)}
     if keys.SIGNATURE_RELPATH in entries:
         raise InvalidInputError(
@@ -174,7 +186,6 @@ def signed_digests(
     digests = {p: f.sha256 for p, f in entries.items() if f.sha256}
     several_chunks = [p for p, f in entries.items() if not f.sha256]
     digests.update({p: d for p, (_, d) in whole_file_sha256(store, root, several_chunks).items()})
-    digests[keys.MANIFEST_RELPATH] = hashlib.sha256(manifest_data).hexdigest()
     return digests
 
 
@@ -186,33 +197,19 @@ class ExportSigner:
     chain: tuple[Any, ...]
     identity: SignerIdentity
 
-    def sign(
-        self,
-        files: Iterable[FileEntry],
-        manifest_data: bytes,
-        *,
-        store: Any,
-        root: str,
-        model_name: str,
-    ) -> bytes:
-        """The signature to stage at `keys.SIGNATURE_RELPATH`, over the files and the manifest.
+    def sign(self, digests: Mapping[str, str], manifest_data: bytes, *, model_name: str) -> bytes:
+        """The signature to stage at `keys.SIGNATURE_RELPATH`: over the files and the manifest.
 
         Args:
-            files: The export's files as the export hashed them (every file but the
-                manifest and the signature).
+            digests: The files' whole-file SHA-256 (`file_digests`).
             manifest_data: The manifest's bytes as written.
-            store: The `storage.base.Store` holding the staged files.
-            root: Where they are staged on it: read only for files of several chunks.
             model_name: The model's name, the statement's subject (informative only).
 
         Returns:
             The Sigstore bundle, JSON.
-
-        Raises:
-            InvalidInputError: if the export has a file of its own at the signature's path.
         """
-        digests = signed_digests(files, manifest_data, store, root)
-        payload = statement(model_name, digests, [keys.SIGNATURE_RELPATH, *GIT_PATHS])
+        signed = {**digests, keys.MANIFEST_RELPATH: hashlib.sha256(manifest_data).hexdigest()}
+        payload = statement(model_name, signed, [keys.SIGNATURE_RELPATH, *GIT_PATHS])
         return bundle(self.private_key, self.chain, payload)
 
 

@@ -157,7 +157,7 @@ def load_public_key(data: bytes, parameter: str) -> Any:
 def _require_supported_curve(key: Any, kind: type, parameter: str) -> Any:
     curve = getattr(getattr(key, 'curve', None), 'name', None)
     if not isinstance(key, kind) or curve not in CURVES:
-        found = f'an elliptic-curve key on {curve}' if curve else f'a {type(key).__name__}'
+        found = f'an elliptic-curve key on {curve}' if curve else f'of type {type(key).__name__}'
         raise InvalidInputError(
             f'{parameter} is {found}; expected an elliptic-curve key on one of '
             f'{", ".join(CURVES)} (the curves OpenSSF Model Signing accepts)'
