@@ -16,15 +16,16 @@ signature says, so a `shards` signature fails there (and model-signing 1.1.1's
 own guess of a shard signature's settings fails on the shard size it reads
 back as a float).
 
-Hash once: a file of at most one manifest chunk (32 MiB) has its whole-file
-SHA-256 in its manifest entry, so signing reads none of its bytes; only a file
-of several chunks (whose entry holds the digest of its chunk digests) is read
-again for its whole-file SHA-256.
+Two steps: `file_digests` once the files are staged (a file of at most one
+manifest chunk, 32 MiB, has its whole-file SHA-256 in its entry, so none of its
+bytes is read; a file of several chunks, whose entry holds the digest of its
+chunk digests, is read again), then `ExportSigner.sign` once the manifest is
+written (its digest, the statement and the bundle: milliseconds).
 
 Written here with `cryptography` alone, not with `model_signing`'s signer: that
-package imports Sigstore's TUF client and cloud KMS SDKs (about a second, on
-every export), and cannot be imported beside TFX 1.16 (pyproject.toml). The
-tests check every signature made here with the standard's own verifier and its
+package imports Sigstore's TUF client and cloud KMS SDKs (seconds, once per
+process), and cannot be imported beside TFX 1.16 (pyproject.toml). The tests
+check every signature made here with the standard's own verifier and its
 `model_signing verify` command.
 """
 
