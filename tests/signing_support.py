@@ -16,10 +16,26 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from final_exporter.common import keys
+from final_exporter.core.config import ExportConfig
+from final_exporter.core.exporter import ExportRequest, run_export
 from final_exporter.storage.manifest import FileEntry, manifest_bytes
 from final_exporter.storage.signing import ExportSigner, file_digests
 from final_exporter.storage.stores import store_for
 from final_exporter.storage.verify import read_manifest
+
+
+def export(model_uri: str, export_base: str, **config) -> str:
+    """Publishes a copy of `model_uri` under `export_base` (no blessing asked); its folder."""
+    result = run_export(
+        ExportRequest(
+            config=ExportConfig(
+                name='penguin', export_base=export_base, require_blessing=False, **config
+            ),
+            model_uri=model_uri,
+        )
+    )
+    assert result.pushed, result.reason
+    return result.export_dir
 
 
 def new_key(curve: ec.EllipticCurve | None = None) -> ec.EllipticCurvePrivateKey:

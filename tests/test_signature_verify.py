@@ -17,8 +17,6 @@ import sys
 import pytest
 
 from final_exporter.common import keys
-from final_exporter.core.config import ExportConfig
-from final_exporter.core.exporter import ExportRequest, run_export
 from final_exporter.storage.manifest import manifest_bytes
 from final_exporter.storage.signature_verify import verify_signature
 from final_exporter.storage.signing import load_signer
@@ -27,6 +25,7 @@ from final_exporter.storage.verify import read_manifest, verify_export
 
 from signing_support import (
     Pki,
+    export,
     new_key,
     private_pem,
     public_pem,
@@ -37,19 +36,6 @@ from signing_support import (
 
 BIN = os.path.dirname(sys.executable)
 VARIABLES = 'variables/variables.data-00000-of-00001'
-
-
-def export(model_uri: str, export_base: str, **config) -> str:
-    result = run_export(
-        ExportRequest(
-            config=ExportConfig(
-                name='penguin', export_base=export_base, require_blessing=False, **config
-            ),
-            model_uri=model_uri,
-        )
-    )
-    assert result.pushed, result.reason
-    return result.export_dir
 
 
 def model_signing_verify(export_dir: str, *how: str) -> subprocess.CompletedProcess:

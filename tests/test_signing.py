@@ -21,8 +21,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from final_exporter.common import keys
 from final_exporter.common.errors import InvalidInputError
-from final_exporter.core.config import ExportConfig
-from final_exporter.core.exporter import ExportRequest, run_export
 from final_exporter.storage import signature_verify
 from final_exporter.storage.signing import GIT_PATHS, load_signer, pae
 from final_exporter.storage.verify import read_manifest, verify_export
@@ -31,6 +29,7 @@ from conftest import tree_files
 from signing_support import (
     Pki,
     certificate_pem,
+    export,
     new_key,
     private_pem,
     public_pem,
@@ -38,19 +37,6 @@ from signing_support import (
     write,
     write_object,
 )
-
-
-def export(model_uri: str, export_base: str, **config) -> str:
-    result = run_export(
-        ExportRequest(
-            config=ExportConfig(
-                name='penguin', export_base=export_base, require_blessing=False, **config
-            ),
-            model_uri=model_uri,
-        )
-    )
-    assert result.pushed, result.reason
-    return result.export_dir
 
 
 @pytest.fixture

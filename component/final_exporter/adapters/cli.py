@@ -379,31 +379,16 @@ def _verify(args: argparse.Namespace) -> int:
     if args.public_key or args.certificate_chain:
         return _verify_signature(args)
     report = verify_export(args.export_dir)
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    'ok': report.ok,
-                    'export_dir': report.export_dir,
-                    'manifest_sha256': report.manifest_sha256,
-                    'missing': report.missing,
-                    'extra': report.extra,
-                    'changed': report.changed,
-                    'files_checked': report.files_checked,
-                },
-                sort_keys=True,
-            )
-        )
-    elif report.ok:
-        print(
-            f'ok: {report.files_checked} files, {human_bytes(report.bytes_checked)} match '
-            f'the manifest (sha256 {report.manifest_sha256})'
-        )
-    else:
-        print(f'{report.export_dir} does not match its manifest:')
-        for line in report.problems():
-            print(f'  {line}')
-    return EXIT_OK if report.ok else EXIT_FAILED
+    as_json = {
+        'ok': report.ok,
+        'export_dir': report.export_dir,
+        'manifest_sha256': report.manifest_sha256,
+        'missing': report.missing,
+        'extra': report.extra,
+        'changed': report.changed,
+        'files_checked': report.files_checked,
+    }
+    return _print_check(args, report, as_json, 'manifest', f'sha256 {report.manifest_sha256}')
 
 
 def _verify_signature(args: argparse.Namespace) -> int:
@@ -412,17 +397,25 @@ def _verify_signature(args: argparse.Namespace) -> int:
     report = verify_signature(
         args.export_dir, public_key=args.public_key, certificate_chain=args.certificate_chain
     )
+    certificate = report.signer.get('certificate')
+    signer = f'certificate {certificate["subject"]}' if certificate else 'key'
+    detail = f'{signer}, {report.signer.get("key_fingerprint")}'
+    return _print_check(args, report, report.as_dict(), 'signature', detail)
+
+
+def _print_check(
+    args: argparse.Namespace, report: Any, as_json: dict[str, Any], what: str, detail: str
+) -> int:
+    """Prints a `verify` outcome (JSON, one ok line, or the problems); its exit code."""
     if args.json:
-        print(json.dumps(report.as_dict(), sort_keys=True))
+        print(json.dumps(as_json, sort_keys=True))
     elif report.ok:
-        certificate = report.signer.get('certificate')
-        signer = f'certificate {certificate["subject"]}' if certificate else 'key'
         print(
             f'ok: {report.files_checked} files, {human_bytes(report.bytes_checked)} match '
-            f'the signature ({signer}, {report.signer["key_fingerprint"]})'
+            f'the {what} ({detail})'
         )
     else:
-        print(f'{report.export_dir} does not match its signature:')
+        print(f'{report.export_dir} does not match its {what}:')
         for line in report.problems():
             print(f'  {line}')
     return EXIT_OK if report.ok else EXIT_FAILED

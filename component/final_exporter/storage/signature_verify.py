@@ -21,7 +21,7 @@ from final_exporter.storage.signing_keys import (
     certificate_identity,
     key_fingerprint,
     load_certificates,
-    load_public_key,
+    load_key,
     read_key_material,
 )
 from final_exporter.storage.stores import store_for
@@ -113,7 +113,8 @@ def verify_signature(
         )
     key = roots = None
     if public_key:
-        key = load_public_key(read_key_material(public_key, '--public-key'), '--public-key')
+        data = read_key_material(public_key, '--public-key')
+        key = load_key(data, '--public-key', private=False)
     else:
         data = read_key_material(certificate_chain, '--certificate-chain')
         roots = load_certificates(data, '--certificate-chain')

@@ -47,7 +47,7 @@ from final_exporter.storage.signing_keys import (
     certificate_identity,
     key_fingerprint,
     load_certificates,
-    load_private_key,
+    load_key,
     read_key_material,
     require_signing_certificate,
 )
@@ -226,7 +226,7 @@ def load_signer(signing_key: str, signing_certificate_chain: str = '') -> Export
         InvalidInputError: if a key or certificate is missing, unreadable or malformed,
             or the certificate is not the key's or may not sign.
     """
-    key = load_private_key(read_key_material(signing_key, 'signing_key'), 'signing_key')
+    key = load_key(read_key_material(signing_key, 'signing_key'), 'signing_key', private=True)
     fingerprint = key_fingerprint(key.public_key())
     if not signing_certificate_chain:
         return ExportSigner(key, (), SignerIdentity('key', fingerprint))

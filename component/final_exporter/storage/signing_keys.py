@@ -111,8 +111,16 @@ def certificate_identity(certificate: Any) -> dict[str, Any]:
     }
 
 
-def load_private_key(data: bytes, parameter: str) -> Any:
-    """An elliptic-curve private key on a curve the standard accepts, from PEM bytes.
+# What each kind of key file should be, for the messages.
+_EXPECTED_KEY = {
+    'private': "an elliptic-curve key such as 'openssl ecparam -name prime256v1 -genkey "
+    "-noout' writes",
+    'public': "the signer's elliptic-curve public key, as 'openssl ec -pubout' writes it",
+}
+
+
+def load_key(data: bytes, parameter: str, *, private: bool) -> Any:
+    """An elliptic-curve private (or public) key on a curve the standard accepts, from PEM.
 
     Raises:
         InvalidInputError: naming `parameter` and what is wrong with the key.
@@ -120,38 +128,23 @@ def load_private_key(data: bytes, parameter: str) -> Any:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
+    kind = 'private' if private else 'public'
     try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except TypeError:
+        if private:
+            key = serialization.load_pem_private_key(data, password=None)
+        else:
+            key = serialization.load_pem_public_key(data)
+    except TypeError:  # A private key encrypted with a password.
         raise InvalidInputError(
             f'{parameter} is an encrypted private key; expected an unencrypted PEM key '
             '(keep it secret with env:NAME or a private bucket object instead)'
         ) from None
     except Exception as e:
         raise InvalidInputError(
-            f'{parameter} is not a PEM private key ({e}); expected an elliptic-curve key '
-            "such as 'openssl ecparam -name prime256v1 -genkey -noout' writes"
+            f'{parameter} is not a PEM {kind} key ({e}); expected {_EXPECTED_KEY[kind]}'
         ) from None
-    return _require_supported_curve(key, ec.EllipticCurvePrivateKey, parameter)
-
-
-def load_public_key(data: bytes, parameter: str) -> Any:
-    """An elliptic-curve public key on a curve the standard accepts, from PEM bytes.
-
-    Raises:
-        InvalidInputError: naming `parameter` and what is wrong with the key.
-    """
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    try:
-        key = serialization.load_pem_public_key(data)
-    except Exception as e:
-        raise InvalidInputError(
-            f"{parameter} is not a PEM public key ({e}); expected the signer's "
-            "elliptic-curve public key, as 'openssl ec -pubout' writes it"
-        ) from None
-    return _require_supported_curve(key, ec.EllipticCurvePublicKey, parameter)
+    expected = ec.EllipticCurvePrivateKey if private else ec.EllipticCurvePublicKey
+    return _require_supported_curve(key, expected, parameter)
 
 
 def _require_supported_curve(key: Any, kind: type, parameter: str) -> Any:
