@@ -43,6 +43,17 @@ if KFP_DECLARED and not KFP_INSTALLED:
         f'{sys.version_info.major}.{sys.version_info.minor} brings it; reinstall the environment'
     )
 collect_ignore = [] if KFP_DECLARED else list(NEEDS_KFP)
+# model-signing (the standard's verifiers and `model_signing` command): the [signing]
+# extra installs it on Python 3.11+ only (pyproject.toml says why not beside TFX 1.16).
+NEEDS_MODEL_SIGNING = ['test_signature_verify.py']
+MODEL_SIGNING_DECLARED = sys.version_info >= (3, 11)
+if MODEL_SIGNING_DECLARED and importlib.util.find_spec('model_signing') is None:
+    raise pytest.UsageError(
+        'model-signing is missing: the [signing] extra brings it on Python '
+        f'{sys.version_info.major}.{sys.version_info.minor}; reinstall the environment'
+    )
+if not MODEL_SIGNING_DECLARED:
+    collect_ignore += NEEDS_MODEL_SIGNING
 # A user's `pip install` of the wheel into a fresh venv (a few minutes): on the newest
 # tested Python, where a user on a current distribution starts (docs/tested-with.md).
 WHEEL_INSTALL_PYTHON = (3, 13)

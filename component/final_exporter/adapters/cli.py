@@ -166,8 +166,24 @@ def _add_maintenance(commands: Any) -> None:
         parser.set_defaults(func=func)
         return parser
 
-    verify = command('verify', 'check an export against its manifest', _verify)
+    verify = command(
+        'verify', 'check an export against its manifest, or against its signature', _verify
+    )
     verify.add_argument('export_dir', metavar='EXPORT_DIR')
+    key_help = 'a path, gs:// or s3:// object, or env:NAME'
+    verify.add_argument(
+        '--public-key',
+        metavar='PEM',
+        default='',
+        help=f'check the signature of a key-signed export with this public key ({key_help})',
+    )
+    verify.add_argument(
+        '--certificate-chain',
+        metavar='PEM',
+        default='',
+        help='check the signature of a certificate-signed export up to these trusted '
+        f'certificates: the root, and intermediates the signature lacks ({key_help})',
+    )
     label = command(
         'label', 'point a TensorFlow Serving version label at a version (models.config)', _label
     )
@@ -268,29 +284,46 @@ def _describe(result: ExportResult) -> str:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    if args.public_key or args.certificate_chain:
+        return _verify_signature(args)
     report = verify_export(args.export_dir)
+    as_json = {
+        'ok': report.ok,
+        'export_dir': report.export_dir,
+        'manifest_sha256': report.manifest_sha256,
+        'missing': report.missing,
+        'extra': report.extra,
+        'changed': report.changed,
+        'files_checked': report.files_checked,
+    }
+    return _print_check(args, report, as_json, 'manifest', f'sha256 {report.manifest_sha256}')
+
+
+def _verify_signature(args: argparse.Namespace) -> int:
+    from final_exporter.storage.signature_verify import verify_signature
+
+    report = verify_signature(
+        args.export_dir, public_key=args.public_key, certificate_chain=args.certificate_chain
+    )
+    certificate = report.signer.get('certificate')
+    signer = f'certificate {certificate["subject"]}' if certificate else 'key'
+    detail = f'{signer}, {report.signer.get("key_fingerprint")}'
+    return _print_check(args, report, report.as_dict(), 'signature', detail)
+
+
+def _print_check(
+    args: argparse.Namespace, report: Any, as_json: dict[str, Any], what: str, detail: str
+) -> int:
+    """Prints a `verify` outcome (JSON, one ok line, or the problems); its exit code."""
     if args.json:
-        print(
-            json.dumps(
-                {
-                    'ok': report.ok,
-                    'export_dir': report.export_dir,
-                    'manifest_sha256': report.manifest_sha256,
-                    'missing': report.missing,
-                    'extra': report.extra,
-                    'changed': report.changed,
-                    'files_checked': report.files_checked,
-                },
-                sort_keys=True,
-            )
-        )
+        print(json.dumps(as_json, sort_keys=True))
     elif report.ok:
         print(
             f'ok: {report.files_checked} files, {human_bytes(report.bytes_checked)} match '
-            f'the manifest (sha256 {report.manifest_sha256})'
+            f'the {what} ({detail})'
         )
     else:
-        print(f'{report.export_dir} does not match its manifest:')
+        print(f'{report.export_dir} does not match its {what}:')
         for line in report.problems():
             print(f'  {line}')
     return EXIT_OK if report.ok else EXIT_FAILED

@@ -171,7 +171,14 @@ def verify_tree(
     expected = {f['path']: f for f in manifest['files']}
     found = store.list_files(root)
     found.pop(keys.MANIFEST_RELPATH, None)
+    # The signature signs the manifest, so the manifest cannot list it; the lineage
+    # says whether there must be one (storage/signing.py checks what it says).
+    signed = keys.SIGNATURE_RELPATH not in expected and (
+        found.pop(keys.SIGNATURE_RELPATH, None) is not None
+    )
     report.missing = sorted(set(expected) - set(found))
+    if manifest.get('lineage', {}).get(keys.SIGNING_LINEAGE_KEY) and not signed:
+        report.missing.append(keys.SIGNATURE_RELPATH)
     report.extra = sorted(set(found) - set(expected))
     chunk_bytes = int(manifest.get('chunk_bytes', CHUNK_BYTES))
     for path in sorted(set(expected) & set(found)):
