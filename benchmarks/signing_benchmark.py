@@ -85,9 +85,9 @@ def time_sign(export_dir: str, key: str) -> dict[str, float]:
     `sign`, and of writing the signature (flushed with the rest of the staging area before
     publishing, so no fsync of its own)."""
     from final_exporter.common import keys
-    from final_exporter.storage.types import FileEntry
     from final_exporter.storage.signing import file_digests, load_signer
     from final_exporter.storage.stores import store_for
+    from final_exporter.storage.types import FileEntry
 
     store = store_for(export_dir)
     data = store.read_bytes(os.path.join(export_dir, *keys.MANIFEST_RELPATH.split('/')))

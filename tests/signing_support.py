@@ -19,9 +19,9 @@ from final_exporter.common import keys
 from final_exporter.core.config import ExportConfig
 from final_exporter.core.exporter import ExportRequest, run_export
 from final_exporter.storage.manifest import manifest_bytes
-from final_exporter.storage.types import FileEntry
 from final_exporter.storage.signing import ExportSigner, file_digests
 from final_exporter.storage.stores import store_for
+from final_exporter.storage.types import FileEntry
 from final_exporter.storage.verify import read_manifest
 
 

@@ -18,12 +18,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
 from final_exporter.common import compat, keys
-from final_exporter.common.errors import FinalExporterError, InvalidInputError
+from final_exporter.common.errors import BreakingChangeError, FinalExporterError, InvalidInputError
 from final_exporter.common.progress import TerminalLine, human_bytes
 from final_exporter.core.blessing import blessing_from_folder, stamped_model_dir
 from final_exporter.core.config import REGISTRY_PREFIX, ExportConfig
 from final_exporter.core.exporter import ExportRequest, ExportResult, run_export
 from final_exporter.core.parameter import Parameter
+from final_exporter.core.report import signer_text
 from final_exporter.storage.stores import store_for
 from final_exporter.storage.verify import read_manifest, verify_export
 from final_exporter.version import __version__
@@ -245,6 +246,12 @@ def _export(args: argparse.Namespace) -> int:
     line = None if args.json else args.terminal
     try:
         result = run_export(request, report_progress=line, workers=args.workers)
+    except BreakingChangeError as e:
+        if args.json:  # The refused diff, for the caller that reads the outcome.
+            print(
+                json.dumps({'pushed': False, 'error': str(e), 'lineage': e.lineage}, sort_keys=True)
+            )
+        raise
     finally:
         if args.terminal is not None:
             args.terminal.close()
@@ -273,6 +280,9 @@ def _describe(result: ExportResult) -> str:
         f'({result.file_count} files, {human_bytes(result.total_bytes)}, '
         f'manifest sha256 {result.manifest_sha256})'
     )
+    signing = result.lineage.get(keys.SIGNING_LINEAGE_KEY)
+    if signing:
+        text += f'; signed by {signer_text(signing)}'
     registered = result.lineage.get(keys.VERTEX_MODEL_RESOURCE_KEY)
     if registered:
         text += (

@@ -52,6 +52,7 @@ def render_report(result: ExportResult) -> str:
     ):
         if lin.get(key):
             lines.append(f'| {escape(label)} | {escape(lin[key])} |')
+    lines += _signed_by(lin)
     lines += _release_checks(lin)
     lines += _signature_diff_section(lin)
     assets = lin.get(keys.ASSETS_EXTRA_FILES_KEY) or []
@@ -110,6 +111,27 @@ def _release_checks(lin: Mapping[str, Any]) -> list[str]:
     if lin.get(keys.POST_PUBLISH_ERROR_KEY):
         rows.append(f'| After publish | **failed**: {escape(lin[keys.POST_PUBLISH_ERROR_KEY])} |')
     return rows
+
+
+def signer_text(signing: Mapping[str, Any]) -> str:
+    """Who signed, in one line: the certificate's subject and issuer, or the key; its fingerprint."""
+    certificate = signing.get('certificate')
+    if certificate:
+        who = f'certificate {certificate.get("subject")} (issued by {certificate.get("issuer")})'
+    else:
+        who = 'key'
+    return f'{who}, key fingerprint {signing.get("key_fingerprint")}'
+
+
+def _signed_by(lin: Mapping[str, Any]) -> list[str]:
+    """The "Signed by" row of a signed export (OpenSSF Model Signing, docs/signing.md)."""
+    signing = lin.get(keys.SIGNING_LINEAGE_KEY)
+    if not signing:
+        return []
+    return [
+        f'| Signed by | {escape(signer_text(signing))}; signature '
+        f'{escape(signing.get("signature"))} |'
+    ]
 
 
 def _signature_diff_section(lin: Mapping[str, Any]) -> list[str]:

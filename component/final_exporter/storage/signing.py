@@ -40,9 +40,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from final_exporter.common import keys
-from final_exporter.common.errors import InvalidInputError
-from final_exporter.storage.manifest import CHUNK_BYTES
-from final_exporter.storage.types import SHA256, FileEntry
+from final_exporter.common.errors import IntegrityError, InvalidInputError
+from final_exporter.storage.manifest import CHUNK_BYTES, chunk_count
 from final_exporter.storage.signing_keys import (
     SignerIdentity,
     certificate_identity,
@@ -52,6 +51,7 @@ from final_exporter.storage.signing_keys import (
     read_key_material,
     require_signing_certificate,
 )
+from final_exporter.storage.types import SHA256, FileEntry
 
 # What `model_signing` leaves out of a model by default when it signs and verifies
 # (its hashing.Config); left out here too, so its default `verify` agrees.
@@ -163,21 +163,36 @@ def bundle(private_key: Any, chain: Sequence[Any], payload: bytes) -> bytes:
     ).encode()
 
 
-def file_digests(files: Iterable[FileEntry], store: Any, root: str) -> dict[str, str]:
+def read_for_signing(sizes: Mapping[str, int]) -> list[str]:
+    """The files a signature must read: those of several manifest chunks, whose entry holds
+    the digest of their chunk digests rather than their whole-file SHA-256."""
+    return sorted(p for p, size in sizes.items() if chunk_count(size) > 1)
+
+
+def file_digests(
+    files: Iterable[FileEntry],
+    store: Any,
+    root: str,
+    read_already: Mapping[str, tuple[int, str]] | None = None,
+) -> dict[str, str]:
     """{path: whole-file SHA-256 hex} of the export's files a signature covers.
 
     Reads only files of several manifest chunks, in parallel, from `root` on `store`
-    (the staging area): every other entry already holds its whole-file SHA-256. It
-    needs only the staged files, so it can run while the serving checks run.
+    (the staging area): every other entry already holds its whole-file SHA-256.
+    Those `read_already` holds (`whole_file_sha256` of them, run earlier beside the
+    serving checks) are not read again.
 
     Args:
         files: The export's files as the export hashed them (every file but the
             manifest and the signature).
         store: The `storage.base.Store` holding them.
         root: Where they are staged on it.
+        read_already: {path: (size, whole-file SHA-256 hex)} already read there.
 
     Raises:
         InvalidInputError: if the export has a file of its own at the signature's path.
+        IntegrityError: if a file read for its digest has another size than when it
+            was staged.
     """
     entries = {f.path: f for f in files if not is_ignored(f.path, GIT_PATHS)}
     if keys.SIGNATURE_RELPATH in entries:
@@ -187,7 +202,15 @@ def file_digests(files: Iterable[FileEntry], store: Any, root: str) -> dict[str,
         )
     digests = {p: f.sha256 for p, f in entries.items() if f.sha256}
     several_chunks = [p for p, f in entries.items() if not f.sha256]
-    digests.update({p: d for p, (_, d) in whole_file_sha256(store, root, several_chunks).items()})
+    read = {p: v for p, v in (read_already or {}).items() if p in several_chunks}
+    read.update(whole_file_sha256(store, root, [p for p in several_chunks if p not in read]))
+    for path, (size, digest) in read.items():
+        if size != entries[path].size:
+            raise IntegrityError(
+                f'{store.join(root, *path.split("/"))} holds {size} bytes when read for its '
+                f'signature digest; it held {entries[path].size} when it was staged'
+            )
+        digests[path] = digest
     return digests
 
 
