@@ -77,9 +77,10 @@ def test_a_key_signed_export_verifies_with_model_signing_and_final_exporter(
     empty = write(tmp_path / 'empty', b'')
     with open(os.path.join(model_uri, 'Format-Serving', '.gitignore'), 'w') as f:
         f.write('*.tmp\n')
-    export_dir = export(model_uri, export_base, assets_extra={'vocab.bin': large, 'empty': empty})
+    export_dir = export(
+        model_uri, export_base, assets_extra={'vocab.bin': large, 'empty': empty}, signing_key=key
+    )
     signer = load_signer(key)
-    sign_published(export_dir, signer)
 
     standard = model_signing_verify(export_dir, 'key', '--public_key', public)
     assert standard.returncode == 0, standard.stderr
@@ -97,9 +98,8 @@ def test_a_certificate_signed_export_verifies_with_model_signing_and_final_expor
     model_uri, export_base, tmp_path
 ):
     key, chain, root = Pki().write(tmp_path / 'pki')
-    export_dir = export(model_uri, export_base)
+    export_dir = export(model_uri, export_base, signing_key=key, signing_certificate_chain=chain)
     signer = load_signer(key, chain)
-    sign_published(export_dir, signer)
 
     standard = model_signing_verify(export_dir, 'certificate', '--certificate_chain', root)
     assert standard.returncode == 0, standard.stderr
@@ -159,8 +159,7 @@ def test_tampering_is_caught_by_model_signing_and_final_exporter(
     tampering, model_uri, export_base, tmp_path, keypair
 ):
     key, public = keypair
-    export_dir = export(model_uri, export_base)
-    sign_published(export_dir, load_signer(key))
+    export_dir = export(model_uri, export_base, signing_key=key)
     tamper, where = TAMPERING[tampering]
     paths = tamper(export_dir, tmp_path)
 
@@ -179,8 +178,7 @@ def test_tampering_is_caught_by_model_signing_and_final_exporter(
 def test_a_certificate_from_another_authority_is_refused_by_both(model_uri, export_base, tmp_path):
     key, chain, _ = Pki('intruder').write(tmp_path / 'intruder')
     _, _, trusted_root = Pki().write(tmp_path / 'trusted')
-    export_dir = export(model_uri, export_base)
-    sign_published(export_dir, load_signer(key, chain))
+    export_dir = export(model_uri, export_base, signing_key=key, signing_certificate_chain=chain)
 
     standard = model_signing_verify(export_dir, 'certificate', '--certificate_chain', trusted_root)
     assert standard.returncode == 1
@@ -202,8 +200,7 @@ def test_a_bucket_exports_signature_verifies_and_a_replaced_object_is_caught(
 ):
     base, _ = bucket_base
     key, public = keypair
-    export_dir = export(model_uri, base)
-    sign_published(export_dir, load_signer(key))
+    export_dir = export(model_uri, base, signing_key=key)
 
     report = verify_signature(export_dir, public_key=public)
     assert report.ok, report.problems()
@@ -219,9 +216,19 @@ def test_a_bucket_exports_signature_verifies_and_a_replaced_object_is_caught(
 
 def test_final_exporter_verify_checks_the_signature_with_its_flags(model_uri, export_base, keypair):
     key, public = keypair
-    export_dir = export(model_uri, export_base)
-    sign_published(export_dir, load_signer(key))
     cli = os.path.join(BIN, 'final-exporter')
+    with open(key) as f:  # The key from the environment, as a pipeline step would get it.
+        environ = {**os.environ, 'PENGUIN_SIGNING_KEY': f.read()}
+    exported = subprocess.run(
+        [cli, 'export', '--model', model_uri, '--export-base', export_base, '--name', 'penguin',
+         '--no-require-blessing', '--no-smoke-test', '--signing-key', 'env:PENGUIN_SIGNING_KEY',
+         '--json'],
+        capture_output=True, text=True, timeout=300, env=environ,
+    )  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    export_dir = json.loads(exported.stdout)['export_dir']
+    standard = model_signing_verify(export_dir, 'key', '--public_key', public)
+    assert standard.returncode == 0, standard.stderr
 
     run = subprocess.run(
         [cli, 'verify', export_dir, '--public-key', public, '--json'],
@@ -252,7 +259,6 @@ def test_a_signed_export_still_loads_and_answers(model_uri, export_base, keypair
     from final_exporter.checks import smoke
 
     key, _ = keypair
-    export_dir = export(model_uri, export_base)
-    sign_published(export_dir, load_signer(key))
+    export_dir = export(model_uri, export_base, signing_key=key)
     result = smoke.smoke_test(export_dir, 'serving_default', None)
     assert result.outputs
