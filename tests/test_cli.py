@@ -77,7 +77,10 @@ def test_not_blessed_exits_0_and_writes_nothing(model_uri, export_base, make_ble
             ['--no-require-blessing', '--signing-key', 'env:FINAL_EXPORTER_TEST_UNSET_KEY'],
             "signing_key='env:FINAL_EXPORTER_TEST_UNSET_KEY' names the environment variable",
         ),
-        (['--no-require-blessing', '--signing-key', '{file}'], 'signing_key is not a PEM private key'),
+        (
+            ['--no-require-blessing', '--signing-key', '{file}'],
+            'signing_key is not a PEM private key',
+        ),
         (['--no-require-blessing', '--signing-key', '/nonexistent.key'], 'cannot be read'),
         (
             ['--no-require-blessing', '--signing-certificate-chain', '{file}'],

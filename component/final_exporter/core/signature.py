@@ -52,9 +52,11 @@ class SigningStep:
 
     def start_reading(self, sizes: Mapping[str, int]) -> None:
         """Starts reading the staged files of several chunks for their whole-file SHA-256,
-        in a thread of its own; called once every file in `sizes` holds its final bytes."""
+        in a thread of its own; called once every file in `sizes` holds its final bytes,
+        while the copy may still be hashing them."""
+        self._signer.warm_up()
         paths = read_for_signing(sizes)
-        if not paths or self._read is not None:
+        if not paths:
             return
         # The thread only hashes, through the store that staged the files: it imports
         # nothing beside the checks' TensorFlow import (see serving_checks.import_tensorflow).

@@ -116,13 +116,13 @@ def pae(payload: bytes) -> bytes:
     return header.encode() + payload
 
 
-def _hash_for(public_key: Any) -> Any:
-    """The digest the standard pairs with a curve: SHA-256, SHA-384 or SHA-512."""
+def _ecdsa(private_key: Any) -> Any:
+    """ECDSA with the digest the standard pairs with the key's curve: SHA-256, -384 or -512."""
     from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
 
-    return {256: hashes.SHA256(), 384: hashes.SHA384(), 521: hashes.SHA512()}[
-        public_key.curve.key_size
-    ]
+    digest = {256: hashes.SHA256, 384: hashes.SHA384, 521: hashes.SHA512}
+    return ec.ECDSA(digest[private_key.curve.key_size]())
 
 
 def _b64(data: bytes) -> str:
@@ -133,9 +133,8 @@ def bundle(private_key: Any, chain: Sequence[Any], payload: bytes) -> bytes:
     """The Sigstore bundle signing `payload`: key signing, or certificate signing when
     `chain` (signing certificate first) is given."""
     from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
 
-    signature = private_key.sign(pae(payload), ec.ECDSA(_hash_for(private_key.public_key())))
+    signature = private_key.sign(pae(payload), _ecdsa(private_key))
     if chain:
         material: dict[str, Any] = {
             'x509CertificateChain': {
@@ -221,6 +220,12 @@ class ExportSigner:
     private_key: Any
     chain: tuple[Any, ...]
     identity: SignerIdentity
+
+    def warm_up(self) -> None:
+        """Makes (and drops) one signature: a process's first ECDSA signature initialises
+        OpenSSL's random generator and curve tables (milliseconds), paid here, at a moment
+        the caller has to wait anyway, rather than after the manifest is written."""
+        self.private_key.sign(b'', _ecdsa(self.private_key))
 
     def sign(self, digests: Mapping[str, str], manifest_data: bytes, *, model_name: str) -> bytes:
         """The signature to stage at `keys.SIGNATURE_RELPATH`: over the files and the manifest.
