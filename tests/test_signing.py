@@ -22,7 +22,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from final_exporter.common import keys
 from final_exporter.common.errors import InvalidInputError
 from final_exporter.core.config import ExportConfig
-from final_exporter.core.exporter import ExportRequest, ExportResult, run_export
 from final_exporter.core.report import render_report
 from final_exporter.storage import signature_verify
 from final_exporter.storage.manifest import manifest_bytes
@@ -31,6 +30,7 @@ from final_exporter.storage.signing import GIT_PATHS, load_signer, pae
 from final_exporter.storage.stores import client_for, list_versions, override_client, store_for
 from final_exporter.storage.verify import read_manifest, verify_export
 from test_faults import FaultyClient
+from test_serving_contract import publish
 
 from conftest import tree_files
 from signing_support import (
@@ -333,23 +333,6 @@ def test_verifying_says_how_to_get_model_signing_where_it_is_absent():
 # --- Signing inside the export ------------------------------------------------------
 
 
-def signed_export(model_uri: str, export_base: str, **config) -> ExportResult:
-    result = run_export(
-        ExportRequest(
-            config=ExportConfig(
-                name='penguin',
-                export_base=export_base,
-                require_blessing=False,
-                smoke_test=False,
-                **config,
-            ),
-            model_uri=model_uri,
-        )
-    )
-    assert result.pushed, result.reason
-    return result
-
-
 def signed_files(statement: dict) -> dict[str, str]:
     return {r['name']: r['digest'] for r in statement['predicate']['resources']}
 
@@ -361,7 +344,7 @@ def test_a_key_from_an_environment_variable_signs_the_export_and_the_signer_is_r
     with open(key_path) as f:
         monkeypatch.setenv('PENGUIN_SIGNING_KEY', f.read())
 
-    result = signed_export(model_uri, export_base, signing_key='env:PENGUIN_SIGNING_KEY')
+    result = publish(model_uri, export_base, signing_key='env:PENGUIN_SIGNING_KEY')
 
     identity = load_signer(key_path).identity.to_lineage()
     assert result.lineage[keys.SIGNING_LINEAGE_KEY] == identity
@@ -388,7 +371,7 @@ def test_certificate_signing_inside_the_export_records_the_certificate(
     pki = Pki()
     key_path, chain_path, _ = pki.write(tmp_path / 'pki')
 
-    result = signed_export(
+    result = publish(
         model_uri, export_base, signing_key=key_path, signing_certificate_chain=chain_path
     )
 
@@ -428,11 +411,11 @@ def test_a_signed_export_of_a_signed_export_signs_its_own_files(
     model_uri, export_base, tmp_path, key_file
 ):
     _, key_path = key_file
-    first = signed_export(model_uri, export_base, signing_key=key_path)
+    first = publish(model_uri, export_base, signing_key=key_path)
     other = write(tmp_path / 'other.key', private_pem(new_key()))
 
-    again = signed_export(first.export_dir, str(tmp_path / 'again'), signing_key=other)
-    unsigned = signed_export(first.export_dir, str(tmp_path / 'unsigned'))
+    again = publish(first.export_dir, str(tmp_path / 'again'), signing_key=other)
+    unsigned = publish(first.export_dir, str(tmp_path / 'unsigned'))
 
     # The earlier signature (over the earlier manifest) is not carried over.
     assert keys.SIGNATURE_RELPATH not in {f['path'] for f in again.manifest['files']}
@@ -453,7 +436,7 @@ def test_a_bucket_export_is_signed_through_the_store(bucket_base, model_uri, tmp
     # Two manifest chunks: its whole-file digest is read from the staged object.
     large = write(tmp_path / 'vocab.bin', os.urandom(40 * 1024 * 1024))
 
-    result = signed_export(model_uri, base, signing_key=key_path, assets_extra={'v.bin': large})
+    result = publish(model_uri, base, signing_key=key_path, assets_extra={'v.bin': large})
 
     store = store_for(result.export_dir)
     signature = store.read_bytes(f'{result.export_dir}/{keys.SIGNATURE_RELPATH}')
@@ -488,7 +471,7 @@ def test_when_signing_fails_nothing_is_published(bucket_base, model_uri, key_fil
         override_client(scheme, SignatureUploadRefused(real)),
         pytest.raises(OSError, match='the bucket refused'),
     ):
-        signed_export(model_uri, base, signing_key=key_path)
+        publish(model_uri, base, signing_key=key_path)
 
     model_base = f'{base}/penguin'
     assert list_versions(model_base) == []
