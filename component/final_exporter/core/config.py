@@ -220,9 +220,10 @@ class ExportConfig:
         summary='Extra files for `assets.extra/`: destination under it -> source file (local, '
         '`gs://` or `s3://`).',
         details='Absolute destinations, `..`, `.`, backslashes, NUL and control characters, '
-        "components over 255 bytes, and `export_manifest.json` and `model.sig` (the manifest's and "
-        "the signature's places) are refused when the parameters are checked (a `ValueError` at pipeline construction) and again at run time. A "
-        'missing source fails before anything is written.',
+        'components over 255 bytes, and `export_manifest.json` and `model.sig` (the manifest '
+        'and the signature) are refused when the parameters are checked (a `ValueError` at '
+        'pipeline construction) and again at run time. A missing source fails before anything '
+        'is written.',
         metavar='DEST=SRC',
     )
     as_text: bool = param(

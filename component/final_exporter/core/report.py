@@ -114,7 +114,7 @@ def _release_checks(lin: Mapping[str, Any]) -> list[str]:
 
 
 def signer_text(signing: Mapping[str, Any]) -> str:
-    """Who signed, in one line: the certificate's subject and issuer, or the key; its fingerprint."""
+    """Who signed, in one line: the certificate (subject, issuer) or the key; its fingerprint."""
     certificate = signing.get('certificate')
     if certificate:
         who = f'certificate {certificate.get("subject")} (issued by {certificate.get("issuer")})'

@@ -5,6 +5,11 @@ publishes with one rename; a bucket stages under a hidden prefix and publishes
 with a claim and server-side copies, the SavedModel's graph file last
 (storage/bucket.py). This module tells the store how to copy (`store_options`)
 and what to copy; it never asks which kind of store it is.
+
+Before anything is staged, the serving-signature guard compares the export's
+signatures with the served version's (lifecycle/serving_contract.py); with a
+signing key, the signature is staged after the manifest (core/signature.py), so
+both are verified and published with the version, or neither is.
 """
 
 from __future__ import annotations

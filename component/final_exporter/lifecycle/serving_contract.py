@@ -40,6 +40,8 @@ NOT_COMPARED = 'not_compared'
 UNCHANGED = 'unchanged'
 COMPATIBLE = 'compatible'
 BREAKING = 'breaking'
+# Lookups of the served version when the one found is removed before its graph is read.
+_MAX_LOOKUPS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,16 +178,23 @@ def compare_with_served(
     Reads the served version's graph file only, through `store`.
     """
     store = store or store_for(model_base)
-    served = served_version(model_base, store, model_name=model_name, label=label)
-    if served is None:
-        return ContractCheck(
-            NOTHING_TO_COMPARE, model_base, reason=f'no version under {model_base!r} yet'
-        )
-    try:
-        old = read_serving_signatures(served.path, store)
-    except InvalidInputError as e:
-        logger.warning('Serving signatures not compared with %s: %s', served.describe(), e)
-        return ContractCheck(NOT_COMPARED, model_base, served, reason=str(e))
+    for _ in range(_MAX_LOOKUPS):
+        served = served_version(model_base, store, model_name=model_name, label=label)
+        if served is None:
+            return ContractCheck(
+                NOTHING_TO_COMPARE, model_base, reason=f'no version under {model_base!r} yet'
+            )
+        try:
+            old = read_serving_signatures(served.path, store)
+            break
+        except FileNotFoundError:  # Removed (retention, rollback) since it was listed.
+            continue
+        except InvalidInputError as e:
+            logger.warning('Serving signatures not compared with %s: %s', served.describe(), e)
+            return ContractCheck(NOT_COMPARED, model_base, served, reason=str(e))
+    else:
+        reason = f'the served version under {model_base!r} kept being removed while it was read'
+        return ContractCheck(NOT_COMPARED, model_base, served, reason=reason)
     diff = diff_signatures(old.signatures, new.signatures)
     status = BREAKING if diff.breaking else COMPATIBLE if diff.compatible else UNCHANGED
     return ContractCheck(status, model_base, served, old.graph_file, diff)
