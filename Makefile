@@ -26,6 +26,7 @@ soak: venv
 benchmark: venv
 	$(VENV)/python benchmarks/export_benchmark.py --sizes all --repeats 5
 	$(VENV)/python benchmarks/large_model_benchmark.py --repeats 5 --plot docs/large_models.png
+	$(VENV)/python benchmarks/signing_benchmark.py --repeats 5
 
 # The component image, built with podman from the Dockerfile (scripts/image.sh; where the
 # base cannot be pulled, a local stand-in of it: docs/kubeflow-vertex.md).

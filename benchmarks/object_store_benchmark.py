@@ -88,7 +88,7 @@ EXPORTER_METHODS = (CLI, CORE)
 # run_export's object-store steps (final_exporter.storage.bucket.BucketStore methods) -> phase.
 PHASES = {
     'stage': 'upload',
-    'write_manifest': 'upload',
+    'write_export_file': 'upload',
     'verify_staged': 'verify staging',
     '_claim_version': 'claim',
     '_publish_copies': 'server-side copy',

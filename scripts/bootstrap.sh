@@ -39,5 +39,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade 'pip<27'
 # -c pins every transitive package to the set this project is tested with.
-.venv/bin/python -m pip install --quiet -c "$constraints" -e '.[test,bench]'
+.venv/bin/python -m pip install --quiet -c "$constraints" -e '.[test,bench,signing]'
 echo "$want" > "$stamp"

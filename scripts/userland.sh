@@ -40,8 +40,8 @@ fi
 
 # name|python|constraints file|pip requirement|what runs there
 ENVS=(
-  "tfx1.21-py3.11|$PY311_BIN|constraints/tfx-1.21-py3.11.txt|.[test,bench]|the whole suite"
-  "tfx1.21-py3.13|$PY313_BIN|constraints/tfx-1.21-py3.13.txt|.[test]|core, CLI, object stores, wheel install; no kfp (TFX 1.21 declares it for Python < 3.12), so the 4 Kubeflow test files are not collected"
+  "tfx1.21-py3.11|$PY311_BIN|constraints/tfx-1.21-py3.11.txt|.[test,bench,signing]|the whole suite"
+  "tfx1.21-py3.13|$PY313_BIN|constraints/tfx-1.21-py3.13.txt|.[test,signing]|core, CLI, object stores, wheel install; no kfp (TFX 1.21 declares it for Python < 3.12), so the 4 Kubeflow test files are not collected"
 )
 
 say() { printf 'userland: %s\n' "$*" >&2; }

@@ -43,6 +43,17 @@ if KFP_DECLARED and not KFP_INSTALLED:
         f'{sys.version_info.major}.{sys.version_info.minor} brings it; reinstall the environment'
     )
 collect_ignore = [] if KFP_DECLARED else list(NEEDS_KFP)
+# model-signing (the standard's verifiers and `model_signing` command): the [signing]
+# extra installs it on Python 3.11+ only (pyproject.toml says why not beside TFX 1.16).
+NEEDS_MODEL_SIGNING = ['test_signature_verify.py']
+MODEL_SIGNING_DECLARED = sys.version_info >= (3, 11)
+if MODEL_SIGNING_DECLARED and importlib.util.find_spec('model_signing') is None:
+    raise pytest.UsageError(
+        'model-signing is missing: the [signing] extra brings it on Python '
+        f'{sys.version_info.major}.{sys.version_info.minor}; reinstall the environment'
+    )
+if not MODEL_SIGNING_DECLARED:
+    collect_ignore += NEEDS_MODEL_SIGNING
 # A user's `pip install` of the wheel into a fresh venv (a few minutes): on the newest
 # tested Python, where a user on a current distribution starts (docs/tested-with.md).
 WHEEL_INSTALL_PYTHON = (3, 13)
@@ -230,3 +241,98 @@ def pytest_sessionfinish(session, exitstatus):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, 'w') as f:
             json.dump(summary, f, indent=2, sort_keys=True)
+
+
+# --- Real SavedModels whose serving signatures differ in known ways -------------------
+
+
+def _signature_fn(inputs: dict, outputs=None):
+    """A tf.function whose signature has `inputs` ({key: (shape, dtype)}), returning
+    `outputs(tensors)` or one float32 scalar `y`."""
+    import tensorflow as tf
+
+    names = list(inputs)
+    specs = [tf.TensorSpec(shape, dtype, name=name) for name, (shape, dtype) in inputs.items()]
+
+    @tf.function(input_signature=specs)
+    def fn(*tensors):
+        if outputs:
+            return outputs(dict(zip(names, tensors, strict=True)))
+        return {'y': tf.cast(tf.size(tensors[0]), tf.float32)}
+
+    return fn
+
+
+def _save_tf1_model(path: str, method_name: str, sparse_ids: bool) -> str:
+    """A graph-mode SavedModel (SavedModelBuilder), as Estimators wrote: any method name,
+    and sparse inputs as coo_sparse TensorInfos."""
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    with tf.Graph().as_default(), v1.Session() as session:
+        x = v1.placeholder(tf.float32, [None, 3], name='x')
+        ids = (v1.sparse_placeholder if sparse_ids else v1.placeholder)(tf.int64, [None, 5], 'ids')
+        info = v1.saved_model.utils.build_tensor_info
+        signature = v1.saved_model.signature_def_utils.build_signature_def(
+            {'x': info(x), 'ids': info(ids)}, {'y': info(tf.reduce_sum(x, axis=1))}, method_name
+        )
+        builder = v1.saved_model.Builder(path)
+        builder.add_meta_graph_and_variables(session, ['serve'], {'serving_default': signature})
+        builder.save()
+    return path
+
+
+@pytest.fixture(scope='session')
+def signature_models(tmp_path_factory) -> dict[str, str]:
+    """Small real SavedModels for the serving-signature guard, by name.
+
+    `served` and `changed` (tf.saved_model.save) differ signature by signature as
+    the key says: `relax` x (None, 3) -> (None, None); `narrow` x (None, None) ->
+    (None, 3); `unknown_rank` x <unknown> -> (None,); `fixed` x (None, 3) -> (None, 4);
+    `rank` x (None, 3) -> (None, 3, 1); `dtype` ids int64 -> int32; `rename` x ->
+    features; `add_input` + w; `remove_input` - w; `outputs`: score float32 -> float64,
+    label removed, prob added; `gone` removed; `new` added; `same` unchanged.
+    `tf1_predict` and `tf1_regress` (SavedModelBuilder) differ in method name and in
+    `ids`, sparse in the first and dense in the second.
+    """
+    import tensorflow as tf
+
+    f32, vec, mat = tf.float32, [None], [None, 3]
+
+    def outputs(score_dtype, extra):
+        return lambda t: {'score': tf.cast(tf.reduce_sum(t['x']), score_dtype), **extra()}
+
+    served = {
+        'relax': {'x': (mat, f32)}, 'narrow': {'x': ([None, None], f32)},
+        'unknown_rank': {'x': (None, f32)}, 'fixed': {'x': (mat, f32)},
+        'rank': {'x': (mat, f32)}, 'dtype': {'ids': (vec, tf.int64)},
+        'rename': {'x': (mat, f32)}, 'add_input': {'x': (vec, f32)},
+        'remove_input': {'x': (vec, f32), 'w': (vec, f32)}, 'gone': {'x': (vec, f32)},
+        'same': {'x': (vec, f32)},
+    }  # fmt: skip
+    changed = {
+        **served,
+        'relax': {'x': ([None, None], f32)}, 'narrow': {'x': (mat, f32)},
+        'unknown_rank': {'x': (vec, f32)}, 'fixed': {'x': ([None, 4], f32)},
+        'rank': {'x': ([None, 3, 1], f32)}, 'dtype': {'ids': (vec, tf.int32)},
+        'rename': {'features': (mat, f32)}, 'add_input': {'x': (vec, f32), 'w': (vec, f32)},
+        'remove_input': {'x': (vec, f32)}, 'new': {'x': (vec, f32)},
+    }  # fmt: skip
+    del changed['gone']
+    root = tmp_path_factory.mktemp('signature_models')
+    models = {}
+    for name, signatures, score in (
+        ('served', served, outputs(f32, lambda: {'label': tf.constant('a')})),
+        ('changed', changed, outputs(tf.float64, lambda: {'prob': tf.constant(0.5)})),
+    ):
+        functions = {key: _signature_fn(inputs) for key, inputs in signatures.items()}
+        functions['outputs'] = _signature_fn({'x': (vec, f32)}, score)
+        models[name] = str(root / name)
+        tf.saved_model.save(tf.Module(), models[name], signatures=functions)
+    models['tf1_predict'] = _save_tf1_model(
+        str(root / 'tf1_predict'), 'tensorflow/serving/predict', True
+    )
+    models['tf1_regress'] = _save_tf1_model(
+        str(root / 'tf1_regress'), 'tensorflow/serving/regress', False
+    )
+    return models

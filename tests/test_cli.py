@@ -73,6 +73,19 @@ def test_not_blessed_exits_0_and_writes_nothing(model_uri, export_base, make_ble
         (['--name', 'a/b'], 'contains a "/"'),
         (['--model-blessing', '{empty}'], 'verdict files'),
         ([], 'no blessing was given'),
+        (
+            ['--no-require-blessing', '--signing-key', 'env:FINAL_EXPORTER_TEST_UNSET_KEY'],
+            "signing_key='env:FINAL_EXPORTER_TEST_UNSET_KEY' names the environment variable",
+        ),
+        (
+            ['--no-require-blessing', '--signing-key', '{file}'],
+            'signing_key is not a PEM private key',
+        ),
+        (['--no-require-blessing', '--signing-key', '/nonexistent.key'], 'cannot be read'),
+        (
+            ['--no-require-blessing', '--signing-certificate-chain', '{file}'],
+            'signing_certificate_chain given without signing_key',
+        ),
     ],
     ids=[
         'missing-model',
@@ -84,6 +97,10 @@ def test_not_blessed_exits_0_and_writes_nothing(model_uri, export_base, make_ble
         'bad-name',
         'bad-blessing',
         'no-blessing',
+        'signing-key-in-an-unset-variable',
+        'signing-key-not-pem',
+        'signing-key-missing',
+        'certificate-chain-without-key',
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_nothing_written(

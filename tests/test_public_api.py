@@ -12,6 +12,7 @@ PUBLIC = {
     'final_exporter': {
         'Blessing',
         'BlessingMismatchError',
+        'BreakingChangeError',
         'ExportConfig',
         'ExportRequest',
         'ExportResult',

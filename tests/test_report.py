@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from final_exporter.checks.signature_defs import TensorSpec
+from final_exporter.checks.signature_diff import SignatureChange, SignatureDiff
 from final_exporter.common import keys
 from final_exporter.core.exporter import ExportResult
 from final_exporter.core.report import escape, render_report
+from final_exporter.lifecycle.serving_contract import ContractCheck, ServedVersion
 
 
 def result(**lineage) -> ExportResult:
@@ -76,3 +79,37 @@ def test_injected_markup_is_escaped():
     assert '[link](http' not in text
     assert escape(hostile) in text
     assert '\\|' in escape('a | b')
+
+
+def signature_check(status: str, diff=None, reason=None):
+    served = ServedVersion(1699999999, '/srv/models/penguin/1699999999', 'stable')
+    return ContractCheck(status, '/srv/models/penguin', served, 'saved_model.pb', diff, reason)
+
+
+def test_report_names_every_serving_signature_change_an_allowed_export_let_through():
+    strings = TensorSpec('string', (-1,))
+    diff = SignatureDiff(
+        breaks=(
+            SignatureChange('input_renamed', 'serving_default', 'input', 'examples', 'serialized',
+                            old=strings, new=strings),
+        ),
+        compatible=(SignatureChange('signature_added', 'classify', new_method='tensorflow/serving/predict'),),
+    )  # fmt: skip
+    check = signature_check('breaking', diff)
+
+    text = render_report(result(**check.to_lineage(allow_breaking_changes=True)))
+
+    assert '## Serving signatures' in text
+    assert '**Breaking** for the clients of version 1699999999 (labelled stable)' in text
+    assert 'allow\\_breaking\\_changes' in text
+    assert f'- {escape(diff.breaks[0].text())}' in text
+    assert f'- {escape(diff.compatible[0].text())}' in text
+
+
+def test_report_says_when_there_was_nothing_to_compare():
+    check = ContractCheck('nothing_to_compare', '/srv/m', reason="no version under '/srv/m' yet")
+
+    text = render_report(result(**check.to_lineage(allow_breaking_changes=False)))
+
+    assert f'Nothing to compare: {escape(check.reason)}.' in text
+    assert 'Breaking' not in text

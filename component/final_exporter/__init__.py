@@ -14,6 +14,7 @@ from typing import Any
 
 from final_exporter.common.errors import (
     BlessingMismatchError,
+    BreakingChangeError,
     FinalExporterError,
     IntegrityError,
     InvalidInputError,
@@ -40,6 +41,7 @@ _MOVED = {
 __all__ = [
     'Blessing',
     'BlessingMismatchError',
+    'BreakingChangeError',
     'ExportConfig',
     'ExportRequest',
     'ExportResult',

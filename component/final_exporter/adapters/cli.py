@@ -18,12 +18,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
 from final_exporter.common import compat, keys
-from final_exporter.common.errors import FinalExporterError, InvalidInputError
+from final_exporter.common.errors import BreakingChangeError, FinalExporterError, InvalidInputError
 from final_exporter.common.progress import TerminalLine, human_bytes
 from final_exporter.core.blessing import blessing_from_folder, stamped_model_dir
 from final_exporter.core.config import REGISTRY_PREFIX, ExportConfig
 from final_exporter.core.exporter import ExportRequest, ExportResult, run_export
 from final_exporter.core.parameter import Parameter
+from final_exporter.core.report import signer_text
 from final_exporter.storage.stores import store_for
 from final_exporter.storage.verify import read_manifest, verify_export
 from final_exporter.version import __version__
@@ -166,8 +167,24 @@ def _add_maintenance(commands: Any) -> None:
         parser.set_defaults(func=func)
         return parser
 
-    verify = command('verify', 'check an export against its manifest', _verify)
+    verify = command(
+        'verify', 'check an export against its manifest, or against its signature', _verify
+    )
     verify.add_argument('export_dir', metavar='EXPORT_DIR')
+    key_help = 'a path, gs:// or s3:// object, or env:NAME'
+    verify.add_argument(
+        '--public-key',
+        metavar='PEM',
+        default='',
+        help=f'check the signature of a key-signed export with this public key ({key_help})',
+    )
+    verify.add_argument(
+        '--certificate-chain',
+        metavar='PEM',
+        default='',
+        help='check the signature of a certificate-signed export up to these trusted '
+        f'certificates: the root, and intermediates the signature lacks ({key_help})',
+    )
     label = command(
         'label', 'point a TensorFlow Serving version label at a version (models.config)', _label
     )
@@ -229,6 +246,12 @@ def _export(args: argparse.Namespace) -> int:
     line = None if args.json else args.terminal
     try:
         result = run_export(request, report_progress=line, workers=args.workers)
+    except BreakingChangeError as e:
+        if args.json:  # The refused diff, for the caller that reads the outcome.
+            print(
+                json.dumps({'pushed': False, 'error': str(e), 'lineage': e.lineage}, sort_keys=True)
+            )
+        raise
     finally:
         if args.terminal is not None:
             args.terminal.close()
@@ -257,6 +280,9 @@ def _describe(result: ExportResult) -> str:
         f'({result.file_count} files, {human_bytes(result.total_bytes)}, '
         f'manifest sha256 {result.manifest_sha256})'
     )
+    signing = result.lineage.get(keys.SIGNING_LINEAGE_KEY)
+    if signing:
+        text += f'; signed by {signer_text(signing)}'
     registered = result.lineage.get(keys.VERTEX_MODEL_RESOURCE_KEY)
     if registered:
         text += (
@@ -268,29 +294,46 @@ def _describe(result: ExportResult) -> str:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    if args.public_key or args.certificate_chain:
+        return _verify_signature(args)
     report = verify_export(args.export_dir)
+    as_json = {
+        'ok': report.ok,
+        'export_dir': report.export_dir,
+        'manifest_sha256': report.manifest_sha256,
+        'missing': report.missing,
+        'extra': report.extra,
+        'changed': report.changed,
+        'files_checked': report.files_checked,
+    }
+    return _print_check(args, report, as_json, 'manifest', f'sha256 {report.manifest_sha256}')
+
+
+def _verify_signature(args: argparse.Namespace) -> int:
+    from final_exporter.storage.signature_verify import verify_signature
+
+    report = verify_signature(
+        args.export_dir, public_key=args.public_key, certificate_chain=args.certificate_chain
+    )
+    certificate = report.signer.get('certificate')
+    signer = f'certificate {certificate["subject"]}' if certificate else 'key'
+    detail = f'{signer}, {report.signer.get("key_fingerprint")}'
+    return _print_check(args, report, report.as_dict(), 'signature', detail)
+
+
+def _print_check(
+    args: argparse.Namespace, report: Any, as_json: dict[str, Any], what: str, detail: str
+) -> int:
+    """Prints a `verify` outcome (JSON, one ok line, or the problems); its exit code."""
     if args.json:
-        print(
-            json.dumps(
-                {
-                    'ok': report.ok,
-                    'export_dir': report.export_dir,
-                    'manifest_sha256': report.manifest_sha256,
-                    'missing': report.missing,
-                    'extra': report.extra,
-                    'changed': report.changed,
-                    'files_checked': report.files_checked,
-                },
-                sort_keys=True,
-            )
-        )
+        print(json.dumps(as_json, sort_keys=True))
     elif report.ok:
         print(
             f'ok: {report.files_checked} files, {human_bytes(report.bytes_checked)} match '
-            f'the manifest (sha256 {report.manifest_sha256})'
+            f'the {what} ({detail})'
         )
     else:
-        print(f'{report.export_dir} does not match its manifest:')
+        print(f'{report.export_dir} does not match its {what}:')
         for line in report.problems():
             print(f'  {line}')
     return EXIT_OK if report.ok else EXIT_FAILED

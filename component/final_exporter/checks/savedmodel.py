@@ -14,6 +14,9 @@ import dataclasses
 import re
 from typing import Any
 
+from final_exporter.checks.protowire import LEN as _LEN
+from final_exporter.checks.protowire import WireError as _WireError
+from final_exporter.checks.protowire import fields as _fields
 from final_exporter.common import keys
 from final_exporter.common.errors import InvalidInputError
 
@@ -186,55 +189,9 @@ def _check_variables(path: str, store: Any) -> None:
         )
 
 
-# --- protobuf wire format -------------------------------------------------
+# --- protobuf wire format (checks/protowire.py) -----------------------------
 # SavedModel:   1 saved_model_schema_version (varint), 2 meta_graphs (MetaGraphDef)
 # MetaGraphDef: 1 meta_info_def (MetaInfoDef: 4 tags), 5 signature_def (map entry: 1 key)
-
-_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
-
-
-class _WireError(ValueError):
-    pass
-
-
-def _read_varint(buf: memoryview | bytes, pos: int, end: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= end:
-            raise _WireError('truncated varint')
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise _WireError('varint too long')
-
-
-def _fields(buf: memoryview | bytes, start: int, end: int):
-    """Yields (field_number, wire_type, value_start, value_end) of one message."""
-    pos = start
-    while pos < end:
-        tag, pos = _read_varint(buf, pos, end)
-        field, wire = tag >> 3, tag & 7
-        if field == 0:
-            raise _WireError('field number 0')
-        if wire == _VARINT:
-            value_start = pos
-            _, pos = _read_varint(buf, pos, end)
-        elif wire == _I64:
-            value_start, pos = pos, pos + 8
-        elif wire == _I32:
-            value_start, pos = pos, pos + 4
-        elif wire == _LEN:
-            length, value_start = _read_varint(buf, pos, end)
-            pos = value_start + length
-        else:
-            raise _WireError(f'unsupported wire type {wire}')
-        if pos > end:
-            raise _WireError('message truncated')
-        yield field, wire, value_start, pos
 
 
 def _parse_saved_model_pb(pb_path: str, data: bytes) -> tuple[list[str], list[str]]:

@@ -5,6 +5,9 @@ input): the CLI turns it into exit code 2 and one line on stderr. Everything
 else is an operational failure (exit code 1).
 """
 
+from collections.abc import Mapping
+from typing import Any
+
 
 class FinalExporterError(Exception):
     """Base class of the errors this package raises on purpose."""
@@ -20,3 +23,19 @@ class BlessingMismatchError(InvalidInputError):
 
 class IntegrityError(FinalExporterError):
     """Bytes on disk do not match what was read or what the manifest records."""
+
+
+class BreakingChangeError(InvalidInputError):
+    """The export would break the clients of the served version (its serving signatures).
+
+    Bad input like the others (exit code 2, nothing published): the model is the
+    user's to fix, or to export anyway with `allow_breaking_changes=True`.
+
+    Attributes:
+        lineage: The guard's record of the refused export (`serving_signature_diff`
+            and `serving_signature_breaks`), for a caller that reports failures.
+    """
+
+    def __init__(self, message: str, lineage: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.lineage = dict(lineage or {})

@@ -53,6 +53,12 @@ IDEMPOTENCY_KEY_KEY = 'idempotency_key'
 SMOKE_TEST_LINEAGE_KEY = 'smoke_test'
 PARITY_LINEAGE_KEY = 'prediction_parity'
 WARMUP_LINEAGE_KEY = 'warmup_requests'
+# The serving-signature guard (lifecycle/serving_contract.py): the diff against the
+# served version, always; the breaks an `allow_breaking_changes` export let through.
+SIGNATURE_DIFF_LINEAGE_KEY = 'serving_signature_diff'
+SIGNATURE_BREAKS_LINEAGE_KEY = 'serving_signature_breaks'
+# Who signed the export (storage/signing.py): in the sealed manifest, so it is signed too.
+SIGNING_LINEAGE_KEY = 'signing'
 # Recorded after publish (on the PushedModel and in the report, not in the sealed manifest).
 LABELS_LINEAGE_KEY = 'version_labels'
 RETENTION_LINEAGE_KEY = 'retention'
@@ -77,6 +83,11 @@ STAMPED_MODEL_DIR = 'stamped_model'
 ASSETS_EXTRA_DIR = 'assets.extra'
 MANIFEST_FILENAME = 'export_manifest.json'
 MANIFEST_RELPATH = f'{ASSETS_EXTRA_DIR}/{MANIFEST_FILENAME}'
+# The OpenSSF Model Signing signature (a Sigstore bundle) over every other file; the
+# standard's own default file name. TensorFlow Serving reads nothing else in assets.extra
+# but its warmup file.
+SIGNATURE_FILENAME = 'model.sig'
+SIGNATURE_RELPATH = f'{ASSETS_EXTRA_DIR}/{SIGNATURE_FILENAME}'
 # Staging folders and prefixes: hidden, non-numeric, never loaded by a model server.
 STAGING_PREFIX = '.final-exporter-staging-'
 LINEAGE_FILENAME = 'lineage.json'

@@ -77,9 +77,10 @@ def validate_assets_extra_dest(dest: Any) -> str:
                 'expected e.g. "labels/classes.txt"'
             )
         _check_component(part, what='assets_extra destination', value=dest)
-    if dest == keys.MANIFEST_FILENAME:
+    reserved = {keys.MANIFEST_FILENAME: 'manifest', keys.SIGNATURE_FILENAME: 'signature'}
+    if dest in reserved:
         raise InvalidInputError(
-            f'assets_extra destination {dest!r} is reserved for the export manifest; '
+            f'assets_extra destination {dest!r} is reserved for the export {reserved[dest]}; '
             'choose another name'
         )
     return dest
@@ -219,9 +220,10 @@ class ExportConfig:
         summary='Extra files for `assets.extra/`: destination under it -> source file (local, '
         '`gs://` or `s3://`).',
         details='Absolute destinations, `..`, `.`, backslashes, NUL and control characters, '
-        'components over 255 bytes and `export_manifest.json` are refused when the parameters '
-        'are checked (a `ValueError` at pipeline construction) and again at run time. A '
-        'missing source fails before anything is written.',
+        'components over 255 bytes, and `export_manifest.json` and `model.sig` (the manifest '
+        'and the signature) are refused when the parameters are checked (a `ValueError` at '
+        'pipeline construction) and again at run time. A missing source fails before anything '
+        'is written.',
         metavar='DEST=SRC',
     )
     as_text: bool = param(
@@ -319,6 +321,40 @@ class ExportConfig:
         'downloading the staged objects. Off by default because the copy already hashed every '
         'byte it wrote (the default check compares the listing, sizes and those hashes without '
         're-reading).',
+    )
+    allow_breaking_changes: bool = param(
+        FLAG,
+        False,
+        summary='Export even when the new serving signatures break the clients of the served '
+        'version; off: such an export fails and nothing is published.',
+        details='The served version is the one labelled `stable` in `models.config`, else the '
+        'newest; only its graph file is read. Breaking: a removed signature, an input added, '
+        'removed or renamed, an input dtype changed or shape narrowed, an output removed or its '
+        'dtype changed, a changed method name. Either way the comparison is recorded in lineage '
+        '(`serving_signature_diff`), and breaks let through under `serving_signature_breaks`.',
+        switch=True,
+    )
+    signing_key: str = param(
+        STR,
+        '',
+        summary='Sign the export (OpenSSF Model Signing) with this elliptic-curve private key '
+        '(PEM; P-256, P-384 or P-521): a path, `gs://` or `s3://` object, or `env:NAME`; '
+        'empty: unsigned.',
+        details='`env:NAME` reads the PEM text from the environment variable `NAME` of the '
+        'process that exports, so no secret sits in the pipeline spec. The signature is written '
+        'to `assets.extra/model.sig`; `model_signing verify` and `final-exporter verify '
+        '--public-key` check it. A missing, unreadable or malformed key fails before anything '
+        'is written. Needs the `[signing]` extra.',
+        metavar='PEM',
+    )
+    signing_certificate_chain: str = param(
+        STR,
+        '',
+        summary="For certificate signing: `signing_key`'s certificate first, then its "
+        'intermediates (PEM), in any form `signing_key` takes; empty: key signing.',
+        details="The signer's certificate identity (subject, SANs, issuer, fingerprint) is "
+        'recorded in lineage.',
+        metavar='PEM',
     )
     vertex_model: str = param(
         STR,
@@ -424,7 +460,24 @@ class ExportConfig:
                 f'label {self.label!r} is not a TensorFlow Serving version label; expected a '
                 'letter, then up to 62 letters, digits, "_", "." or "-" (e.g. "canary")'
             )
+        self._check_signing()
         self._check_registry()
+
+    def _check_signing(self) -> None:
+        """The key sources are strings; a certificate chain signs only with its key."""
+        set_ = functools.partial(object.__setattr__, self)
+        for key in ('signing_key', 'signing_certificate_chain'):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, str):
+                raise InvalidInputError(
+                    f'{key} must be a path, gs:// or s3:// object, or env:NAME, got {value!r}'
+                )
+            set_(key, (value or '').strip())
+        if self.signing_certificate_chain and not self.signing_key:
+            raise InvalidInputError(
+                'signing_certificate_chain given without signing_key; set signing_key to the '
+                "private key of the chain's first certificate"
+            )
 
     def _check_registry(self) -> None:
         """Reads the `vertex_*` parameters; `RegistryTarget` checks them as Vertex AI would."""

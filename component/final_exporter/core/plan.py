@@ -25,6 +25,7 @@ from final_exporter.core import lineage
 from final_exporter.core.config import ExportConfig
 from final_exporter.core.request import ExportRequest
 from final_exporter.storage.base import Store
+from final_exporter.storage.signing import ExportSigner, load_signer
 from final_exporter.storage.stores import store_for
 from final_exporter.storage.types import CopyItem, FileEntry
 
@@ -40,7 +41,8 @@ class Plan:
             are read from (a local copy of a model in a bucket that TensorFlow
             rewrites, see `with_local_source`).
         assets: The `assets_extra` files, as copy items.
-        items: Every file the export holds but the manifest, with its source.
+        items: Every file the export holds but the manifest (and signature), with its source.
+        signer: The signing key (and chain), read and checked; None: unsigned.
     """
 
     source_store: Store
@@ -48,6 +50,7 @@ class Plan:
     source: SavedModelInfo
     assets: list[CopyItem]
     items: list[CopyItem]
+    signer: ExportSigner | None = None
 
 
 def rewrites(config: ExportConfig) -> bool:
@@ -60,8 +63,8 @@ def plan_export(request: ExportRequest) -> Plan:
     """Resolves and checks the source model and plans the copy; writes nothing.
 
     Raises:
-        InvalidInputError: for a model, `assets_extra` source or serving option that
-            cannot be exported.
+        InvalidInputError: for a model, `assets_extra` source, serving option or
+            signing key that cannot be exported.
     """
     config = request.config
     with _unreadable_is_bad_input():
@@ -71,7 +74,21 @@ def plan_export(request: ExportRequest) -> Plan:
         assets = _check_assets_extra_sources(config.assets_extra)
         items = _plan_copy(source_store, source, config, assets)
     _check_serving_inputs(config, request, items)
-    return Plan(source_store, source_dir, source, assets, items)
+    return Plan(source_store, source_dir, source, assets, items, _signer(config))
+
+
+def _signer(config: ExportConfig) -> ExportSigner | None:
+    """The signing key and chain, read and checked now: a bad key is found before anything
+    is written."""
+    if not config.signing_key:
+        return None
+    try:
+        return load_signer(config.signing_key, config.signing_certificate_chain)
+    except ImportError as e:  # `cryptography`, which the [signing] extra brings.
+        raise InvalidInputError(
+            "signing_key needs the [signing] extra: pip install 'tfx-final-exporter[signing]' "
+            f'({type(e).__name__}: {e})'
+        ) from None
 
 
 def with_local_source(plan: Plan, config: ExportConfig, cleanup: contextlib.ExitStack) -> Plan:
@@ -176,8 +193,9 @@ def _plan_copy(
     store: Store, source: SavedModelInfo, config: ExportConfig, assets: list[CopyItem]
 ) -> list[CopyItem]:
     """All files the export will hold (but the manifest), with their sources."""
-    # A re-export of an export carries an old manifest; the new one replaces it.
-    exclude = [keys.MANIFEST_RELPATH]
+    # A re-export of an export carries an old manifest and signature (over that manifest);
+    # the new export writes its own.
+    exclude = [keys.MANIFEST_RELPATH, keys.SIGNATURE_RELPATH]
     if config.serving_fn:
         # TensorFlow writes the SavedModel itself; only assets.extra is copied.
         planned = [

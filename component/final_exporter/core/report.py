@@ -52,7 +52,9 @@ def render_report(result: ExportResult) -> str:
     ):
         if lin.get(key):
             lines.append(f'| {escape(label)} | {escape(lin[key])} |')
+    lines += _signed_by(lin)
     lines += _release_checks(lin)
+    lines += _signature_diff_section(lin)
     assets = lin.get(keys.ASSETS_EXTRA_FILES_KEY) or []
     if assets:
         lines += ['', '## assets.extra', ''] + [f'- {escape(a)}' for a in assets]
@@ -109,6 +111,56 @@ def _release_checks(lin: Mapping[str, Any]) -> list[str]:
     if lin.get(keys.POST_PUBLISH_ERROR_KEY):
         rows.append(f'| After publish | **failed**: {escape(lin[keys.POST_PUBLISH_ERROR_KEY])} |')
     return rows
+
+
+def signer_text(signing: Mapping[str, Any]) -> str:
+    """Who signed, in one line: the certificate (subject, issuer) or the key; its fingerprint."""
+    certificate = signing.get('certificate')
+    if certificate:
+        who = f'certificate {certificate.get("subject")} (issued by {certificate.get("issuer")})'
+    else:
+        who = 'key'
+    return f'{who}, key fingerprint {signing.get("key_fingerprint")}'
+
+
+def _signed_by(lin: Mapping[str, Any]) -> list[str]:
+    """The "Signed by" row of a signed export (OpenSSF Model Signing, docs/signing.md)."""
+    signing = lin.get(keys.SIGNING_LINEAGE_KEY)
+    if not signing:
+        return []
+    return [
+        f'| Signed by | {escape(signer_text(signing))}; signature '
+        f'{escape(signing.get("signature"))} |'
+    ]
+
+
+def _signature_diff_section(lin: Mapping[str, Any]) -> list[str]:
+    """The serving-signature guard's outcome (lifecycle/serving_contract.py), with every change."""
+    record = lin.get(keys.SIGNATURE_DIFF_LINEAGE_KEY)
+    if not record:
+        return []
+    served = record.get('compared_with') or {}
+    label = served.get('label')
+    against = f'version {served.get("version")} ' + (
+        f'(labelled {escape(label)})' if label else '(the newest)'
+    )
+    status = record.get('status')
+    summary = {
+        'nothing_to_compare': f'Nothing to compare: {escape(record.get("reason"))}.',
+        'not_compared': f'Not compared with {against}: {escape(record.get("reason"))}.',
+        'unchanged': f'Unchanged from {against}.',
+        'compatible': f'Compatible with {against}.',
+        'breaking': f'**Breaking** for the clients of {against}; exported with '
+        'allow\\_breaking\\_changes.',
+    }.get(status, escape(status))
+    lines = ['', '## Serving signatures', '', summary]
+    for title, changes in (
+        ('Breaking changes', record.get('breaks') or []),
+        ('Compatible changes', record.get('compatible_changes') or []),
+    ):
+        if changes:
+            lines += ['', f'{title}:', ''] + [f'- {escape(c.get("text"))}' for c in changes]
+    return lines
 
 
 def _fmt(value: Any) -> str:

@@ -5,12 +5,18 @@ publishes with one rename; a bucket stages under a hidden prefix and publishes
 with a claim and server-side copies, the SavedModel's graph file last
 (storage/bucket.py). This module tells the store how to copy (`store_options`)
 and what to copy; it never asks which kind of store it is.
+
+Before anything is staged, the serving-signature guard compares the export's
+signatures with the served version's (lifecycle/serving_contract.py); with a
+signing key, the signature is staged after the manifest (core/signature.py), so
+both are verified and published with the version, or neither is.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -31,10 +37,12 @@ from final_exporter.core.serving_checks import (
     serving_checks,
     wants_checks,
 )
+from final_exporter.core.signature import SigningStep
+from final_exporter.lifecycle.serving_contract import guard_serving_signatures
 from final_exporter.storage.base import ModelBase, Staging, Store
 from final_exporter.storage.local import list_local_files
 from final_exporter.storage.manifest import build_manifest, manifest_bytes
-from final_exporter.storage.stores import StoreOptions
+from final_exporter.storage.stores import StoreOptions, store_for
 from final_exporter.storage.transfer_config import TransferConfig
 from final_exporter.storage.types import FileEntry, StageRequest
 from final_exporter.storage.verify import verify_export
@@ -80,7 +88,11 @@ def stage_and_publish(
         plan = with_local_source(plan, config, cleanup)
         staging = base.store.begin_staging(base.path, local_view=_needs_local_view(request, plan))
         try:
-            manifest, data = _build_verified(base, staging, request, plan, report_progress, clock)
+            signing = SigningStep(plan.signer, base.store, staging) if plan.signer else None
+            with signing or contextlib.nullcontext():
+                manifest, data = _build_verified(
+                    base, staging, request, plan, report_progress, clock, signing
+                )
             version, export_dir = base.store.publish(staging, clock)
         finally:
             # Unpublished: removed. Published: only what the store kept aside (a lease, a
@@ -104,28 +116,48 @@ def _build_verified(
     plan: Plan,
     report_progress: Callable[[str], None] | None,
     clock: Callable[[], float],
+    signing: SigningStep | None,
 ) -> tuple[dict[str, Any], bytes]:
-    """Fills the staging area, checks it, writes and verifies its manifest: (manifest, bytes)."""
+    """Fills the staging area, checks it, writes (and signs) and verifies its manifest:
+    (manifest, bytes)."""
     config, store, items = request.config, base.store, plan.items
     progress = Progress(
         total_bytes=sum(i.size for i in items), total_files=len(items), report=report_progress
     )
-    checks: dict[str, Any] = {}
-    run_checks, warmup = None, None
-    if staging.local_dir is not None:  # Without a local view there is nothing to check.
-        local_dir = staging.local_dir
-        warmup = os.path.join(local_dir, *WARMUP_RELPATH.split('/'))
+    checks: dict[str, Any] = signing.lineage() if signing else {}
+    warmup = None
+    if staging.local_dir is not None:
+        warmup = os.path.join(staging.local_dir, *WARMUP_RELPATH.split('/'))
 
-        def run_checks() -> None:
-            checks.update(serving_checks(local_dir, plan.source.path, config, request, warmup))
+    def guard(model_dir: str) -> None:
+        checks.update(
+            guard_serving_signatures(
+                model_dir,
+                store_for(model_dir),
+                base.path,
+                store,
+                allow_breaking_changes=config.allow_breaking_changes,
+                model_name=config.name,
+            )
+        )
 
-    files, signatures = _build(base, staging, request, plan, progress, run_checks)
+    def when_final(sizes: Mapping[str, int]) -> None:
+        if signing is not None:  # Beside the checks, not after them.
+            signing.start_reading(sizes)
+        if staging.local_dir is not None:  # Without a local view there is nothing to check.
+            checks.update(
+                serving_checks(staging.local_dir, plan.source.path, config, request, warmup)
+            )
+
+    files, signatures = _build(base, staging, request, plan, progress, guard, when_final)
     if warmup is not None and os.path.exists(warmup) and WARMUP_RELPATH not in files:
         files.update(store.stage_local_files(staging, [WARMUP_RELPATH]))
     make_lineage = lineage_maker(request, plan, clock)
     manifest = build_manifest(files.values(), make_lineage(signatures, files, checks))
     data = manifest_bytes(manifest)
-    store.write_manifest(staging, data)
+    store.write_export_file(staging, keys.MANIFEST_RELPATH, data)
+    if signing is not None:
+        signing.sign(files, data, config.name)
     store.verify_staged(staging, manifest, known=files)
     if config.paranoid_verify:
         store.flush_for_reread(staging)
@@ -165,14 +197,18 @@ def _build(
     request: ExportRequest,
     plan: Plan,
     progress: Progress,
-    run_checks: Callable[[], None] | None,
+    guard: Callable[[str], None],
+    when_final: Callable[[Mapping[str, int]], None],
 ) -> tuple[dict[str, FileEntry], tuple[str, ...]]:
     """Fills the staging area and runs the serving checks on it; returns its files' entries
     and signature names.
 
-    The checks load `staging.local_dir`, the export as it will be served. A copied
-    model is checked as soon as its bytes are in place, while they are still being
-    hashed; one that TensorFlow rewrites, once it has.
+    `guard` compares the new serving signatures with the served version's before
+    anything is staged: those TensorFlow wrote for a re-export, else the source's.
+    `when_final` (the serving checks, and the signature's reads) gets the staged
+    files' sizes once they hold their final bytes: a copied model's as soon as its
+    bytes are in place, while they are still being hashed; one that TensorFlow
+    rewrites, once it has.
     """
     config, source = request.config, plan.source
     rewritten = rewrites(config)
@@ -180,13 +216,17 @@ def _build(
         from final_exporter.core import tf_export  # TensorFlow only when needed.
 
         tf_export.reexport(source.path, staging.local_dir, config.serving_fn)
+        guard(staging.local_dir)  # The graph TensorFlow wrote, before any as_text conversion.
+    else:
+        guard(source.path)  # A copy (or its text form): the source's own signatures.
+    copied = functools.partial(when_final, {i.dest: i.size for i in plan.items})
     staged = base.store.stage(
         staging,
         StageRequest(
             plan.items,
             progress=progress,
             meanwhile=import_tensorflow if wants_checks(config, request) else None,
-            when_complete=None if rewritten else run_checks,
+            when_complete=None if rewritten else copied,
         ),
     )
     if not rewritten:
@@ -195,8 +235,7 @@ def _build(
     # Stage only what TensorFlow wrote; the copy already hashed the rest.
     written = sorted(set(list_local_files(staging.local_dir)) - set(staged))
     staged.update(base.store.stage_local_files(staging, written))
-    if run_checks is not None:
-        run_checks()
+    when_final({p: e.size for p, e in staged.items()})
     return staged, signatures
 
 

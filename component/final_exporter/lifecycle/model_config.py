@@ -171,13 +171,14 @@ def read_config(model_base: str | ModelBase) -> model_server_config_pb2.ModelSer
 
 def _read_config(base: ModelBase) -> tuple[Any, Any]:
     """(the parsed config or None, the token a compare-and-swap write must match)."""
-    from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
-
     path = config_path(base)
     current = base.store.read_versioned(path)
     if current.data is None:
         return None, current.token
+    # Imported only to parse one: most exports (the guard reads the labels) find no file.
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
     config = model_server_config_pb2.ModelServerConfig()
     try:
         text_format.Parse(current.data.decode('utf-8'), config)

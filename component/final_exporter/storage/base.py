@@ -167,8 +167,9 @@ class Store(abc.ABC):
         staging must have: begun with `local_view`)."""
 
     @abc.abstractmethod
-    def write_manifest(self, staging: Staging, data: bytes) -> None:
-        """Writes the manifest's bytes into the staging area."""
+    def write_export_file(self, staging: Staging, relpath: str, data: bytes) -> None:
+        """Writes a file the exporter makes itself (the manifest, the signature) into the
+        staging area, at `relpath` (POSIX, relative to the export root); never replaces one."""
 
     @abc.abstractmethod
     def verify_staged(

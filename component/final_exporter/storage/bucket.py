@@ -49,7 +49,7 @@ from final_exporter.common import keys
 from final_exporter.common.errors import IntegrityError, InvalidInputError
 from final_exporter.common.progress import Progress
 from final_exporter.storage.base import Staging, Store, is_version_name
-from final_exporter.storage.manifest import entry_digest
+from final_exporter.storage.manifest import entry_digest, exporter_files
 from final_exporter.storage.objectstore import ObjectClient, Uploaded, is_object_store_uri, join
 from final_exporter.storage.types import CopyItem, FileEntry, StageRequest, Versioned
 
@@ -365,15 +365,14 @@ class BucketStore(Store):
         ]
         return self.stage(staging, StageRequest(items))
 
-    def write_manifest(self, staging: Staging, data: bytes) -> None:
-        up = self.client.upload_bytes(data, join(staging.path, keys.MANIFEST_RELPATH))
-        staging.staged[keys.MANIFEST_RELPATH] = up
+    def write_export_file(self, staging: Staging, relpath: str, data: bytes) -> None:
+        staging.staged[relpath] = self.client.upload_bytes(data, join(staging.path, relpath))
 
     def verify_staged(
         self, staging: Staging, manifest: Mapping[str, Any], known: Mapping[str, FileEntry]
     ) -> None:
         expected: dict[str, Uploaded] = staging.staged
-        listed = {f['path'] for f in manifest['files']} | {keys.MANIFEST_RELPATH}
+        listed = {f['path'] for f in manifest['files']} | set(exporter_files(manifest))
         prefix = staging.path.rstrip('/') + '/'
         found = {uri[len(prefix) :]: info for uri, info in self.client.list(staging.path).items()}
         problems = [f'missing: {p}' for p in sorted(listed - set(found))]

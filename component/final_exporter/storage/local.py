@@ -332,8 +332,8 @@ class LocalStore(Store):
         ]
         return {e.path: e for e in (hash_only(i) for i in items)}
 
-    def write_manifest(self, staging: Staging, data: bytes) -> None:
-        path = os.path.join(staging.path, *keys.MANIFEST_RELPATH.split('/'))
+    def write_export_file(self, staging: Staging, relpath: str, data: bytes) -> None:
+        path = os.path.join(staging.path, *relpath.split('/'))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, 'xb') as f:
             f.write(data)

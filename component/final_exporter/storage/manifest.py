@@ -154,6 +154,19 @@ class VerifyReport:
         )
 
 
+def is_signed(manifest: Mapping[str, Any]) -> bool:
+    """Whether the manifest's lineage says the export was signed (and so has a signature)."""
+    return bool(manifest.get('lineage', {}).get(keys.SIGNING_LINEAGE_KEY))
+
+
+def exporter_files(manifest: Mapping[str, Any]) -> tuple[str, ...]:
+    """The files an export holds beside those its manifest lists: the manifest, and the
+    signature when the export was signed (it signs the manifest, which cannot list it)."""
+    if is_signed(manifest):
+        return (keys.MANIFEST_RELPATH, keys.SIGNATURE_RELPATH)
+    return (keys.MANIFEST_RELPATH,)
+
+
 def verify_tree(
     store: Any,
     root: str,
@@ -171,7 +184,14 @@ def verify_tree(
     expected = {f['path']: f for f in manifest['files']}
     found = store.list_files(root)
     found.pop(keys.MANIFEST_RELPATH, None)
+    # The signature signs the manifest, so the manifest cannot list it; the lineage
+    # says whether there must be one (storage/signing.py checks what it says).
+    signed = keys.SIGNATURE_RELPATH not in expected and (
+        found.pop(keys.SIGNATURE_RELPATH, None) is not None
+    )
     report.missing = sorted(set(expected) - set(found))
+    if is_signed(manifest) and not signed:
+        report.missing.append(keys.SIGNATURE_RELPATH)
     report.extra = sorted(set(found) - set(expected))
     chunk_bytes = int(manifest.get('chunk_bytes', CHUNK_BYTES))
     for path in sorted(set(expected) & set(found)):
