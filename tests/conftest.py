@@ -22,17 +22,63 @@ from final_exporter.storage.stores import reset_stores
 
 from loopback_servers import fake_gcs_server, moto_s3_server
 
+# What runs where (docs/tested-with.md): the runner (scripts/test.sh, scripts/userland.sh)
+# sets FINAL_EXPORTER_SUITE. `full` (the default) collects every test file; it runs once,
+# on the default image's environment. `versions` collects only the files below, whose
+# outcome depends on what differs between the tested environments (the versions of
+# Python, TFX, TensorFlow, kfp, Beam, protobuf and the client libraries they pin); it
+# runs on every other environment. `image` collects the built-image test alone: it runs
+# once per `make test`, on the host, where the OCI builder is.
+VERSION_DEPENDENT = {
+    # what pip resolves for this Python from the declared dependencies alone
+    'test_wheel_install.py',
+    # TFX: components, artifacts, executors, orchestration
+    'test_component.py',  # component spec, channels, parameters
+    'test_executor.py',  # artifacts, executor, serving_fn re-export, as_text, Beam copy
+    'test_stamped_model.py',  # InfraValidator's own code writes the stamped model
+    'test_demo_pipeline.py',  # the demo on LocalDagRunner, MLMD lineage
+    'test_kubeflow_caching.py',  # LocalDagRunner's cache
+    # kfp (collected only where kfp is declared, below)
+    'test_kubeflow_v2_runner.py',  # KubeflowV2 compile and the golden spec
+    'test_kubeflow_container_contract.py',  # TFX's KubeflowV2 container entrypoint
+    'test_kubeflow_native.py',  # kfp.local, the kfp compiler
+    'test_kubeflow_image.py',  # the package from the build context, the TFX image name
+    'test_vertex_registry_kfp.py',  # kfp.local with the registry
+    # TensorFlow, tensorflow-serving-api, Beam: load and export paths
+    'test_serving_check.py',  # smoke test, parity (in process and on Beam)
+    'test_release_checks.py',  # smoke test, parity, warmup through run_export and the CLI
+    'test_warmup.py',  # warmup files: TF records, serving protos
+    'test_cli.py',  # TensorFlow's log lines on stderr; the plain copy imports no TF
+    'test_model_config.py',  # TF Serving's config protos: protobuf 3 and 6
+    'test_store_lifecycle.py',  # every store through the client libraries each TFX pins
+}
+RUN_APART = {'test_image.py'}
+SUITES = ('full', 'versions', 'image')
+SUITE = os.environ.get('FINAL_EXPORTER_SUITE', 'full')
+if SUITE not in SUITES:
+    raise pytest.UsageError(f'FINAL_EXPORTER_SUITE must be one of {SUITES}, not {SUITE!r}')
+TEST_FILES = {
+    os.path.basename(p) for p in glob.glob(os.path.join(os.path.dirname(__file__), 'test_*.py'))
+}
+if VERSION_DEPENDENT - TEST_FILES:
+    raise pytest.UsageError(f'no such test files: {sorted(VERSION_DEPENDENT - TEST_FILES)}')
+SUITE_FILES = {
+    'full': TEST_FILES - RUN_APART,
+    'versions': VERSION_DEPENDENT,
+    'image': RUN_APART,
+}[SUITE]
+
 # kfp and what needs it. pyproject.toml asks for tfx[kfp]; TFX 1.16 and TFX 1.21 on
 # Python < 3.12 bring kfp, TFX 1.21 on 3.12+ declares no kfp (docs/tested-with.md).
 # Where kfp is declared absent these files are not collected; where it should be
 # there but does not import, the run stops instead of passing without them.
-NEEDS_KFP = [
+NEEDS_KFP = {
     'test_kubeflow_container_contract.py',
     'test_kubeflow_image.py',
     'test_kubeflow_native.py',
     'test_kubeflow_v2_runner.py',
     'test_vertex_registry_kfp.py',
-]
+}
 KFP_DECLARED = sys.version_info < (3, 12) or not importlib.metadata.version('tfx').startswith(
     '1.21.'
 )
@@ -42,32 +88,34 @@ if KFP_DECLARED and not KFP_INSTALLED:
         f'kfp is missing: tfx[kfp] {importlib.metadata.version("tfx")} on Python '
         f'{sys.version_info.major}.{sys.version_info.minor} brings it; reinstall the environment'
     )
-collect_ignore = [] if KFP_DECLARED else list(NEEDS_KFP)
 # model-signing (the standard's verifiers and `model_signing` command): the [signing]
 # extra installs it on Python 3.11+ only (pyproject.toml says why not beside TFX 1.16).
-NEEDS_MODEL_SIGNING = ['test_signature_verify.py']
+NEEDS_MODEL_SIGNING = {'test_signature_verify.py'}
 MODEL_SIGNING_DECLARED = sys.version_info >= (3, 11)
 if MODEL_SIGNING_DECLARED and importlib.util.find_spec('model_signing') is None:
     raise pytest.UsageError(
         'model-signing is missing: the [signing] extra brings it on Python '
         f'{sys.version_info.major}.{sys.version_info.minor}; reinstall the environment'
     )
+COLLECTED = SUITE_FILES
+if not KFP_DECLARED:
+    COLLECTED = COLLECTED - NEEDS_KFP
 if not MODEL_SIGNING_DECLARED:
-    collect_ignore += NEEDS_MODEL_SIGNING
-# A user's `pip install` of the wheel into a fresh venv (a few minutes): on the newest
-# tested Python, where a user on a current distribution starts (docs/tested-with.md).
-WHEEL_INSTALL_PYTHON = (3, 13)
-if sys.version_info[:2] != WHEEL_INSTALL_PYTHON:
-    collect_ignore.append('test_wheel_install.py')
+    COLLECTED = COLLECTED - NEEDS_MODEL_SIGNING
+collect_ignore = sorted(TEST_FILES - COLLECTED)
 
 
 def pytest_report_header(config) -> list[str]:
     kfp = (
         'kfp: installed; the Kubeflow tests run'
         if KFP_DECLARED
-        else f'kfp: not in this environment (TFX 1.21 on Python 3.12+); not collected: {NEEDS_KFP}'
+        else 'kfp: not in this environment (TFX 1.21 on Python 3.12+); the Kubeflow tests do not run'
     )
-    return [kfp, f'not collected here: {collect_ignore}' if collect_ignore else 'every test file']
+    return [
+        f'FINAL_EXPORTER_SUITE={SUITE}: {len(COLLECTED)} of {len(TEST_FILES)} test files',
+        kfp,
+        f'not collected here: {collect_ignore}' if collect_ignore else 'every test file',
+    ]
 
 
 # The `tfx` package ships trained models, blessings and penguin examples.
