@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 started=$SECONDS
 took() { local s=$((SECONDS - $1)); printf '%d min %02d s' $((s / 60)) $((s % 60)); }
 
+bash scripts/userland.sh check # a missing Python: said now, not after the host's tests
 log=$(mktemp -t final-exporter-prepare.XXXXXX)
 bash scripts/userland.sh prepare >"$log" 2>&1 &
 prepare=$!

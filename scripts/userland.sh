@@ -10,6 +10,7 @@
 #   scripts/userland.sh prepare [ENV...]   only build (make test runs this in the background)
 #   scripts/userland.sh run ENV CMD...     run CMD in ENV, from the repository
 #   scripts/userland.sh available          the ENVs whose Python this host has, in ENVS order
+#   scripts/userland.sh check [ENV...]     say at once which Python is missing, if any
 #   scripts/userland.sh constraints [ENV...]  re-resolve unpinned; write constraints/*.new
 #   scripts/userland.sh fresh-demo         `git clone` + `make demo` in the userland, with
 #                                          Debian's Python 3.13 alone (as on a new machine)
@@ -353,6 +354,14 @@ cmd_available() {
   for e in "${ENVS[@]}"; do [ -z "$(field "$e" 1)" ] || { field "$e" 0; echo; }; done
 }
 
+cmd_check() { # [ENV...]: make test runs this first; `prepare` runs in the background
+  local names=("$@") name
+  [ ${#names[@]} -gt 0 ] || mapfile -t names < <(env_names)
+  for name in "${names[@]}"; do
+    [ -n "$(field "$(env_spec "$name")" 1)" ] || die "$(missing_python "$name")"
+  done
+}
+
 cmd_constraints() { # [ENV...]: re-resolve unpinned, freeze to constraints/<file>.new for review
   local names=("$@") name e dir out
   [ ${#names[@]} -gt 0 ] || mapfile -t names < <(env_names)
@@ -412,8 +421,9 @@ case "${1:-}" in
   run) shift; cmd_run "$@" ;;
   constraints) shift; cmd_constraints "$@" ;;
   available) cmd_available ;;
+  check) shift; cmd_check "$@" ;;
   fresh-demo) cmd_fresh_demo ;;
   mode) cmd_mode ;;
   __chroot) shift; __chroot "$@" ;;
-  *) sed -n '2,24p' "$SCRIPT" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$SCRIPT" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
