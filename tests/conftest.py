@@ -54,7 +54,8 @@ VERSION_DEPENDENT = {
 # Not repeated: our own code on the standard library and the OS, the same wherever it runs
 # (copy and hashing, publish, retention, manifest, faults, leases, the object-store and
 # Vertex AI registry matrices on their loopback servers, progress line, config, report,
-# docs, the SavedModel structure check read at the wire level, the export core), and
+# docs, the public API, the SavedModel structure check read at the wire level, the
+# export core), and
 # test_release_checks.py: the TensorFlow-bound checks it drives through run_export are the
 # ones test_serving_check.py and test_warmup.py run directly.
 RUN_APART = {'test_image.py'}
