@@ -49,13 +49,16 @@ VERSION_DEPENDENT = {
     'test_warmup.py',  # warmup files: TF records, serving protos, replay
     'test_cli.py',  # TensorFlow's log lines on stderr; a plain copy imports no TF
     'test_model_config.py',  # TF Serving's config protos on protobuf 3 and 6
+    'test_signature_defs.py',  # signatures read without TF agree with TF's own reading
+    'test_signing.py',  # signing with cryptography 47 (beside TFX 1.16) and 50 (1.21)
     'test_store_lifecycle.py',  # every store, through the client libraries each TFX pins
 }
 # Not repeated: our own code on the standard library and the OS, the same wherever it runs
 # (copy and hashing, publish, retention, manifest, faults, leases, the object-store and
 # Vertex AI registry matrices on their loopback servers, progress line, config, report,
 # docs, the public API, the SavedModel structure check read at the wire level, the
-# export core), and
+# export core, the serving-signature guard and diff on the signatures test_signature_defs.py
+# checks, model-signing's verifiers: one release, on Python 3.11+ only), and
 # test_release_checks.py: the TensorFlow-bound checks it drives through run_export are the
 # ones test_serving_check.py and test_warmup.py run directly.
 RUN_APART = {'test_image.py'}
