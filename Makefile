@@ -9,11 +9,13 @@ export PYTHONDONTWRITEBYTECODE := 1
 venv:
 	bash scripts/bootstrap.sh
 
-# The newest tested stack the host runs natively; it says which (scripts/demo.sh).
+# TFX 1.21 on the first tested Python the host has (glibc >= 2.39), else TFX 1.16 on
+# Python 3.10; it says which, or which Python to install (scripts/demo.sh).
 demo:
 	bash scripts/demo.sh
 
-# Every tested environment, one block of results each (scripts/test.sh).
+# Every tested environment, one block of results each: the whole suite once, on the
+# default image's environment, the version-dependent tests on the others (scripts/test.sh).
 test:
 	bash scripts/test.sh
 

@@ -30,12 +30,19 @@ find_python() {
       echo "$c"; return 0
     fi
   done
-  echo "bootstrap: Python 3.10 not found; set PYTHON=/path/to/python3.10" >&2
+  echo "bootstrap: error: no Python 3.10 (TFX 1.16, for glibc < 2.39, needs it): install python3.10 (or: pyenv install 3.10), or set PYTHON=/path/to/python3.10" >&2
   return 1
 }
 
-if [ ! -x .venv/bin/python ]; then
-  "$(find_python)" -m venv .venv
+# A venv whose creation failed (no venv module: Debian's python3.10-venv) has a python
+# but no pip; it is made anew, not reused.
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  python=$(find_python)
+  rm -rf .venv
+  "$python" -m venv .venv || {
+    echo "bootstrap: error: $python could not make .venv: install its venv module (Debian, Ubuntu: apt-get install python3.10-venv)" >&2
+    exit 2
+  }
 fi
 .venv/bin/python -m pip install --quiet --upgrade 'pip<27'
 # -c pins every transitive package to the set this project is tested with.

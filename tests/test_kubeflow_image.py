@@ -225,6 +225,11 @@ def test_build_context_holds_what_the_image_needs_and_nothing_else(build_context
     ]
 
 
+# The environment of the image's build and of its steps: no path to this checkout's code
+# (scripts/userland.sh runs the suite with PYTHONPATH at it); only what is installed counts.
+IMAGE_ENV = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+
+
 def run_install_step(step: str, context: str, venv: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         ['bash', INSTALL_SCRIPT, step, '--no-index', '--no-build-isolation'],
@@ -232,7 +237,7 @@ def run_install_step(step: str, context: str, venv: str) -> subprocess.Completed
         capture_output=True,
         text=True,
         env={
-            **os.environ,
+            **IMAGE_ENV,
             'PATH': os.path.join(venv, 'bin') + os.pathsep + os.environ['PATH'],
             'TF_CPP_MIN_LOG_LEVEL': '2',
         },
@@ -306,7 +311,7 @@ def test_tfx_image_route_installs_pinned_to_what_the_base_has_and_exports(
         cwd=str(tmp_path),
         capture_output=True,
         text=True,
-        env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'},
+        env={**IMAGE_ENV, 'TF_CPP_MIN_LOG_LEVEL': '2'},
     )
     assert probe.returncode == 0, probe.stderr[-3000:]
     found = json.loads(probe.stdout.strip().splitlines()[-1])

@@ -22,8 +22,15 @@ from conftest import KERAS_MODEL
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# A user's environment: no path to this checkout's code (scripts/userland.sh runs the
+# suite with PYTHONPATH at it), no pip constraints of the test environment.
+USER_ENV = {
+    k: v for k, v in os.environ.items() if k != 'PYTHONPATH' and not k.startswith('PIP_CONSTRAINT')
+}
+
+
 def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    done = subprocess.run(args, capture_output=True, text=True, **kwargs)
+    done = subprocess.run(args, capture_output=True, text=True, env=USER_ENV, **kwargs)
     assert done.returncode == 0, f'{args}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}'
     return done
 
@@ -48,8 +55,7 @@ def installed(tmp_path_factory) -> str:
 
     venv = root / 'venv'
     run(sys.executable, '-m', 'venv', str(venv))
-    environ = {k: v for k, v in os.environ.items() if not k.startswith('PIP_CONSTRAINT')}
-    run(str(venv / 'bin' / 'pip'), 'install', str(wheel), env=environ, timeout=1800)
+    run(str(venv / 'bin' / 'pip'), 'install', str(wheel), timeout=1800)
     return str(venv / 'bin')
 
 
