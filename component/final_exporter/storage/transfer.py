@@ -21,6 +21,7 @@ from final_exporter.common.progress import Progress
 from final_exporter.storage.filecopy import (
     check_unchanged,
     copy_file,
+    create_dest,
     finish_split,
     hash_range,
     in_pieces,
@@ -260,8 +261,7 @@ class _FileCopy:
                 not self.hardlinked and method == COPY_AUTO and try_reflink(item.src, self.dest)
             )
         if not (self.hardlinked or self.reflinked):
-            with open(self.dest, 'xb'):
-                pass
+            create_dest(self.dest, self.before.st_size, config)
         self.placed, self.tasks = [], []
         for offset, length in split_pieces(self.before.st_size):
             placed: concurrent.futures.Future = concurrent.futures.Future()

@@ -50,9 +50,12 @@ class TransferConfig:
         writeback_batch_bytes: Writeback is started per this many bytes written
             (one call per read would be 1 per MiB).
         split_min_bytes: The Beam copy copies files of this size or more in
-            pieces (never with `hardlink`, which copies nothing).
-        piece_bytes: The size of those pieces. (The threaded copy always works
-            in manifest chunks: their digests are the manifest's.)
+            manifest chunks, one element each (never with `hardlink`, which
+            copies nothing); the threaded copy always works in manifest chunks.
+        direct_io: Files from `kernel_copy_min_bytes` are read, hashed and
+            written with `O_DIRECT` where the destination's filesystem takes it:
+            the staged copy stays out of the page cache. When False (or refused),
+            the kernel copies them into the page cache (`copy_file_range`).
     """
 
     method: str = COPY_AUTO
@@ -64,7 +67,7 @@ class TransferConfig:
     writeback_min_bytes: int = 1 * _MIB
     writeback_batch_bytes: int = 8 * _MIB
     split_min_bytes: int = MANIFEST_CHUNK_BYTES + 1
-    piece_bytes: int = MANIFEST_CHUNK_BYTES
+    direct_io: bool = True
 
     def __post_init__(self) -> None:
         check_method(self.method)
