@@ -292,9 +292,7 @@ def _pwrite_all(fd: int, chunk: memoryview, offset: int, path: str) -> None:
 
 
 def _write_failed(path: str, offset: int, e: OSError) -> StorageIOError:
-    return StorageIOError(
-        f'cannot write the staged copy {path!r} at byte {offset}: {_describe(e)}'
-    )
+    return StorageIOError(f'cannot write the staged copy {path!r} at byte {offset}: {_describe(e)}')
 
 
 def _describe(e: OSError) -> str:
