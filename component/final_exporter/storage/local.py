@@ -259,6 +259,9 @@ class LocalStore(Store):
     def is_readable(self, path: str) -> bool:
         return os.path.isfile(path) and os.access(path, os.R_OK)
 
+    def local_path(self, path: str) -> str | None:
+        return os.path.abspath(path)
+
     @contextlib.contextmanager
     def local_tree(self, root: str) -> Iterator[str]:
         yield root
