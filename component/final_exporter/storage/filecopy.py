@@ -356,11 +356,16 @@ def source_errors(item: CopyItem, at: int | None = None) -> Iterator[None]:
     except OSError as e:
         if e.filename not in (None, item.src):
             raise
-        where = f' at byte {at}' if at is not None else ''
-        raise StorageIOError(
-            f'cannot read source file {item.src!r}{where}: {_describe(e)}; the storage '
-            'holding the model failed to read it'
-        ) from None
+        raise read_failed(item.src, e, at) from None
+
+
+def read_failed(path: str, e: OSError, at: int | None = None) -> StorageIOError:
+    """The error for a read of the model file `path` that failed with `e` (at byte `at`)."""
+    where = f' at byte {at}' if at is not None else ''
+    return StorageIOError(
+        f'cannot read source file {path!r}{where}: {_describe(e)}; the storage holding the '
+        'model failed to read it'
+    )
 
 
 def _changed(
