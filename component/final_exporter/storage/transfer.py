@@ -107,10 +107,11 @@ def copy_and_hash(
     """Copies `items` under `dest_root`, hashing every byte once.
 
     Destination files are created exclusively: an existing file is an error,
-    never overwritten. Each chunk of a large file is copied by the kernel, then
-    hashed from the staged copy (`_FileCopy`); a small file is read once, hashed
-    and written. The staged files are complete, and `when_copied` runs, while
-    the last chunks are still being hashed.
+    never overwritten. Each chunk of a large file is read, hashed and written
+    by a task of its own (`_FileCopy`; `filecopy.place_piece` says how); small
+    files are read once, hashed and written, a batch of them per task
+    (`_SmallFiles`). The staged files are complete, and `when_copied` runs,
+    while chunks the kernel copied may still be hashed.
 
     Args:
         items: The files to copy.
@@ -167,11 +168,11 @@ def _copy_inline(batches, dest_root, config, progress, meanwhile, when_copied):
 
 def _copy_in_pool(pool, batches, dest_root, config, progress, meanwhile, when_copied):
     """`copy_and_hash` on a pool: each batch placed before the next starts, then all hashed."""
-    files: list[_FileCopy] = []
+    files: list[_FileCopy | _SmallFiles] = []
     try:
         # The last batch waits until every other file's bytes are in place.
         for batch in batches:
-            started = [_FileCopy(pool, item, dest_root, config, progress) for item in batch]
+            started = _start(pool, batch, dest_root, config, progress)
             files += started
             if meanwhile is not None:
                 meanwhile()
@@ -182,13 +183,50 @@ def _copy_in_pool(pool, batches, dest_root, config, progress, meanwhile, when_co
         if when_copied is not None:
             when_copied()
         _wait([f for c in files for f in c.tasks])
-        entries = [c.entry() for c in files]
+        entries = [e for c in files for e in c.entries()]
     except BaseException:
         for c in files:
             for f in c.tasks:
                 f.cancel()
         raise
     return {e.path: e for e in entries}
+
+
+def _start(pool, items, dest_root, config, progress) -> list[_FileCopy | _SmallFiles]:
+    """Starts copying `items` on the pool: a task per chunk of each large file, one per
+    batch of small files (`TransferConfig.batch_files`, at most one buffer of bytes)."""
+    started: list[_FileCopy | _SmallFiles] = []
+    small: list[CopyItem] = []
+    small_bytes = 0
+    for item in items:
+        if in_pieces(item, config):
+            started.append(_FileCopy(pool, item, dest_root, config, progress))
+            continue
+        small.append(item)
+        small_bytes += item.size
+        if len(small) >= config.batch_files or small_bytes >= config.buffer_bytes:
+            started.append(_SmallFiles(pool, small, dest_root, config, progress))
+            small, small_bytes = [], 0
+    if small:
+        started.append(_SmallFiles(pool, small, dest_root, config, progress))
+    return started
+
+
+class _SmallFiles:
+    """Small files copied one after another by one task: a task (a future, a queue entry
+    and a thread hand-over) per file cost more than copying a file of a few KiB."""
+
+    def __init__(self, pool, items, dest_root, config, progress) -> None:
+        task = pool.submit(
+            lambda: [copy_file(i, dest_root, config=config, progress=progress) for i in items]
+        )
+        self.tasks, self.placed = [task], [task]
+
+    def check_copied(self) -> None:
+        """Each file was checked unchanged as it was copied."""
+
+    def entries(self) -> list[FileEntry]:
+        return self.tasks[0].result()
 
 
 class ThreadedCopier:
@@ -227,16 +265,17 @@ def _wait(futures: Sequence[concurrent.futures.Future]) -> None:
 
 
 class _FileCopy:
-    """One file in flight on a pool: a task per manifest chunk places its bytes, then hashes them.
+    """One large file in flight on a pool: a task per manifest chunk places its bytes and
+    hashes them.
 
-    A small file is one task that reads, hashes and writes it. A large one has a
-    task per chunk that has the kernel copy the chunk, then hashes it from the
-    staged copy: the digest is of the bytes the export holds. Placing and hashing
-    in the same task keeps every core busy while the kernel holds a writer back
-    for the disk to catch up (dirty-page throttling). `placed` completes per
-    chunk once its bytes are in place, so the checks can start before the last
-    hash. The source is stat'ed before and after, so a file written to,
-    replaced or removed meanwhile is an IntegrityError.
+    A chunk is read, hashed and written with O_DIRECT, or (where the
+    destination refuses O_DIRECT) copied by the kernel and then hashed from the
+    staged copy: either way the digest is of the bytes the export holds.
+    Placing and hashing in the same task keeps every core busy while the disk
+    catches up. `placed` completes per chunk once its bytes are in place, so
+    the checks can start before the last hash of a kernel copy. The source is
+    stat'ed before and after, so a file written to, replaced or removed
+    meanwhile is an IntegrityError.
     """
 
     def __init__(
@@ -249,10 +288,6 @@ class _FileCopy:
     ) -> None:
         self.item, self.progress, self.config = item, progress, config
         self.dest = os.path.join(dest_root, item.dest)
-        if not in_pieces(item, config):
-            task = pool.submit(copy_file, item, dest_root, config=config, progress=progress)
-            self.tasks, self.placed = [task], [task]
-            return
         method = config.method
         with source_errors(item):
             self.before = os.stat(item.src)
@@ -290,16 +325,13 @@ class _FileCopy:
         return digest
 
     def check_copied(self) -> None:
-        """Fails unless the source is unchanged since its copy began (a small file's: checked)."""
-        if in_pieces(self.item, self.config):
-            check_unchanged(self.item, self.before, self.before.st_size)
+        """Fails unless the source is unchanged since its copy began."""
+        check_unchanged(self.item, self.before, self.before.st_size)
 
-    def entry(self) -> FileEntry:
-        if not in_pieces(self.item, self.config):
-            return self.tasks[0].result()
+    def entries(self) -> list[FileEntry]:
         digests = [f.result() for f in self.tasks]
         entry = entry_from_chunks(self.item.dest, self.before.st_size, digests)
         entry = finish_split(self.item, self.dest, self.before, entry)
         if self.progress is not None:
             self.progress.file_done(self.item.dest)
-        return entry
+        return [entry]
