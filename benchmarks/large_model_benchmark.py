@@ -166,8 +166,15 @@ def cached_mib(folder: Path) -> float:
     total = 0
     for start in range(0, len(files), 1000):
         out = subprocess.run(
-            ['fincore', '--bytes', '--noheadings', '--raw', '--output', 'RES']
-            + files[start : start + 1000],
+            [
+                'fincore',
+                '--bytes',
+                '--noheadings',
+                '--raw',
+                '--output',
+                'RES',
+                *files[start : start + 1000],
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -275,9 +282,7 @@ def startup(model_uri: Path, scratch: Path, repeats: int) -> dict[str, Any]:
             own, cumulative, name = line[len('import time:') :].split('|')
             imports.append((name.rstrip(), int(own), int(cumulative)))
     top_level = [i for i in imports if not i[0].startswith('  ')]
-    heavy = sorted(
-        {n.strip() for n, _, _ in imports if n.strip().startswith(HEAVY_MODULES)}
-    )
+    heavy = sorted({n.strip() for n, _, _ in imports if n.strip().startswith(HEAVY_MODULES)})
     return {
         'median_s': statistics.median(seconds),
         'imports_ms': sum(c for _, _, c in top_level) / 1000,
@@ -344,45 +349,8 @@ def table(results: dict[str, Any]) -> str:
         '|---|---|---:|---:|---|---:|---:|---:|---:|---|',
     ]
     for name in MODELS:
-        res = results.get(name)
-        if res is None:
-            continue
-        title, floor = TITLES[name], res['floor']['seconds']
-        load = f'{res["load_average"]["before"].split()[0]}, {res["load_average"]["after"].split()[0]}'
-
-        def row(method: str, against: str = '', base: float = 0.0, target: str = '') -> None:
-            m = res[method]
-            ratio = f'{m["median_s"] / base:.2f}x' if base else ''
-            rss = f'{m["peak_rss_mib"]:.0f} MiB' if m['peak_rss_mib'] and method != OPENSSL else ''
-            cached = m['cached_after_mib']
-            cached_text = f'{cached:.0f} MiB' if cached is not None else ''
-            wall = f'{m["median_s"]:.2f} s' if method != OPENSSL else '(CPU only)'
-            rows.append(
-                f'| {title} | {method} | {wall} | {m["median_cpu_s"]:.2f} | {against} | {ratio} '
-                f'| {target} | {rss} | {cached_text} | {load} |'
-            )
-
-        row(CP)
-        row(OPENSSL)
-        rows.append(
-            f'| {title} | floor | {floor:.2f} s | | max(cp, (openssl + cp CPU-s) / '
-            f'{res["floor"]["cores"]} = {res["floor"]["cpu_bound_s"]:.2f} s) | | | | | {load} |'
-        )
-        if name == ONE_FILE.name:
-            row(EXPORT, 'floor', floor, '≤ 1.10x')
-        else:
-            row(EXPORT, '`cp -r && sync -f`', res[CP]['median_s'], '≤ 1.10x')
-            row(EXPORT, 'floor', floor)
-        if SMOKE in res:
-            row(TF_LOAD)
-            row(SMOKE, 'TF import + load', res[TF_LOAD]['median_s'], '≤ 1.10x')
-            peak = res[TF_LOAD]['peak_rss_mib']
-            if peak:
-                extra = res[SMOKE]['peak_rss_mib'] - peak
-                rows.append(
-                    f'| {title} | peak RSS, smoke test against load | {extra:+.0f} MiB | | '
-                    f'TF import + load | | ≤ +200 MiB | | | {load} |'
-                )
+        if name in results:
+            rows += model_rows(TITLES[name], results[name], one_file=name == ONE_FILE.name)
     hashing = results.get('hash_gb_s')
     if hashing:
         rows += ['', '| SHA-256 of the 4 GiB file (in process) | GB/s | CPU s |', '|---|---:|---:|']
@@ -398,6 +366,48 @@ def table(results: dict[str, Any]) -> str:
             + ', '.join(f'{n} {ms:.1f} ms' for n, ms in start['top_self_ms']),
         ]
     return '\n'.join(rows)
+
+
+def model_rows(title: str, res: dict[str, Any], one_file: bool) -> list[str]:
+    """One model's rows: the floor, the copies and loads against their targets."""
+    floor = res['floor']['seconds']
+    load = ', '.join(res['load_average'][k].split()[0] for k in ('before', 'after'))
+    rows = []
+
+    def row(method: str, against: str = '', base: float = 0.0, target: str = '') -> None:
+        m = res[method]
+        ratio = f'{m["median_s"] / base:.2f}x' if base else ''
+        rss = f'{m["peak_rss_mib"]:.0f} MiB' if m['peak_rss_mib'] and method != OPENSSL else ''
+        cached = m['cached_after_mib']
+        cached_text = f'{cached:.0f} MiB' if cached is not None else ''
+        wall = f'{m["median_s"]:.2f} s' if method != OPENSSL else '(CPU only)'
+        rows.append(
+            f'| {title} | {method} | {wall} | {m["median_cpu_s"]:.2f} | {against} | {ratio} '
+            f'| {target} | {rss} | {cached_text} | {load} |'
+        )
+
+    row(CP)
+    row(OPENSSL)
+    rows.append(
+        f'| {title} | floor | {floor:.2f} s | | max(cp, (openssl + cp CPU-s) / '
+        f'{res["floor"]["cores"]} = {res["floor"]["cpu_bound_s"]:.2f} s) | | | | | {load} |'
+    )
+    if one_file:
+        row(EXPORT, 'floor', floor, '≤ 1.10x')
+    else:
+        row(EXPORT, '`cp -r && sync -f`', res[CP]['median_s'], '≤ 1.10x')
+        row(EXPORT, 'floor', floor)
+    if SMOKE in res:
+        row(TF_LOAD)
+        row(SMOKE, 'TF import + load', res[TF_LOAD]['median_s'], '≤ 1.10x')
+        peak = res[TF_LOAD]['peak_rss_mib']
+        if peak:
+            extra = res[SMOKE]['peak_rss_mib'] - peak
+            rows.append(
+                f'| {title} | peak RSS, smoke test against load | {extra:+.0f} MiB | | '
+                f'TF import + load | | ≤ +200 MiB | | | {load} |'
+            )
+    return rows
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
