@@ -501,3 +501,35 @@ def test_one_large_file_alone_is_copied_and_hashed_by_several_threads(tmp_path):
         'variables.data-00000-of-00001', data
     )
     assert len(progress.threads) > 1, progress.threads
+
+
+def copy_thread_nice_values() -> dict[int, int]:
+    return {
+        t.native_id: os.getpriority(os.PRIO_PROCESS, t.native_id)
+        for t in threading.enumerate()
+        if t.name.startswith('final-exporter-copy')
+    }
+
+
+def test_copy_threads_yield_the_cpu_to_the_exporters_own_thread_while_it_works(tmp_path):
+    """TensorFlow's import and load in the exporter's own thread are what the export waits
+    for last: meanwhile the copy threads run at a lower priority, and after it as before."""
+    src, dst = tmp_path / 'src', tmp_path / 'dst'
+    write_random(src / 'variables.data-00000-of-00001', 4 * SPLIT_CHUNK_BYTES)
+    dst.mkdir()
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    during, after = {}, {}
+
+    copy_and_hash(
+        plan_tree(str(src)),
+        str(dst),
+        config=TransferConfig(workers=4),
+        meanwhile=lambda: during.update(copy_thread_nice_values()),
+        when_copied=lambda: after.update(copy_thread_nice_values()),
+    )
+
+    nice = DEFAULT_TRANSFER.background_nice
+    assert nice > 0
+    assert during and set(during.values()) == {base + nice}
+    if os.geteuid() == 0:  # raising a priority back needs CAP_SYS_NICE
+        assert after and set(after.values()) == {base}

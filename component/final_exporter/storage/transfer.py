@@ -13,7 +13,10 @@ The settings: `transfer_config.TransferConfig`.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
+import sys
+import threading
 from collections.abc import Callable, Collection, Iterable, Sequence
 
 from final_exporter.common.errors import InvalidInputError
@@ -122,6 +125,9 @@ def copy_and_hash(
             caller's rule: for a SavedModel, its graph file).
         meanwhile: Called once, in this thread, while the copy threads work
             (they import nothing, so this may import: TensorFlow for the checks).
+            Meanwhile the copy threads run at a lower CPU priority
+            (`TransferConfig.background_nice`): this thread's work is what the
+            export waits for last, and the copy takes the CPU it leaves.
         when_copied: Called once, in this thread, as soon as every file under
             `dest_root` holds its final bytes and every copied source was found
             unchanged; the hashing goes on meanwhile. The serving checks run
@@ -147,10 +153,65 @@ def copy_and_hash(
     )
     if threads <= 1:
         return _copy_inline(batches, dest_root, config, progress, meanwhile, when_copied)
+    priority = _Priority(config.background_nice if meanwhile is not None else 0)
     with concurrent.futures.ThreadPoolExecutor(
-        max_workers=threads, thread_name_prefix='final-exporter-copy'
+        max_workers=threads,
+        thread_name_prefix='final-exporter-copy',
+        initializer=priority.thread_started,
     ) as pool:
+        if meanwhile is not None:
+            meanwhile = priority.lowered_during(meanwhile)
         return _copy_in_pool(pool, batches, dest_root, config, progress, meanwhile, when_copied)
+
+
+class _Priority:
+    """The copy threads' CPU priority, lowered (a higher nice value, which Linux keeps per
+    thread) while the exporter's own thread runs `meanwhile`.
+
+    Raising it back needs CAP_SYS_NICE: without it, the threads stay at the lower
+    priority, which only matters against other processes.
+    """
+
+    def __init__(self, nice: int) -> None:
+        self._nice = nice if sys.platform == 'linux' else 0
+        self._lock = threading.Lock()
+        self._threads: list[tuple[int, int]] = []  # (thread id, its nice value at start)
+        self._active = False
+
+    def thread_started(self) -> None:
+        """Each copy thread, as it starts (the pool's initializer)."""
+        if not self._nice:
+            return
+        thread = threading.get_native_id()
+        with self._lock:
+            self._threads.append((thread, os.getpriority(os.PRIO_PROCESS, thread)))
+            if self._active:
+                _set_nice(thread, self._threads[-1][1] + self._nice)
+
+    def lowered_during(self, fn: Callable[[], None]) -> Callable[[], None]:
+        """`fn`, run with the copy threads' priority lowered."""
+        if not self._nice:
+            return fn
+
+        def run() -> None:
+            self._set_all(True)
+            try:
+                fn()
+            finally:
+                self._set_all(False)
+
+        return run
+
+    def _set_all(self, lowered: bool) -> None:
+        with self._lock:
+            self._active = lowered
+            for thread, base in self._threads:
+                _set_nice(thread, base + self._nice if lowered else base)
+
+
+def _set_nice(thread: int, nice: int) -> None:
+    with contextlib.suppress(OSError):  # A thread gone, or no right to raise it back.
+        os.setpriority(os.PRIO_PROCESS, thread, nice)
 
 
 def _copy_inline(batches, dest_root, config, progress, meanwhile, when_copied):

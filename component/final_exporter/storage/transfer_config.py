@@ -55,6 +55,9 @@ class TransferConfig:
         split_min_bytes: The Beam copy copies files of this size or more in
             manifest chunks, one element each (never with `hardlink`, which
             copies nothing); the threaded copy always works in manifest chunks.
+        background_nice: How much lower (a nice value) the copy threads' CPU
+            priority is while the exporter's own thread imports and loads
+            TensorFlow beside the copy: that thread is what the export waits for.
         direct_io: Files from `kernel_copy_min_bytes` are read, hashed and
             written with `O_DIRECT` where the destination's filesystem takes it:
             the staged copy stays out of the page cache. When False (or refused),
@@ -71,6 +74,7 @@ class TransferConfig:
     writeback_min_bytes: int = 1 * _MIB
     writeback_batch_bytes: int = 8 * _MIB
     split_min_bytes: int = MANIFEST_CHUNK_BYTES + 1
+    background_nice: int = 10
     direct_io: bool = True
 
     def __post_init__(self) -> None:
