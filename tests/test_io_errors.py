@@ -8,15 +8,18 @@ error a failing disk gives. (A device-mapper `error` or `flakey` target would
 give the same EIO, but needs the kernel's device-mapper driver, which this
 kernel does not have: `dmsetup version` finds no `/dev/mapper/control`.)
 
-Needs root (losetup, mount). The filesystem is mounted read-only, so nothing
-writes past the cut and the read fails every time; it is unmounted and its
-loop device detached after every test, failed or not.
+Needs root (losetup, mount). The failing file alone is on that filesystem,
+bind-mounted over the model's own file, so every other file of the model
+reads; the filesystem is mounted read-only, so nothing writes past the cut and
+the read fails every time. Everything is unmounted and the loop device detached
+after every test, failed or not.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -64,9 +67,16 @@ def run(*cmd: str) -> str:
 
 
 @contextlib.contextmanager
-def loop_filesystem(image: str, mount_point: str) -> Iterator[str]:
-    """An ext4 filesystem (no journal) on a loop device over `image`, mounted read-write;
-    yields the loop device. Unmounted and detached on the way out, whatever happened."""
+def failing_disk(image: str, mount_point: str, file: str) -> Iterator[str]:
+    """A copy of `file` alone on an ext4 filesystem (no journal) on a loop device over
+    `image`, whose blocks fail from the middle of that file on; yields the copy's path.
+
+    Written read-write, then unmounted (its pages leave the page cache), the image
+    cut short in the middle of the file's blocks, and the filesystem mounted again
+    read-only: nothing writes past the cut, and every read beyond it fails. The
+    loop device keeps its size, so the filesystem still mounts. Unmounted and
+    detached on the way out, whatever happened.
+    """
     run('truncate', '-s', str(SHARD_BYTES + 48 * MIB), image)
     run('mkfs.ext4', '-q', '-F', '-b', str(BLOCK), '-O', '^has_journal', image)
     device = run('losetup', '--find', '--show', image).strip()
@@ -75,7 +85,14 @@ def loop_filesystem(image: str, mount_point: str) -> Iterator[str]:
         os.makedirs(mount_point, exist_ok=True)
         run('mount', device, mount_point)
         cleanup.callback(unmount, mount_point)
-        yield device
+        copy = os.path.join(mount_point, os.path.basename(file))
+        run('cp', file, copy)
+        run('sync', '-f', mount_point)
+        cut = physical_offset(copy, os.path.getsize(copy) // 2)
+        unmount(mount_point)
+        os.truncate(image, cut)
+        run('mount', '-o', 'ro', device, mount_point)
+        yield copy
 
 
 def unmount(mount_point: str) -> None:
@@ -96,30 +113,18 @@ def physical_offset(path: str, logical: int) -> int:
 
 @pytest.fixture
 def failing_model(request, large_model, tmp_path) -> Iterator[str]:
-    """`large_model` on a disk whose blocks fail from the middle of the file `request.param`
-    on (written last, so that every other file of the model reads)."""
-    failing = request.param
+    """A copy of `large_model` whose file `request.param` lies on a failing disk (bind-mounted
+    over the model's own file), its reads failing from the middle of the file on."""
+    model = str(tmp_path / 'model')
+    shutil.copytree(large_model, model)
+    target = os.path.join(model, request.param)
     image, mount_point = str(tmp_path / 'disk.img'), str(tmp_path / 'disk')
-    with loop_filesystem(image, mount_point) as device:
-        model = os.path.join(mount_point, 'model')
-        run('cp', '-r', large_model, model)
-        target = os.path.join(model, failing)
-        os.remove(target)
-        run('sync', '-f', mount_point)
-        run('cp', os.path.join(large_model, failing), target)
-        run('sync', '-f', mount_point)
-        cut = physical_offset(target, os.path.getsize(target) // 2)
-        for folder, _, files in os.walk(model):
-            for name in files:
-                path = os.path.join(folder, name)
-                if path != target and os.path.getsize(path):
-                    assert physical_offset(path, os.path.getsize(path) - 1) < cut, path
-        # Unmounted, the filesystem's pages leave the page cache; remounted read-only,
-        # nothing is written past the cut, and every read beyond it fails.
-        unmount(mount_point)
-        os.truncate(image, cut)
-        run('mount', '-o', 'ro', device, mount_point)
-        yield model
+    with failing_disk(image, mount_point, target) as failing:
+        run('mount', '--bind', failing, target)
+        try:
+            yield model
+        finally:
+            unmount(target)
 
 
 @pytest.mark.parametrize(
