@@ -183,23 +183,31 @@ def cached_mib(folder: Path) -> float:
     return total / MIB
 
 
-def commands(method: str, model_uri: Path, scratch: Path) -> str:
+def commands(method: str, model_uri: Path, scratch: Path, run: int = 0) -> str:
     saved = model_uri / 'Format-Serving'
     if method == CP:
-        return f'cp -r {saved} {scratch / "dest"} && sync -f {scratch}'
+        return f'cp -r {saved} {scratch / f"dest-{run}"} && sync -f {scratch}'
     if method == OPENSSL:
         return f'find {saved} -type f -print0 | xargs -0 openssl dgst -sha256 > /dev/null'
     if method == TF_LOAD:
         return f'{sys.executable} -c "{LOAD_SCRIPT}" {saved}'
     flags = '' if method == SMOKE else '--no-smoke-test'
     return (
-        f'{CLI} export --model {model_uri} --export-base {scratch / "base"} --name bench '
+        f'{CLI} export --model {model_uri} --export-base {scratch / f"base-{run}"} --name bench '
         f'--no-require-blessing {flags} --json && sync -f {scratch}'
     )
 
 
-def bench(model_uri: Path, scratch: Path, repeats: int, smoke: bool) -> dict[str, Any]:
-    """Every method on one model, alternating; medians, CPU seconds, peaks, page cache."""
+def bench(
+    model_uri: Path, scratch: Path, repeats: int, smoke: bool, many_files: bool = False
+) -> dict[str, Any]:
+    """Every method on one model, alternating; medians, CPU seconds, peaks, page cache.
+
+    With `many_files`, each run's copy is kept until the model's last run: ext4
+    without a journal (as here) checks, for every inode it allocates, whether an
+    inode nearby was deleted in the last minute, and after a removal of 20,000
+    files that made whichever run came next up to three times slower.
+    """
     settle_page_cache()
     eb.warm_read(model_uri / 'Format-Serving')
     methods = [CP, OPENSSL, EXPORT] + ([SMOKE, TF_LOAD] if smoke else [])
@@ -207,14 +215,17 @@ def bench(model_uri: Path, scratch: Path, repeats: int, smoke: bool) -> dict[str
         m: {'s': [], 'cpu': [], 'rss': [], 'cached': []} for m in methods
     }
     load_before = load_average()
+    count = 0
     for r in range(-1, repeats):  # Round -1 is a warm-up, not counted.
         # Alternate the order between repeats, so none always runs after the same one.
         for method in methods if r % 2 == 0 else methods[::-1]:
-            run, cpu_s = timed(commands(method, model_uri, scratch))
+            count += 1
+            run, cpu_s = timed(commands(method, model_uri, scratch, count))
             cached = None
             if method in (EXPORT, SMOKE):
-                cached = cached_mib(scratch / 'base' / 'bench')
-            eb.remove(scratch / 'dest', scratch / 'base')
+                cached = cached_mib(scratch / f'base-{count}' / 'bench')
+            if not many_files:
+                eb.remove(scratch / f'dest-{count}', scratch / f'base-{count}')
             subprocess.run(['sync'], check=True)
             if r < 0:
                 continue
@@ -242,6 +253,8 @@ def bench(model_uri: Path, scratch: Path, repeats: int, smoke: bool) -> dict[str
         'cores': cores,
     }
     results['load_average'] = {'before': load_before, 'after': load_average()}
+    for path in scratch.iterdir():
+        eb.remove(path)
     return results
 
 
@@ -267,7 +280,7 @@ def startup(model_uri: Path, scratch: Path, repeats: int) -> dict[str, Any]:
     seconds = []
     for _ in range(repeats):
         seconds.append(timed(cmd)[0].seconds)
-        eb.remove(scratch / 'base')
+        eb.remove(scratch / 'base-0')
     trace = subprocess.run(
         [sys.executable, '-X', 'importtime', CLI, *cmd.split(' && ')[0].split()[1:]],
         capture_output=True,
@@ -275,7 +288,7 @@ def startup(model_uri: Path, scratch: Path, repeats: int) -> dict[str, Any]:
         env=eb.child_env(),
         check=True,
     ).stderr
-    eb.remove(scratch / 'base')
+    eb.remove(scratch / 'base-0')
     imports = []
     for line in trace.splitlines():
         if line.startswith('import time:') and '|' in line and 'self [us]' not in line:
@@ -502,7 +515,9 @@ def main(argv: list[str] | None = None) -> int:
             results['1g'] = bench(sharded.uri, scratch, args.repeats, smoke=True)
         if MANY_FILES_NAME in chosen:
             many = many_files_model(args.work_dir)
-            results[MANY_FILES_NAME] = bench(many, scratch, args.repeats, smoke=False)
+            results[MANY_FILES_NAME] = bench(
+                many, scratch, args.repeats, smoke=False, many_files=True
+            )
         results['machine']['load_average_after'] = load_average()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -254,28 +254,33 @@ def _copy_in_pool(pool, batches, dest_root, config, progress, meanwhile, when_co
 
 
 def _start(pool, items, dest_root, config, progress) -> list[_FileCopy | _SmallFiles]:
-    """Starts copying `items` on the pool: a task per chunk of each large file, one per
-    batch of small files (`TransferConfig.batch_files`, at most one buffer of bytes)."""
+    """Starts copying `items` on the pool: a task per chunk of each large file, and a task
+    per folder's small files (one per `TransferConfig.batch_bytes` of them).
+
+    A folder's small files go to one task because the kernel creates the files of
+    a folder one at a time (under the folder's lock): threads creating files in
+    the same folder only wait for each other, spinning on that lock, and a task
+    per file costs more than copying a file of a few KiB.
+    """
     started: list[_FileCopy | _SmallFiles] = []
-    small: list[CopyItem] = []
-    small_bytes = 0
+    folders: dict[str, tuple[list[CopyItem], int]] = {}
     for item in items:
         if in_pieces(item, config):
             started.append(_FileCopy(pool, item, dest_root, config, progress))
             continue
-        small.append(item)
-        small_bytes += item.size
-        if len(small) >= config.batch_files or small_bytes >= config.buffer_bytes:
-            started.append(_SmallFiles(pool, small, dest_root, config, progress))
-            small, small_bytes = [], 0
-    if small:
-        started.append(_SmallFiles(pool, small, dest_root, config, progress))
+        folder = item.dest.rpartition('/')[0]
+        batch, size = folders.get(folder, ([], 0))
+        batch.append(item)
+        folders[folder] = (batch, size + item.size)
+        if size + item.size >= config.batch_bytes:
+            started.append(_SmallFiles(pool, batch, dest_root, config, progress))
+            del folders[folder]
+    started += [_SmallFiles(pool, b, dest_root, config, progress) for b, _ in folders.values()]
     return started
 
 
 class _SmallFiles:
-    """Small files copied one after another by one task: a task (a future, a queue entry
-    and a thread hand-over) per file cost more than copying a file of a few KiB."""
+    """Small files of one folder, copied one after another by one task."""
 
     def __init__(self, pool, items, dest_root, config, progress) -> None:
         task = pool.submit(

@@ -42,9 +42,8 @@ class TransferConfig:
         parallel_min_bytes: A thread per this many bytes at most: starting one
             costs about as much as copying and hashing 100 KiB, so a small model
             is copied inline.
-        batch_files: Files under `kernel_copy_min_bytes` are copied this many
-            (and at most `buffer_bytes`) to a task: a task per file of a few KiB
-            cost more than its copy.
+        batch_bytes: Files under `kernel_copy_min_bytes` are copied a folder
+            at a time, one task per this many bytes of them (`transfer._start`).
         map_window_bytes: The staged copy is hashed through read-only mappings of
             this size: what a thread holds mapped (and counts in its RSS) stays
             small whatever the file size.
@@ -69,7 +68,7 @@ class TransferConfig:
     buffer_bytes: int = 8 * _MIB
     kernel_copy_min_bytes: int = 4 * _MIB
     parallel_min_bytes: int = 8 * _MIB
-    batch_files: int = 32
+    batch_bytes: int = 32 * _MIB
     map_window_bytes: int = 8 * _MIB
     writeback_min_bytes: int = 1 * _MIB
     writeback_batch_bytes: int = 8 * _MIB
