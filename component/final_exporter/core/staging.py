@@ -217,13 +217,10 @@ def _build(
     files' sizes once they hold their final bytes: a copied model's as soon as its
     bytes are in place, while they may still be hashed; one that TensorFlow
     rewrites, once it has. Which model the checks load, and when, is `ChecksStep`'s
-    decision: a copied local model's source is loaded while it is copied, stat'ed
-    first (before the guard reads it too).
+    decision: a copied local model's source is loaded while it is copied.
     """
     config, source = request.config, plan.source
     rewritten = rewrites(config)
-    if checks is not None:
-        checks.begin()
     if config.serving_fn:
         from final_exporter.core import tf_export  # TensorFlow only when needed.
 
@@ -232,6 +229,8 @@ def _build(
     else:
         guard(source.path)  # A copy (or its text form): the source's own signatures.
     copied = functools.partial(when_final, {i.dest: i.size for i in plan.items})
+    if checks is not None:
+        checks.begin()
     staged = base.store.stage(
         staging,
         StageRequest(
