@@ -29,6 +29,7 @@ benchmark: venv
 	$(VENV)/python benchmarks/export_benchmark.py --sizes all --repeats 5
 	$(VENV)/python benchmarks/large_model_benchmark.py --repeats 5 --plot docs/large_models.png
 	$(VENV)/python benchmarks/signing_benchmark.py --repeats 5
+	$(VENV)/python benchmarks/object_store_benchmark.py --sizes 1g --parts bucket-source --repeats 3
 
 # The component image, built with podman from the Dockerfile (scripts/image.sh; where the
 # base cannot be pulled, a local stand-in of it: docs/kubeflow-vertex.md).

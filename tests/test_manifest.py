@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import re
@@ -14,7 +15,12 @@ from hypothesis import strategies as st
 from final_exporter.common import keys
 from final_exporter.common.errors import IntegrityError
 from final_exporter.storage.hashing import hash_local_chunks
-from final_exporter.storage.manifest import CHUNK_BYTES, ChunkedHasher, build_manifest
+from final_exporter.storage.manifest import (
+    CHUNK_BYTES,
+    ChunkedHasher,
+    build_manifest,
+    manifest_bytes,
+)
 from final_exporter.storage.types import FileEntry
 from final_exporter.storage.verify import hash_file, read_manifest, verify_export, write_manifest
 
@@ -191,3 +197,40 @@ def test_a_manifest_this_version_cannot_read_is_refused_naming_what_it_found(
 
     with pytest.raises(IntegrityError, match=re.escape(message)):
         verify_export(root)
+
+
+json_leaves = st.one_of(st.text(max_size=8), st.integers(), st.booleans(), st.none())
+entries = st.fixed_dictionaries(
+    {'path': st.text(min_size=1, max_size=12), 'size': st.integers(min_value=0)},
+    optional={'sha256': st.text(max_size=8), 'chunked_sha256': st.text(max_size=8)},
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    files=st.lists(
+        st.one_of(entries, st.dictionaries(st.text(max_size=4), json_leaves)), max_size=5
+    ),
+    lineage=st.recursive(
+        json_leaves,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(['files', 'x']), inner)
+        ),
+        max_leaves=6,
+    ),
+)
+def test_manifest_bytes_are_the_canonical_json_whatever_the_entries(files, lineage):
+    """The file list is written entry by entry (fast); the bytes are still exactly
+    json.dumps(indent=2, sort_keys=True, ensure_ascii=False), which the digest is over."""
+    manifest = {
+        'format_version': 2,
+        'chunk_bytes': CHUNK_BYTES,
+        'files': files,
+        'file_count': len(files),
+        'total_bytes': 0,
+        'lineage': lineage,
+    }
+
+    canonical = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + '\n'
+
+    assert manifest_bytes(manifest) == canonical.encode()

@@ -29,7 +29,7 @@ from conftest import tree_files
 CHUNK_BYTES = DEFAULT_TRANSFER.buffer_bytes
 WRITEBACK_MIN_BYTES = DEFAULT_TRANSFER.writeback_min_bytes
 WRITEBACK_BATCH_BYTES = DEFAULT_TRANSFER.writeback_batch_bytes
-SPLIT_CHUNK_BYTES = DEFAULT_TRANSFER.piece_bytes
+SPLIT_CHUNK_BYTES = DIGEST_CHUNK_BYTES
 SPLIT_MIN_BYTES = DEFAULT_TRANSFER.split_min_bytes
 
 
@@ -224,20 +224,20 @@ def test_unknown_copy_method_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize('method', ['auto', 'copy'])
-def test_beam_multiprocess_copy_of_files_and_pieces_is_byte_identical_to_the_threaded_copy(
-    tmp_path, caplog, method
-):
+def test_beam_copy_hashes_large_files_by_chunks_like_the_threaded_copy(tmp_path, caplog, method):
     src = tmp_path / 'src'
     make_model_tree(src, n_files=12)
+    # A shard of several manifest chunks: one element per chunk, its entry chunked.
+    big = write_random(src / 'variables' / 'variables.data-big', 2 * SPLIT_CHUNK_BYTES + 7)
     threaded, beamed = tmp_path / 'threaded', tmp_path / 'beam'
     threaded.mkdir()
     beamed.mkdir()
-    # Small pieces so that this tree's larger files are split into elements.
-    split_min, piece = CHUNK_BYTES, 3 * 1024 * 1024 + 1
+    # A low threshold, so that this tree's larger files are split into elements too.
+    split_min = CHUNK_BYTES
     items = plan_tree(str(src))
     fanned = [i for i in items if i.dest != 'saved_model.pb']
     n_split = sum(1 for i in fanned if i.size >= split_min)
-    n_elements = sum(1 + -(-i.size // piece) if i.size >= split_min else 1 for i in fanned)
+    n_elements = sum(-(-i.size // SPLIT_CHUNK_BYTES) if i.size >= split_min else 1 for i in fanned)
 
     want = copy_and_hash(items, str(threaded), config=TransferConfig(method=method))
     with caplog.at_level(logging.INFO, logger='final_exporter.storage.beam_copy'):
@@ -246,13 +246,15 @@ def test_beam_multiprocess_copy_of_files_and_pieces_is_byte_identical_to_the_thr
             str(beamed),
             ['--runner=DirectRunner', '--direct_running_mode=multi_processing',
              '--direct_num_workers=2'],
-            config=TransferConfig(method=method, split_min_bytes=split_min, piece_bytes=piece),
+            config=TransferConfig(method=method, split_min_bytes=split_min),
             last=GRAPH_FILES,
         )  # fmt: skip
 
-    assert n_split >= 2
+    assert n_split >= 3
     assert f'Copying {len(fanned)} files ({n_elements} elements) with Beam' in caplog.text
     assert got == want
+    assert got['variables/variables.data-big'] == want_entry('variables/variables.data-big', big)
+    assert got['variables/variables.data-big'].chunked_sha256
     assert tree_files(str(beamed)) == tree_files(str(threaded))
     assert not os.path.exists(f'{beamed}.beam-results')
 
@@ -296,8 +298,9 @@ def write_random(path, size: int, seed: int = 3) -> bytes:
     return data
 
 
+@pytest.mark.parametrize('direct_io', [True, False])
 @pytest.mark.parametrize('method', ['auto', 'copy'])
-def test_large_file_is_copied_and_hashed_in_parallel_chunks(tmp_path, method):
+def test_large_file_is_copied_and_hashed_in_parallel_chunks(tmp_path, method, direct_io):
     src, dst = tmp_path / 'src', tmp_path / 'dst'
     size = SPLIT_MIN_BYTES + SPLIT_CHUNK_BYTES // 2 + 11
     data = write_random(src / 'variables' / 'variables.data-00000-of-00001', size)
@@ -308,7 +311,7 @@ def test_large_file_is_copied_and_hashed_in_parallel_chunks(tmp_path, method):
     entries = copy_and_hash(
         plan_tree(str(src)),
         str(dst),
-        config=TransferConfig(workers=4, method=method),
+        config=TransferConfig(workers=4, method=method, direct_io=direct_io),
         progress=progress,
     )
 
@@ -316,8 +319,9 @@ def test_large_file_is_copied_and_hashed_in_parallel_chunks(tmp_path, method):
     assert (dst / shard).read_bytes() == data
     assert entries[shard] == want_entry(shard, data)
     assert entries['saved_model.pb'] == want_entry('saved_model.pb', pb)
-    pieces = [SPLIT_CHUNK_BYTES] * (size // SPLIT_CHUNK_BYTES) + [size % SPLIT_CHUNK_BYTES]
-    assert sorted(progress.increments) == sorted([*pieces, len(pb)])  # each chunk hashed once
+    # Every byte hashed once, in pieces of at most one chunk.
+    assert sum(progress.increments) == size + len(pb)
+    assert max(progress.increments) <= SPLIT_CHUNK_BYTES
 
 
 def test_large_file_written_to_during_a_split_copy_is_detected(tmp_path):
@@ -339,7 +343,7 @@ def test_large_file_written_to_during_a_split_copy_is_detected(tmp_path):
     [WRITEBACK_MIN_BYTES, 4 * CHUNK_BYTES - 1, 3 * WRITEBACK_BATCH_BYTES + 5, SPLIT_MIN_BYTES + 7],
 )
 @pytest.mark.parametrize('workers', [1, 4])
-def test_writeback_is_started_for_every_byte_of_a_large_copy(tmp_path, size, workers):
+def test_writeback_is_started_for_every_byte_copied_through_the_page_cache(tmp_path, size, workers):
     src, dst = tmp_path / 'src', tmp_path / 'dst'
     data = write_random(src / 'variables.data-00000-of-00001', size)
     dst.mkdir()
@@ -347,7 +351,9 @@ def test_writeback_is_started_for_every_byte_of_a_large_copy(tmp_path, size, wor
     with mock.patch.object(
         filecopy, 'start_writeback', autospec=True, side_effect=filecopy.start_writeback
     ) as writeback:
-        copy_and_hash(plan_tree(str(src)), str(dst), config=TransferConfig(workers=workers))
+        copy_and_hash(
+            plan_tree(str(src)), str(dst), config=TransferConfig(workers=workers, direct_io=False)
+        )
 
     ranges = sorted((c.args[1], c.args[1] + c.args[2]) for c in writeback.call_args_list)
     covered = 0
@@ -355,6 +361,38 @@ def test_writeback_is_started_for_every_byte_of_a_large_copy(tmp_path, size, wor
         assert start == covered
         covered = end
     assert covered == len(data)
+
+
+def resident_bytes(path) -> int:
+    """Bytes of `path` in the page cache (util-linux `fincore`)."""
+    out = subprocess.run(
+        ['fincore', '--bytes', '--noheadings', '--raw', '--output', 'RES', str(path)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return int(out.stdout.split()[0])
+
+
+@pytest.mark.parametrize('workers', [1, 4])
+def test_a_large_copy_written_with_o_direct_leaves_the_staged_bytes_out_of_the_page_cache(
+    tmp_path, workers
+):
+    src, dst = tmp_path / 'src', tmp_path / 'dst'
+    size = 3 * SPLIT_CHUNK_BYTES + 5  # the last 5 bytes cannot go through O_DIRECT
+    data = write_random(src / 'variables.data-00000-of-00001', size)
+    dst.mkdir()
+    fs = subprocess.run(['stat', '-f', '-c', '%T', str(dst)], capture_output=True, text=True)
+    assert fs.stdout.strip() != 'tmpfs', 'a disk filesystem is needed: tmpfs is the page cache'
+
+    entries = copy_and_hash(
+        plan_tree(str(src)), str(dst), config=TransferConfig(workers=workers, direct_io=True)
+    )
+
+    staged = dst / 'variables.data-00000-of-00001'
+    assert resident_bytes(staged) <= 4096  # at most the page of the unaligned tail
+    assert staged.read_bytes() == data
+    assert entries['variables.data-00000-of-00001'] == want_entry(
+        'variables.data-00000-of-00001', data
+    )
 
 
 def test_small_model_is_copied_inline_with_saved_model_pb_last(tmp_path):
@@ -463,3 +501,35 @@ def test_one_large_file_alone_is_copied_and_hashed_by_several_threads(tmp_path):
         'variables.data-00000-of-00001', data
     )
     assert len(progress.threads) > 1, progress.threads
+
+
+def copy_thread_nice_values() -> dict[int, int]:
+    return {
+        t.native_id: os.getpriority(os.PRIO_PROCESS, t.native_id)
+        for t in threading.enumerate()
+        if t.name.startswith('final-exporter-copy')
+    }
+
+
+def test_copy_threads_yield_the_cpu_to_the_exporters_own_thread_while_it_works(tmp_path):
+    """TensorFlow's import and load in the exporter's own thread are what the export waits
+    for last: meanwhile the copy threads run at a lower priority, and after it as before."""
+    src, dst = tmp_path / 'src', tmp_path / 'dst'
+    write_random(src / 'variables.data-00000-of-00001', 4 * SPLIT_CHUNK_BYTES)
+    dst.mkdir()
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    during, after = {}, {}
+
+    copy_and_hash(
+        plan_tree(str(src)),
+        str(dst),
+        config=TransferConfig(workers=4),
+        meanwhile=lambda: during.update(copy_thread_nice_values()),
+        when_copied=lambda: after.update(copy_thread_nice_values()),
+    )
+
+    nice = DEFAULT_TRANSFER.background_nice
+    assert nice > 0
+    assert during and set(during.values()) == {base + nice}
+    if os.geteuid() == 0:  # raising a priority back needs CAP_SYS_NICE
+        assert after and set(after.values()) == {base}

@@ -131,6 +131,7 @@ def prediction_parity(
     *,
     source_signature_name: str | None = None,
     batch_size: int = DEFAULT_PARITY_BATCH_SIZE,
+    export_model: Any = None,
 ) -> ParityResult:
     """Compares the export's predictions with the source model's on the same examples.
 
@@ -152,6 +153,8 @@ def prediction_parity(
             readable by every worker). In this process when None.
         source_signature_name: The source's signature, when it differs.
         batch_size: Examples per batch (per Beam element).
+        export_model: The export loaded already (`signatures.load_export`), for the
+            comparison in this process; loaded from `export_dir` when None.
 
     Returns:
         The ParityResult; check `ok`, or call `require_parity`.
@@ -175,7 +178,7 @@ def prediction_parity(
         summary = compare_batches(spec, batches)
         runner = 'beam'
     else:
-        comparer = BatchComparer(spec)
+        comparer = BatchComparer(spec, export_model=export_model)
         summary = empty_summary()
         for offset, batch in batches:
             summary = merge_summaries(summary, comparer.compare(offset, batch))
@@ -233,16 +236,21 @@ class ParitySpec:
 
 
 class BatchComparer:
-    """Loads both models once and compares batches; what each Beam worker holds."""
+    """Loads both models once and compares batches; what each Beam worker holds.
 
-    def __init__(self, spec: ParitySpec) -> None:
+    Args:
+        spec: What to compare.
+        export_model: The export loaded already; loaded from `spec.export_dir` when None.
+    """
+
+    def __init__(self, spec: ParitySpec, export_model: Any = None) -> None:
         self.spec = spec
         self._source = get_signature(
             load_export(spec.source_dir), spec.source_signature, spec.source_dir
         )
-        self._export = get_signature(
-            load_export(spec.export_dir), spec.export_signature, spec.export_dir
-        )
+        if export_model is None:
+            export_model = load_export(spec.export_dir)
+        self._export = get_signature(export_model, spec.export_signature, spec.export_dir)
         self._source_input = _example_input(self._source, spec.source_signature, spec.source_dir)
         self._export_input = _example_input(self._export, spec.export_signature, spec.export_dir)
 

@@ -221,7 +221,7 @@ def validate_warmup_requests(
     return count
 
 
-def replay_warmup_requests(export_dir: str, path: str | None = None) -> int:
+def replay_warmup_requests(export_dir: str, path: str | None = None, *, loaded: Any = None) -> int:
     """Runs every warmup request against the export, as TensorFlow Serving does at load.
 
     Predict requests feed their tensors (`tf.make_ndarray`) to the signature.
@@ -233,6 +233,8 @@ def replay_warmup_requests(export_dir: str, path: str | None = None) -> int:
         export_dir: The export folder.
         path: The warmup file; `<export_dir>/assets.extra/tf_serving_warmup_requests`
             when None.
+        loaded: The export loaded already (`signatures.load_export`), or a model
+            with the same SavedModel bytes; loaded from `export_dir` when None.
 
     Returns:
         The number of requests run.
@@ -244,7 +246,8 @@ def replay_warmup_requests(export_dir: str, path: str | None = None) -> int:
     import tensorflow as tf
 
     path = path or os.path.join(export_dir, WARMUP_RELPATH)
-    loaded = load_export(export_dir)
+    if loaded is None:
+        loaded = load_export(export_dir)
     methods = _signature_methods(export_dir)
     signatures = {name: loaded.signatures[name] for name in loaded.signatures}
     inputs = {name: set(input_specs(fn)) for name, fn in signatures.items()}

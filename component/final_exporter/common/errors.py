@@ -39,3 +39,8 @@ class BreakingChangeError(InvalidInputError):
     def __init__(self, message: str, lineage: Mapping[str, Any] | None = None) -> None:
         super().__init__(message)
         self.lineage = dict(lineage or {})
+
+
+class StorageIOError(FinalExporterError):
+    """The storage failed to read or write a file (EIO and the like): the message names the
+    file and where in it; nothing was published."""

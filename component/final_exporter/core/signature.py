@@ -4,10 +4,10 @@ signature written into the staging area before it is verified and published.
 The signature is OpenSSF Model Signing's `files` serialization, every file's
 whole-file SHA-256 (storage/signing.py says why not `shards`). A file of at most
 one manifest chunk has that digest in its manifest entry already. A larger one is
-read once more, from its staged copy (on a local store still in the page cache),
-never from the source: in a thread started as soon as the staged files hold their
-final bytes, so the read overlaps the copy's last hashing and the serving checks
-instead of following them.
+read once more, from its staged copy (on a local store from the disk: the copy
+writes large files with O_DIRECT), never from the source: in a thread started as
+soon as the staged files hold their final bytes, so the read overlaps the copy's
+last hashing and the serving checks instead of following them.
 """
 
 from __future__ import annotations

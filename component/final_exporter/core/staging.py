@@ -31,12 +31,7 @@ from final_exporter.common.progress import Progress
 from final_exporter.core.config import ExportConfig
 from final_exporter.core.plan import Plan, lineage_maker, rewrites, with_local_source
 from final_exporter.core.request import ExportRequest
-from final_exporter.core.serving_checks import (
-    beam_requested,
-    import_tensorflow,
-    serving_checks,
-    wants_checks,
-)
+from final_exporter.core.serving_checks import ChecksStep, beam_requested, wants_checks
 from final_exporter.core.signature import SigningStep
 from final_exporter.lifecycle.serving_contract import guard_serving_signatures
 from final_exporter.storage.base import ModelBase, Staging, Store
@@ -78,10 +73,21 @@ def stage_and_publish(
     plan: Plan,
     report_progress: Callable[[str], None] | None,
     clock: Callable[[], float],
+    *,
+    hook: Callable[[str], None] | None = None,
 ) -> Published:
     """Builds the export in a fresh staging area of `base` and publishes it as the next version.
 
     On any failure the staging area is removed and no version appears.
+
+    Args:
+        base: Where to publish.
+        request: What to export.
+        plan: The source and files (`plan.plan_export`).
+        report_progress: Called with one-line progress updates on long copies.
+        clock: Time source for versions and the lineage timestamp.
+        hook: Passed to `ChecksStep` (a test's hook into the window in which a
+            source the checks load must not change).
     """
     config = request.config
     with contextlib.ExitStack() as cleanup:
@@ -89,9 +95,12 @@ def stage_and_publish(
         staging = base.store.begin_staging(base.path, local_view=_needs_local_view(request, plan))
         try:
             signing = SigningStep(plan.signer, base.store, staging) if plan.signer else None
+            checks = None
+            if staging.local_dir is not None:  # Without a local view there is nothing to check.
+                checks = ChecksStep(config, request, plan, staging.local_dir, hook=hook)
             with signing or contextlib.nullcontext():
                 manifest, data = _build_verified(
-                    base, staging, request, plan, report_progress, clock, signing
+                    base, staging, request, plan, report_progress, clock, signing, checks
                 )
             version, export_dir = base.store.publish(staging, clock)
         finally:
@@ -117,6 +126,7 @@ def _build_verified(
     report_progress: Callable[[str], None] | None,
     clock: Callable[[], float],
     signing: SigningStep | None,
+    checks: ChecksStep | None,
 ) -> tuple[dict[str, Any], bytes]:
     """Fills the staging area, checks it, writes (and signs) and verifies its manifest:
     (manifest, bytes)."""
@@ -124,13 +134,10 @@ def _build_verified(
     progress = Progress(
         total_bytes=sum(i.size for i in items), total_files=len(items), report=report_progress
     )
-    checks: dict[str, Any] = signing.lineage() if signing else {}
-    warmup = None
-    if staging.local_dir is not None:
-        warmup = os.path.join(staging.local_dir, *WARMUP_RELPATH.split('/'))
+    results: dict[str, Any] = signing.lineage() if signing else {}
 
     def guard(model_dir: str) -> None:
-        checks.update(
+        results.update(
             guard_serving_signatures(
                 model_dir,
                 store_for(model_dir),
@@ -144,16 +151,16 @@ def _build_verified(
     def when_final(sizes: Mapping[str, int]) -> None:
         if signing is not None:  # Beside the checks, not after them.
             signing.start_reading(sizes)
-        if staging.local_dir is not None:  # Without a local view there is nothing to check.
-            checks.update(
-                serving_checks(staging.local_dir, plan.source.path, config, request, warmup)
-            )
+        if checks is not None:
+            checks.run()
+            results.update(checks.results)
 
-    files, signatures = _build(base, staging, request, plan, progress, guard, when_final)
+    files, signatures = _build(base, staging, request, plan, progress, checks, guard, when_final)
+    warmup = checks.warmup_path if checks is not None else None
     if warmup is not None and os.path.exists(warmup) and WARMUP_RELPATH not in files:
         files.update(store.stage_local_files(staging, [WARMUP_RELPATH]))
     make_lineage = lineage_maker(request, plan, clock)
-    manifest = build_manifest(files.values(), make_lineage(signatures, files, checks))
+    manifest = build_manifest(files.values(), make_lineage(signatures, files, results))
     data = manifest_bytes(manifest)
     store.write_export_file(staging, keys.MANIFEST_RELPATH, data)
     if signing is not None:
@@ -197,18 +204,20 @@ def _build(
     request: ExportRequest,
     plan: Plan,
     progress: Progress,
+    checks: ChecksStep | None,
     guard: Callable[[str], None],
     when_final: Callable[[Mapping[str, int]], None],
 ) -> tuple[dict[str, FileEntry], tuple[str, ...]]:
-    """Fills the staging area and runs the serving checks on it; returns its files' entries
-    and signature names.
+    """Fills the staging area and runs the serving checks beside the copy; returns its
+    files' entries and signature names.
 
     `guard` compares the new serving signatures with the served version's before
     anything is staged: those TensorFlow wrote for a re-export, else the source's.
     `when_final` (the serving checks, and the signature's reads) gets the staged
     files' sizes once they hold their final bytes: a copied model's as soon as its
-    bytes are in place, while they are still being hashed; one that TensorFlow
-    rewrites, once it has.
+    bytes are in place, while they may still be hashed; one that TensorFlow
+    rewrites, once it has. Which model the checks load, and when, is `ChecksStep`'s
+    decision: a copied local model's source is loaded while it is copied.
     """
     config, source = request.config, plan.source
     rewritten = rewrites(config)
@@ -220,12 +229,14 @@ def _build(
     else:
         guard(source.path)  # A copy (or its text form): the source's own signatures.
     copied = functools.partial(when_final, {i.dest: i.size for i in plan.items})
+    if checks is not None:
+        checks.begin()
     staged = base.store.stage(
         staging,
         StageRequest(
             plan.items,
             progress=progress,
-            meanwhile=import_tensorflow if wants_checks(config, request) else None,
+            meanwhile=checks.meanwhile if checks is not None and checks.wanted else None,
             when_complete=None if rewritten else copied,
         ),
     )

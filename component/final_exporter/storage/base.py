@@ -93,6 +93,11 @@ class Store(abc.ABC):
         """Whether this process may read the file at `path` (a bucket's say so by listing it)."""
         return self.is_file(path)
 
+    def local_path(self, path: str) -> str | None:
+        """`path` as a file path of this machine that TensorFlow can open; None when it has
+        none (an object in a bucket)."""
+        return None
+
     def local_tree(self, root: str) -> contextlib.AbstractContextManager[str]:
         """A local folder with the files under `root` for the duration of the block.
 

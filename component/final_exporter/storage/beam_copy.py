@@ -1,16 +1,18 @@
 """The copy-and-hash fan-out as an Apache Beam pipeline, for models that outgrow one machine.
 
-The elements are files and pieces of large files, as in the threaded path
+The elements are files and chunks of large files, as in the threaded path
 (`transfer.copy_and_hash`, whose functions the workers run): a file under
 `split_min_bytes` is one element that a worker copies while hashing it; a
-larger file becomes one element that hashes it whole (SHA-256 is one
-sequential pass) and one element per `piece_bytes` range that copies that
-range into the file the driver created. The manifest entries come back to the
-driver through a results folder beside the staging folder, which must
-therefore be on storage every worker can reach (the case for Dataflow, Flink
-or Spark with a shared filesystem). The driver then checks each split source
-is unchanged and each copy complete, and copies the files in `last` itself, so
-they still come last (for a SavedModel, its graph file).
+larger file becomes one element per manifest chunk (`manifest.CHUNK_BYTES`)
+that copies that chunk into the file the driver created and hashes it, so its
+manifest entry (format 2: the digest of its chunks' digests) is built from
+the workers' chunk digests, and no worker reads the whole file. The entries
+and chunk digests come back to the driver through a results folder beside the
+staging folder, which must therefore be on storage every worker can reach
+(the case for Dataflow, Flink or Spark with a shared filesystem). The driver
+then checks each split source is unchanged and each copy complete, and copies
+the files in `last` itself, so they still come last (for a SavedModel, its
+graph file).
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from collections.abc import Collection, Iterable, Sequence
 from final_exporter.storage.filecopy import (
     copy_file,
     copy_piece,
+    create_dest,
     finish_split,
-    hash_only,
     is_split,
     make_dest_folders,
     split_pieces,
 )
+from final_exporter.storage.manifest import entry_from_chunks
 from final_exporter.storage.transfer import copy_and_hash
 from final_exporter.storage.transfer_config import DEFAULT_TRANSFER, TransferConfig
 from final_exporter.storage.types import CopyItem, FileEntry, StageRequest
@@ -38,7 +41,7 @@ from final_exporter.storage.types import CopyItem, FileEntry, StageRequest
 logger = logging.getLogger(__name__)
 
 # Element kinds: (kind, src, dest, size, offset, length).
-_FILE, _HASH, _PIECE = 'file', 'hash', 'piece'
+_FILE, _PIECE = 'file', 'piece'
 Element = tuple[str, str, str, int, int, int]
 
 
@@ -58,7 +61,7 @@ def copy_and_hash_beam(
         beam_pipeline_args: Beam options, e.g. `--runner=DirectRunner
             --direct_running_mode=multi_processing --direct_num_workers=2`.
         config: The copy method; files of `split_min_bytes` or more are copied in
-            pieces of `piece_bytes` (not with `hardlink`, which copies nothing).
+            manifest chunks (not with `hardlink`, which copies nothing).
         last: Destinations the driver copies after the pipeline.
 
     Returns:
@@ -75,12 +78,16 @@ def copy_and_hash_beam(
         'Copying %s files (%s elements) with Beam (%s).',
         len(fan_out), len(elements), ' '.join(beam_pipeline_args),
     )  # fmt: skip
-    entries = _run_pipeline(elements, dest_root, beam_pipeline_args, config)
+    entries, chunks = _run_pipeline(elements, dest_root, beam_pipeline_args, config)
+    for dest, (item, before) in split.items():
+        digests = [chunks.get((dest, offset)) for offset, _ in split_pieces(before.st_size)]
+        if None in digests:
+            break  # Reported below as a file without an entry.
+        entry = entry_from_chunks(dest, before.st_size, digests)
+        entries[dest] = finish_split(item, os.path.join(dest_root, dest), before, entry)
     missing = sorted({i.dest for i in fan_out} - set(entries))
     if missing:
         raise RuntimeError(f'the Beam copy returned no entry for {missing[:5]}')
-    for dest, (item, before) in split.items():
-        finish_split(item, os.path.join(dest_root, dest), before, entries[dest])
     entries.update(copy_and_hash([i for i in items if i.dest in last], dest_root, config=config))
     return entries
 
@@ -93,13 +100,12 @@ def _elements(
     split: dict[str, tuple[CopyItem, os.stat_result]] = {}
     for item in items:
         if is_split(item, config):
-            # The driver creates the file; the piece elements write into it.
-            with open(os.path.join(dest_root, item.dest), 'xb'):
-                pass
-            split[item.dest] = (item, os.stat(item.src))
-            elements.append((_HASH, item.src, item.dest, item.size, 0, item.size))
-            for offset, length in split_pieces(item.size, config.piece_bytes):
-                elements.append((_PIECE, item.src, item.dest, item.size, offset, length))
+            # The driver creates the file; the chunk elements write into it.
+            before = os.stat(item.src)
+            create_dest(os.path.join(dest_root, item.dest), before.st_size, config)
+            split[item.dest] = (item, before)
+            for offset, length in split_pieces(before.st_size):
+                elements.append((_PIECE, item.src, item.dest, before.st_size, offset, length))
         else:
             elements.append((_FILE, item.src, item.dest, item.size, 0, item.size))
     return elements, split
@@ -107,8 +113,9 @@ def _elements(
 
 def _run_pipeline(
     elements: list[Element], dest_root: str, args: Sequence[str], config: TransferConfig
-) -> dict[str, FileEntry]:
-    """Runs the elements on Beam; the entries come back through a results folder."""
+) -> tuple[dict[str, FileEntry], dict[tuple[str, int], bytes]]:
+    """Runs the elements on Beam: the whole files' entries and the chunks' digests
+    ({(destination, offset): digest}), back through a results folder."""
     import apache_beam as beam
 
     results_dir = f'{dest_root.rstrip("/")}.beam-results'
@@ -122,29 +129,30 @@ def _run_pipeline(
                 | 'CopyAndHash' >> beam.FlatMap(_run_element, dest_root=dest_root, config=config)
                 | 'Write' >> beam.io.WriteToText(os.path.join(results_dir, 'entries'))
             )
-        entries = {}
+        entries, chunks = {}, {}
         for path in glob.glob(os.path.join(results_dir, 'entries*')):
             with open(path, encoding='utf-8') as f:
                 for line in f:
-                    entry = FileEntry(**json.loads(line))
-                    entries[entry.path] = entry
+                    record = json.loads(line)
+                    if 'chunk' in record:
+                        chunks[record['path'], record['offset']] = bytes.fromhex(record['chunk'])
+                    else:
+                        entry = FileEntry(**record)
+                        entries[entry.path] = entry
     finally:
         shutil.rmtree(results_dir, ignore_errors=True)
-    return entries
+    return entries, chunks
 
 
 def _run_element(element: Element, dest_root: str, config: TransferConfig) -> list[str]:
-    """Copies a file (its entry), hashes a split file (its entry) or copies a piece (nothing)."""
+    """Copies a file (its entry) or one chunk of a split file (the chunk's digest)."""
     kind, src, dest, size, offset, length = element
     item = CopyItem(src, dest, size)
     if kind == _PIECE:
-        # A retried piece rewrites the same range of the same file: idempotent.
-        copy_piece(item, os.path.join(dest_root, dest), (offset, length), config)
-        return []
-    if kind == _HASH:
-        entry = hash_only(item, config)
-    else:
-        entry = copy_file(item, dest_root, config=config, replace=True)
+        # A retried chunk rewrites the same range of the same file: idempotent.
+        digest = copy_piece(item, os.path.join(dest_root, dest), (offset, length), config)
+        return [json.dumps({'path': dest, 'offset': offset, 'chunk': digest.hex()})]
+    entry = copy_file(item, dest_root, config=config, replace=True)
     return [json.dumps(entry.as_dict())]
 
 

@@ -7,9 +7,19 @@ process. A source that shrinks, grows, is replaced or removed, or cannot be
 read is an error naming the file (IntegrityError; InvalidInputError when it is
 unreadable), and nothing is published.
 
-Copied bytes are handed to the disk as they are written (`start_writeback`),
-so the flush before publishing (`fs.flush_tree`) waits for little: the disk
-writes while the next bytes are hashed.
+A large file's chunks are read with `pread`, hashed, and written with
+`O_DIRECT` (`TransferConfig.direct_io`): the bytes go from this process's
+buffer to the disk, and the staged copy takes no room in the page cache, so
+it neither doubles the model's footprint in memory (the source is cached, and
+TensorFlow may be loading it meanwhile) nor leaves gigabytes of dirty pages
+for the flush before publishing. Where the destination refuses `O_DIRECT`,
+the kernel copies the chunk (`copy_file_range`) and the chunk is hashed from
+the staged copy. Bytes written through the page cache are handed to the disk
+as they are written (`start_writeback`), so the flush before publishing
+(`fs.flush_tree`) waits for little.
+
+A read that fails (EIO from a failing disk, a lost network mount) is a
+`StorageIOError` naming the file and the byte where the read failed.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import functools
 import hashlib
 import logging
 import mmap
@@ -27,7 +38,7 @@ import threading
 from collections.abc import Iterable, Iterator
 
 from final_exporter.common import libc
-from final_exporter.common.errors import IntegrityError, InvalidInputError
+from final_exporter.common.errors import IntegrityError, InvalidInputError, StorageIOError
 from final_exporter.common.progress import Progress
 from final_exporter.storage.manifest import CHUNK_BYTES as MANIFEST_CHUNK_BYTES
 from final_exporter.storage.manifest import ChunkedHasher, entry_from_chunks
@@ -50,9 +61,27 @@ def is_split(item: CopyItem, config: TransferConfig) -> bool:
     return item.size >= config.split_min_bytes and config.method != COPY_HARDLINK
 
 
-def split_pieces(size: int, piece_bytes: int = MANIFEST_CHUNK_BYTES) -> list[tuple[int, int]]:
-    """The (offset, length) pieces a large file is copied in (an empty file is one empty piece)."""
-    return [(o, min(piece_bytes, size - o)) for o in range(0, size, piece_bytes)] or [(0, 0)]
+def split_pieces(size: int) -> list[tuple[int, int]]:
+    """The (offset, length) pieces a large file is copied in, its manifest chunks (an empty
+    file is one empty piece)."""
+    chunk = MANIFEST_CHUNK_BYTES
+    return [(o, min(chunk, size - o)) for o in range(0, size, chunk)] or [(0, 0)]
+
+
+def create_dest(dest: str, size: int, config: TransferConfig) -> None:
+    """Creates the (new) file a large file's chunks are written into, at its full size.
+
+    Allocated up front (`fallocate`), chunks written with `O_DIRECT` by several
+    threads at once overwrite allocated blocks, which the filesystem lets them
+    do side by side (ext4 and XFS serialise writes that allocate). Best effort:
+    without `fallocate` the writes allocate as they go.
+    """
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    try:
+        if size and config.direct_io and _fallocate is not None:
+            _fallocate(fd, 0, 0, size)
+    finally:
+        os.close(fd)
 
 
 def make_dest_folders(items: Iterable[CopyItem], dest_root: str) -> None:
@@ -87,8 +116,7 @@ def copy_file(
     elif in_pieces(item, config):
         entry = _copy_in_chunks(item, dest, progress, config)
     else:
-        with open(dest, 'xb', buffering=0) as out:
-            entry = _hash_unchanged(item, progress, out, config)
+        entry = _copy_whole(item, dest, progress, config)
     if progress is not None:
         progress.file_done(item.dest)
     return entry
@@ -100,8 +128,7 @@ def _copy_in_chunks(
     """Copies a large file piece by piece in this thread: the same entry as the pool gives."""
     with source_errors(item):
         before = os.stat(item.src)
-    with open(dest, 'xb'):
-        pass
+    create_dest(dest, before.st_size, config)
     digests = []
     for offset, length in split_pieces(before.st_size):
         digest = place_piece(item, dest, before, offset, length, progress, config)
@@ -139,17 +166,19 @@ def place_piece(
 ) -> bytes | None:
     """Copies [offset, offset+length) of `item.src` into the existing `dest`.
 
-    The kernel copies the range (`copy_file_range`): no byte passes through
-    user space, and the call releases the GIL for the whole range, so a thread
-    importing TensorFlow meanwhile is not held up. The range is then hashed
-    from the staged copy (`hash_range`). Where the kernel cannot copy this pair
-    of files, the source is read with `pread`, hashed and written in one pass.
+    With `config.direct_io`, where the destination's filesystem takes it, the
+    range is read with `pread`, hashed and written with `O_DIRECT` (its last
+    unaligned bytes through the page cache). Else the kernel copies the range
+    (`copy_file_range`), with no byte through user space, and the caller hashes
+    it from the staged copy (`hash_range`); where the kernel cannot copy this
+    pair of files, the range is read, hashed and written in one pass.
 
     Returns:
         The range's SHA-256 digest where it was hashed while copied, else None.
 
     Raises:
         IntegrityError: if the source was replaced since `before` or ends early.
+        StorageIOError: if a read or write fails, naming the file and the byte.
     """
     with contextlib.ExitStack() as stack:
         with source_errors(item):
@@ -158,22 +187,33 @@ def place_piece(
         if (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
             raise _changed(item, before, now.st_size, offset, 'was replaced')
         out = stack.enter_context(open(dest, 'r+b', buffering=0))
+        direct = _open_direct(dest, now) if length and config.direct_io else None
+        if direct is not None:
+            stack.callback(os.close, direct)
         digest = None
-        if not (length and _copy_range(item, src.fileno(), out.fileno(), offset, length)):
+        if direct is not None or not (
+            length and _copy_range(item, dest, src.fileno(), out.fileno(), offset, length)
+        ):
             digest = hashlib.sha256()
-            _read_chunk(item, before, src.fileno(), out, (offset, length), digest, progress, config)
+            _read_chunk(
+                item, before, src.fileno(), out, (offset, length), digest, progress, config, direct
+            )
         elif progress is not None:
             progress.add_copied(length)
-        start_writeback(out.fileno(), offset, length)
+        if direct is None:
+            start_writeback(out.fileno(), offset, length)
     return digest.digest() if digest is not None else None
 
 
-def copy_piece(item: CopyItem, dest: str, span: tuple[int, int], config: TransferConfig) -> None:
-    """Copies the range `span` (offset, length) of `item.src` into the existing `dest` (a
-    Beam element)."""
+def copy_piece(item: CopyItem, dest: str, span: tuple[int, int], config: TransferConfig) -> bytes:
+    """Copies the range `span` (offset, length) of `item.src` into the existing `dest` and
+    returns its SHA-256 digest (a Beam element)."""
     with source_errors(item):
         before = os.stat(item.src)
-    place_piece(item, dest, before, *span, None, config)
+    digest = place_piece(item, dest, before, *span, None, config)
+    if digest is None:
+        digest = hash_range(item, dest, *span, None, mapped=True, config=config)
+    return digest
 
 
 def hash_range(
@@ -214,21 +254,27 @@ def hash_range(
     return digest.digest()
 
 
-def _read_chunk(item, before, src_fd, out, span, digest, progress, config) -> None:
+def _read_chunk(item, before, src_fd, out, span, digest, progress, config, direct=None) -> None:
     """Reads the range `span` (offset, length) with `pread`, hashing it and writing it to
-    `out` (if any)."""
+    `out` (if any): through `direct` (an `O_DIRECT` descriptor of the same file) where a
+    read is aligned, the rest through `out`."""
     offset, length = span
     buf = _buffer(config.buffer_bytes)
     view = memoryview(buf)
     done = 0
     while done < length:
-        with source_errors(item):
-            n = os.preadv(src_fd, [view[: min(len(buf), length - done)]], offset + done)
+        at = offset + done
+        with source_errors(item, at):
+            n = os.preadv(src_fd, [view[: min(len(buf), length - done)]], at)
         if n == 0:
-            raise _changed(item, before, os.fstat(src_fd).st_size, offset + done)
+            raise _changed(item, before, os.fstat(src_fd).st_size, at)
         digest.update(view[:n])
         if out is not None:
-            _pwrite_all(out.fileno(), view[:n], offset + done)
+            aligned = n - n % DIRECT_ALIGN if direct is not None and at % DIRECT_ALIGN == 0 else 0
+            if aligned:
+                _pwrite_all(direct, view[:aligned], at, out.name)
+            if aligned < n:
+                _pwrite_all(out.fileno(), view[aligned:n], at + aligned, out.name)
         done += n
         if progress is not None:
             if out is not None:
@@ -236,26 +282,61 @@ def _read_chunk(item, before, src_fd, out, span, digest, progress, config) -> No
             progress.add_bytes(n)
 
 
-def _pwrite_all(fd: int, chunk: memoryview, offset: int) -> None:
+def _pwrite_all(fd: int, chunk: memoryview, offset: int, path: str) -> None:
     while chunk:
-        n = os.pwrite(fd, chunk, offset)
+        try:
+            n = os.pwrite(fd, chunk, offset)
+        except OSError as e:
+            raise _write_failed(path, offset, e) from None
         chunk, offset = chunk[n:], offset + n
+
+
+def _write_failed(path: str, offset: int, e: OSError) -> StorageIOError:
+    return StorageIOError(f'cannot write the staged copy {path!r} at byte {offset}: {_describe(e)}')
+
+
+def _describe(e: OSError) -> str:
+    """`Input/output error (EIO)`: the reason and its errno name."""
+    name = errno.errorcode.get(e.errno, str(e.errno)) if e.errno else ''
+    return f'{e.strerror or e} ({name})' if name else str(e.strerror or e)
+
+
+# O_DIRECT transfers must start at, and span, multiples of the device's logical block
+# size (512 or 4096 bytes); 4096 suits both. The buffers are page-aligned mappings.
+DIRECT_ALIGN = 4096
+_direct_unsupported: set[int] = set()  # st_dev of filesystems that refused O_DIRECT
+
+
+def _open_direct(dest: str, src_stat: os.stat_result) -> int | None:
+    """An `O_DIRECT` write descriptor of `dest`, or None where its filesystem refuses one."""
+    dev = os.stat(dest).st_dev
+    if dev in _direct_unsupported or not hasattr(os, 'O_DIRECT'):
+        return None
+    try:
+        return os.open(dest, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno not in _UNSUPPORTED:
+            raise
+        _direct_unsupported.add(dev)
+        return None
 
 
 _local = threading.local()
 
 
-def _buffer(size: int) -> bytearray:
-    # One buffer per thread, reused across files: memory stays flat whatever the model size.
+def _buffer(size: int) -> mmap.mmap:
+    # One buffer per thread, reused across files: memory stays flat whatever the model
+    # size. An anonymous mapping is page-aligned, as O_DIRECT writes need.
     buf = getattr(_local, 'buf', None)
     if buf is None or len(buf) != size:
-        buf = _local.buf = bytearray(size)
+        buf = _local.buf = mmap.mmap(-1, size)
     return buf
 
 
 @contextlib.contextmanager
-def source_errors(item: CopyItem) -> Iterator[None]:
-    """Turns "cannot read / no longer there" errors about `item.src` into one clear message."""
+def source_errors(item: CopyItem, at: int | None = None) -> Iterator[None]:
+    """Turns errors about `item.src` into one clear message: unreadable (InvalidInputError),
+    gone (IntegrityError), or a failed read at byte `at` (StorageIOError)."""
     try:
         yield
     except PermissionError as e:
@@ -272,6 +353,19 @@ def source_errors(item: CopyItem) -> Iterator[None]:
             f'source file {item.src!r} was removed (or renamed) while it was copied; '
             'export a model that is no longer being written'
         ) from None
+    except OSError as e:
+        if e.filename not in (None, item.src):
+            raise
+        raise read_failed(item.src, e, at) from None
+
+
+def read_failed(path: str, e: OSError, at: int | None = None) -> StorageIOError:
+    """The error for a read of the model file `path` that failed with `e` (at byte `at`)."""
+    where = f' at byte {at}' if at is not None else ''
+    return StorageIOError(
+        f'cannot read source file {path!r}{where}: {_describe(e)}; the storage holding the '
+        'model failed to read it'
+    )
 
 
 def _changed(
@@ -286,7 +380,9 @@ def _changed(
     )
 
 
-def _copy_range(item: CopyItem, src_fd: int, out_fd: int, offset: int, length: int) -> bool:
+def _copy_range(
+    item: CopyItem, dest: str, src_fd: int, out_fd: int, offset: int, length: int
+) -> bool:
     """Copies [offset, offset+length) in the kernel; False if this filesystem pair cannot."""
     copied = 0
     while copied < length:
@@ -297,7 +393,10 @@ def _copy_range(item: CopyItem, src_fd: int, out_fd: int, offset: int, length: i
         except (OSError, AttributeError) as e:
             if copied == 0 and (isinstance(e, AttributeError) or e.errno in _UNSUPPORTED):
                 return False
-            raise
+            raise StorageIOError(
+                f'copying source file {item.src!r} to {dest!r} failed at byte '
+                f'{offset + copied}: {_describe(e)}'
+            ) from None
         if n == 0:
             raise _changed(item, os.fstat(src_fd), os.fstat(src_fd).st_size, offset + copied)
         copied += n
@@ -317,14 +416,14 @@ def _hash_unchanged(
             src = stack.enter_context(open(item.src, 'rb', buffering=0))
         before = os.fstat(src.fileno())
         while True:
-            with source_errors(item):
+            with source_errors(item, hasher.size):
                 n = src.readinto(buf)
             if not n:
                 break
             chunk = view[:n]
             hasher.update(chunk)
             if out is not None:
-                _write_all(out, chunk)
+                _pwrite_all(out.fileno(), chunk, hasher.size - n, out.name)
                 if hasher.size - flushed >= config.writeback_batch_bytes:
                     start_writeback(out.fileno(), flushed, hasher.size - flushed)
                     flushed = hasher.size
@@ -336,6 +435,44 @@ def _hash_unchanged(
             start_writeback(out.fileno(), flushed, hasher.size - flushed)
     check_unchanged(item, before, hasher.size)
     return hasher.entry(item.dest)
+
+
+def _copy_whole(
+    item: CopyItem, dest: str, progress: Progress | None, config: TransferConfig
+) -> FileEntry:
+    """A file under `kernel_copy_min_bytes`: one read of one byte more than its size (which
+    must come back short, at the end of the file), hashed, and one write.
+
+    Files are opened with `os.open`, not `open()`, which stats each file once more:
+    a model of 20,000 small files spends its time in these calls.
+    """
+    buf = _buffer(config.buffer_bytes)
+    with source_errors(item):
+        src = os.open(item.src, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        before = os.fstat(src)
+        if before.st_size >= len(buf):  # It grew since it was planned.
+            with open(dest, 'xb', buffering=0) as out:
+                return _hash_unchanged(item, progress, out, config)
+        view = memoryview(buf)[: before.st_size + 1]
+        with source_errors(item, 0):
+            n = os.preadv(src, [view], 0)
+    finally:
+        os.close(src)
+    if n != before.st_size:
+        raise _changed(item, before, n, n)
+    out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    try:
+        _pwrite_all(out, view[:n], 0, dest)
+        if n >= config.writeback_min_bytes:
+            start_writeback(out, 0, n)
+    finally:
+        os.close(out)
+    if progress is not None:
+        progress.add_copied(n)
+        progress.add_bytes(n)
+    check_unchanged(item, before, n)
+    return FileEntry(item.dest, n, hashlib.sha256(view[:n]).hexdigest())
 
 
 def check_unchanged(item: CopyItem, before: os.stat_result, read: int) -> None:
@@ -352,18 +489,17 @@ def check_unchanged(item: CopyItem, before: os.stat_result, read: int) -> None:
         raise _changed(item, before, after.st_size, read)
 
 
-def _write_all(out, chunk: memoryview) -> None:
-    while chunk:
-        n = out.write(chunk)
-        chunk = chunk[n:]
-
-
 _sync_file_range = (
     libc.function('sync_file_range', [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
     if sys.platform == 'linux'
     else None
 )
 _SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h: start writeback of dirty pages, do not wait.
+_fallocate = (
+    libc.function('fallocate', [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64])
+    if sys.platform == 'linux'
+    else None
+)
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:
@@ -387,6 +523,12 @@ _FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 _reflink_unsupported: set[int] = set()  # st_dev of filesystems that refused a reflink
 
 
+@functools.lru_cache(maxsize=256)
+def _device_of(folder: str) -> int:
+    # One stat per folder, not per file: the folders are the export's own staging folder's.
+    return os.stat(folder).st_dev
+
+
 def try_hardlink(src: str, dest: str) -> bool:
     """Links `src` at `dest`; False where the filesystem (pair) cannot."""
     try:
@@ -403,7 +545,7 @@ def try_reflink(src: str, dest: str) -> bool:
     """Clones `src` into a new `dest` sharing its blocks (btrfs, XFS); False if unsupported."""
     if sys.platform != 'linux':
         return False
-    dev = os.stat(os.path.dirname(dest)).st_dev
+    dev = _device_of(os.path.dirname(dest))
     if dev in _reflink_unsupported:
         return False
     with open(src, 'rb') as s, open(dest, 'xb') as d:

@@ -33,7 +33,7 @@ from final_exporter.common.errors import IntegrityError, InvalidInputError
 from final_exporter.common.fs import flush_tree, fsync_dir, rename_no_replace
 from final_exporter.common.progress import Progress
 from final_exporter.storage.base import Staging, Store, is_version_name
-from final_exporter.storage.filecopy import copy_file, hash_only
+from final_exporter.storage.filecopy import copy_file, hash_only, read_failed
 from final_exporter.storage.hashing import hash_local_chunks, sha256_file
 from final_exporter.storage.manifest import verify_tree
 from final_exporter.storage.objectstore import is_object_store_uri
@@ -259,13 +259,23 @@ class LocalStore(Store):
     def is_readable(self, path: str) -> bool:
         return os.path.isfile(path) and os.access(path, os.R_OK)
 
+    def local_path(self, path: str) -> str | None:
+        return os.path.abspath(path)
+
     @contextlib.contextmanager
     def local_tree(self, root: str) -> Iterator[str]:
         yield root
 
     def read_bytes(self, path: str) -> bytes:
-        with open(path, 'rb') as f:
-            return f.read()
+        """Raises FileNotFoundError and PermissionError as they are; another failed read
+        (EIO) is a StorageIOError naming the file."""
+        try:
+            with open(path, 'rb') as f:
+                return f.read()
+        except (FileNotFoundError, PermissionError):
+            raise
+        except OSError as e:
+            raise read_failed(path, e) from None
 
     def digest_file(self, path: str, kind: str, chunk_bytes: int) -> tuple[int, str]:
         if kind == SHA256:

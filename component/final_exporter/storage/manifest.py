@@ -100,8 +100,55 @@ def build_manifest(
 
 
 def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
-    """The canonical encoding: what is written and what the digest is taken over."""
-    return (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + '\n').encode()
+    """The canonical encoding: what is written and what the digest is taken over.
+
+    `json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False)` plus a
+    newline. The file list is written entry by entry with the same text: with
+    `indent`, `json` encodes in Python, and for a model of 20,000 files that
+    took a tenth of the export.
+    """
+    files = manifest.get('files')
+    if not (isinstance(files, list) and files and all(map(_plain_entry, files))):
+        return _canonical(manifest)
+    rest = _canonical_text({**manifest, 'files': []})
+    placeholder = '\n  "files": [],\n'
+    if rest.count(placeholder) != 1:
+        return _canonical(manifest)
+    listed = ',\n'.join(map(_entry_text, files))
+    return rest.replace(placeholder, f'\n  "files": [\n{listed}\n  ],\n').encode()
+
+
+def _canonical(manifest: Mapping[str, Any]) -> bytes:
+    return _canonical_text(manifest).encode()
+
+
+def _canonical_text(manifest: Mapping[str, Any]) -> str:
+    return json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + '\n'
+
+
+_ENTRY_KEYS = frozenset({'path', 'size', SHA256, CHUNKED_SHA256})
+
+
+def _plain_entry(entry: Any) -> bool:
+    """A file entry of strings and integers only (what `_entry_text` writes as json does)."""
+    return (
+        type(entry) is dict
+        and entry.keys() <= _ENTRY_KEYS
+        and all(type(v) in (str, int) for v in entry.values())
+    )
+
+
+def _entry_text(entry: Mapping[str, Any]) -> str:
+    """One file entry as `json.dumps(..., indent=2, sort_keys=True)` writes it in the list."""
+    fields = ',\n'.join(
+        f'      {_json_string(key)}: '
+        f'{_json_string(value) if type(value) is str else int.__repr__(value)}'
+        for key, value in sorted(entry.items())
+    )
+    return f'    {{\n{fields}\n    }}' if entry else '    {}'
+
+
+_json_string = json.encoder.encode_basestring  # ensure_ascii=False's string encoder (C)
 
 
 def parse_manifest(data: bytes, where: str) -> dict[str, Any]:

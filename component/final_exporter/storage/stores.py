@@ -14,7 +14,6 @@ import threading
 from collections.abc import Iterator
 
 from final_exporter.storage.base import ModelBase, Store
-from final_exporter.storage.bucket import LEASE_SECONDS, BucketStore
 from final_exporter.storage.local import LocalStore
 from final_exporter.storage.objectstore import SCHEMES, ObjectClient, is_object_store_uri, split_uri
 from final_exporter.storage.transfer import ThreadedCopier
@@ -78,6 +77,9 @@ def store_for(path: str, options: StoreOptions | None = None) -> Store:
             copier=options.copier or ThreadedCopier(options.transfer),
             publish_last=options.publish_last,
         )
+    # Only for a bucket: a local export's start-up loads none of the bucket protocol.
+    from final_exporter.storage.bucket import LEASE_SECONDS, BucketStore
+
     options = options or StoreOptions()
     return BucketStore(
         client_for(path),

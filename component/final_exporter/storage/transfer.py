@@ -13,7 +13,10 @@ The settings: `transfer_config.TransferConfig`.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
+import sys
+import threading
 from collections.abc import Callable, Collection, Iterable, Sequence
 
 from final_exporter.common.errors import InvalidInputError
@@ -21,6 +24,7 @@ from final_exporter.common.progress import Progress
 from final_exporter.storage.filecopy import (
     check_unchanged,
     copy_file,
+    create_dest,
     finish_split,
     hash_range,
     in_pieces,
@@ -106,10 +110,11 @@ def copy_and_hash(
     """Copies `items` under `dest_root`, hashing every byte once.
 
     Destination files are created exclusively: an existing file is an error,
-    never overwritten. Each chunk of a large file is copied by the kernel, then
-    hashed from the staged copy (`_FileCopy`); a small file is read once, hashed
-    and written. The staged files are complete, and `when_copied` runs, while
-    the last chunks are still being hashed.
+    never overwritten. Each chunk of a large file is read, hashed and written
+    by a task of its own (`_FileCopy`; `filecopy.place_piece` says how); small
+    files are read once, hashed and written, a batch of them per task
+    (`_SmallFiles`). The staged files are complete, and `when_copied` runs,
+    while chunks the kernel copied may still be hashed.
 
     Args:
         items: The files to copy.
@@ -120,6 +125,9 @@ def copy_and_hash(
             caller's rule: for a SavedModel, its graph file).
         meanwhile: Called once, in this thread, while the copy threads work
             (they import nothing, so this may import: TensorFlow for the checks).
+            Meanwhile the copy threads run at a lower CPU priority
+            (`TransferConfig.background_nice`): this thread's work is what the
+            export waits for last, and the copy takes the CPU it leaves.
         when_copied: Called once, in this thread, as soon as every file under
             `dest_root` holds its final bytes and every copied source was found
             unchanged; the hashing goes on meanwhile. The serving checks run
@@ -145,10 +153,65 @@ def copy_and_hash(
     )
     if threads <= 1:
         return _copy_inline(batches, dest_root, config, progress, meanwhile, when_copied)
+    priority = _Priority(config.background_nice if meanwhile is not None else 0)
     with concurrent.futures.ThreadPoolExecutor(
-        max_workers=threads, thread_name_prefix='final-exporter-copy'
+        max_workers=threads,
+        thread_name_prefix='final-exporter-copy',
+        initializer=priority.thread_started,
     ) as pool:
+        if meanwhile is not None:
+            meanwhile = priority.lowered_during(meanwhile)
         return _copy_in_pool(pool, batches, dest_root, config, progress, meanwhile, when_copied)
+
+
+class _Priority:
+    """The copy threads' CPU priority, lowered (a higher nice value, which Linux keeps per
+    thread) while the exporter's own thread runs `meanwhile`.
+
+    Raising it back needs CAP_SYS_NICE: without it, the threads stay at the lower
+    priority, which only matters against other processes.
+    """
+
+    def __init__(self, nice: int) -> None:
+        self._nice = nice if sys.platform == 'linux' else 0
+        self._lock = threading.Lock()
+        self._threads: list[tuple[int, int]] = []  # (thread id, its nice value at start)
+        self._active = False
+
+    def thread_started(self) -> None:
+        """Each copy thread, as it starts (the pool's initializer)."""
+        if not self._nice:
+            return
+        thread = threading.get_native_id()
+        with self._lock:
+            self._threads.append((thread, os.getpriority(os.PRIO_PROCESS, thread)))
+            if self._active:
+                _set_nice(thread, self._threads[-1][1] + self._nice)
+
+    def lowered_during(self, fn: Callable[[], None]) -> Callable[[], None]:
+        """`fn`, run with the copy threads' priority lowered."""
+        if not self._nice:
+            return fn
+
+        def run() -> None:
+            self._set_all(True)
+            try:
+                fn()
+            finally:
+                self._set_all(False)
+
+        return run
+
+    def _set_all(self, lowered: bool) -> None:
+        with self._lock:
+            self._active = lowered
+            for thread, base in self._threads:
+                _set_nice(thread, base + self._nice if lowered else base)
+
+
+def _set_nice(thread: int, nice: int) -> None:
+    with contextlib.suppress(OSError):  # A thread gone, or no right to raise it back.
+        os.setpriority(os.PRIO_PROCESS, thread, nice)
 
 
 def _copy_inline(batches, dest_root, config, progress, meanwhile, when_copied):
@@ -166,11 +229,11 @@ def _copy_inline(batches, dest_root, config, progress, meanwhile, when_copied):
 
 def _copy_in_pool(pool, batches, dest_root, config, progress, meanwhile, when_copied):
     """`copy_and_hash` on a pool: each batch placed before the next starts, then all hashed."""
-    files: list[_FileCopy] = []
+    files: list[_FileCopy | _SmallFiles] = []
     try:
         # The last batch waits until every other file's bytes are in place.
         for batch in batches:
-            started = [_FileCopy(pool, item, dest_root, config, progress) for item in batch]
+            started = _start(pool, batch, dest_root, config, progress)
             files += started
             if meanwhile is not None:
                 meanwhile()
@@ -181,13 +244,55 @@ def _copy_in_pool(pool, batches, dest_root, config, progress, meanwhile, when_co
         if when_copied is not None:
             when_copied()
         _wait([f for c in files for f in c.tasks])
-        entries = [c.entry() for c in files]
+        entries = [e for c in files for e in c.entries()]
     except BaseException:
         for c in files:
             for f in c.tasks:
                 f.cancel()
         raise
     return {e.path: e for e in entries}
+
+
+def _start(pool, items, dest_root, config, progress) -> list[_FileCopy | _SmallFiles]:
+    """Starts copying `items` on the pool: a task per chunk of each large file, and a task
+    per folder's small files (one per `TransferConfig.batch_bytes` of them).
+
+    A folder's small files go to one task because the kernel creates the files of
+    a folder one at a time (under the folder's lock): threads creating files in
+    the same folder only wait for each other, spinning on that lock, and a task
+    per file costs more than copying a file of a few KiB.
+    """
+    started: list[_FileCopy | _SmallFiles] = []
+    folders: dict[str, tuple[list[CopyItem], int]] = {}
+    for item in items:
+        if in_pieces(item, config):
+            started.append(_FileCopy(pool, item, dest_root, config, progress))
+            continue
+        folder = item.dest.rpartition('/')[0]
+        batch, size = folders.get(folder, ([], 0))
+        batch.append(item)
+        folders[folder] = (batch, size + item.size)
+        if size + item.size >= config.batch_bytes:
+            started.append(_SmallFiles(pool, batch, dest_root, config, progress))
+            del folders[folder]
+    started += [_SmallFiles(pool, b, dest_root, config, progress) for b, _ in folders.values()]
+    return started
+
+
+class _SmallFiles:
+    """Small files of one folder, copied one after another by one task."""
+
+    def __init__(self, pool, items, dest_root, config, progress) -> None:
+        task = pool.submit(
+            lambda: [copy_file(i, dest_root, config=config, progress=progress) for i in items]
+        )
+        self.tasks, self.placed = [task], [task]
+
+    def check_copied(self) -> None:
+        """Each file was checked unchanged as it was copied."""
+
+    def entries(self) -> list[FileEntry]:
+        return self.tasks[0].result()
 
 
 class ThreadedCopier:
@@ -226,16 +331,17 @@ def _wait(futures: Sequence[concurrent.futures.Future]) -> None:
 
 
 class _FileCopy:
-    """One file in flight on a pool: a task per manifest chunk places its bytes, then hashes them.
+    """One large file in flight on a pool: a task per manifest chunk places its bytes and
+    hashes them.
 
-    A small file is one task that reads, hashes and writes it. A large one has a
-    task per chunk that has the kernel copy the chunk, then hashes it from the
-    staged copy: the digest is of the bytes the export holds. Placing and hashing
-    in the same task keeps every core busy while the kernel holds a writer back
-    for the disk to catch up (dirty-page throttling). `placed` completes per
-    chunk once its bytes are in place, so the checks can start before the last
-    hash. The source is stat'ed before and after, so a file written to,
-    replaced or removed meanwhile is an IntegrityError.
+    A chunk is read, hashed and written with O_DIRECT, or (where the
+    destination refuses O_DIRECT) copied by the kernel and then hashed from the
+    staged copy: either way the digest is of the bytes the export holds.
+    Placing and hashing in the same task keeps every core busy while the disk
+    catches up. `placed` completes per chunk once its bytes are in place, so
+    the checks can start before the last hash of a kernel copy. The source is
+    stat'ed before and after, so a file written to, replaced or removed
+    meanwhile is an IntegrityError.
     """
 
     def __init__(
@@ -248,10 +354,6 @@ class _FileCopy:
     ) -> None:
         self.item, self.progress, self.config = item, progress, config
         self.dest = os.path.join(dest_root, item.dest)
-        if not in_pieces(item, config):
-            task = pool.submit(copy_file, item, dest_root, config=config, progress=progress)
-            self.tasks, self.placed = [task], [task]
-            return
         method = config.method
         with source_errors(item):
             self.before = os.stat(item.src)
@@ -260,8 +362,7 @@ class _FileCopy:
                 not self.hardlinked and method == COPY_AUTO and try_reflink(item.src, self.dest)
             )
         if not (self.hardlinked or self.reflinked):
-            with open(self.dest, 'xb'):
-                pass
+            create_dest(self.dest, self.before.st_size, config)
         self.placed, self.tasks = [], []
         for offset, length in split_pieces(self.before.st_size):
             placed: concurrent.futures.Future = concurrent.futures.Future()
@@ -290,16 +391,13 @@ class _FileCopy:
         return digest
 
     def check_copied(self) -> None:
-        """Fails unless the source is unchanged since its copy began (a small file's: checked)."""
-        if in_pieces(self.item, self.config):
-            check_unchanged(self.item, self.before, self.before.st_size)
+        """Fails unless the source is unchanged since its copy began."""
+        check_unchanged(self.item, self.before, self.before.st_size)
 
-    def entry(self) -> FileEntry:
-        if not in_pieces(self.item, self.config):
-            return self.tasks[0].result()
+    def entries(self) -> list[FileEntry]:
         digests = [f.result() for f in self.tasks]
         entry = entry_from_chunks(self.item.dest, self.before.st_size, digests)
         entry = finish_split(self.item, self.dest, self.before, entry)
         if self.progress is not None:
             self.progress.file_done(self.item.dest)
-        return entry
+        return [entry]

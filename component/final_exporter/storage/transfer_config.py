@@ -42,6 +42,8 @@ class TransferConfig:
         parallel_min_bytes: A thread per this many bytes at most: starting one
             costs about as much as copying and hashing 100 KiB, so a small model
             is copied inline.
+        batch_bytes: Files under `kernel_copy_min_bytes` are copied a folder
+            at a time, one task per this many bytes of them (`transfer._start`).
         map_window_bytes: The staged copy is hashed through read-only mappings of
             this size: what a thread holds mapped (and counts in its RSS) stays
             small whatever the file size.
@@ -50,9 +52,15 @@ class TransferConfig:
         writeback_batch_bytes: Writeback is started per this many bytes written
             (one call per read would be 1 per MiB).
         split_min_bytes: The Beam copy copies files of this size or more in
-            pieces (never with `hardlink`, which copies nothing).
-        piece_bytes: The size of those pieces. (The threaded copy always works
-            in manifest chunks: their digests are the manifest's.)
+            manifest chunks, one element each (never with `hardlink`, which
+            copies nothing); the threaded copy always works in manifest chunks.
+        background_nice: How much lower (a nice value) the copy threads' CPU
+            priority is while the exporter's own thread imports and loads
+            TensorFlow beside the copy: that thread is what the export waits for.
+        direct_io: Files from `kernel_copy_min_bytes` are read, hashed and
+            written with `O_DIRECT` where the destination's filesystem takes it:
+            the staged copy stays out of the page cache. When False (or refused),
+            the kernel copies them into the page cache (`copy_file_range`).
     """
 
     method: str = COPY_AUTO
@@ -60,11 +68,13 @@ class TransferConfig:
     buffer_bytes: int = 8 * _MIB
     kernel_copy_min_bytes: int = 4 * _MIB
     parallel_min_bytes: int = 8 * _MIB
+    batch_bytes: int = 32 * _MIB
     map_window_bytes: int = 8 * _MIB
     writeback_min_bytes: int = 1 * _MIB
     writeback_batch_bytes: int = 8 * _MIB
     split_min_bytes: int = MANIFEST_CHUNK_BYTES + 1
-    piece_bytes: int = MANIFEST_CHUNK_BYTES
+    background_nice: int = 10
+    direct_io: bool = True
 
     def __post_init__(self) -> None:
         check_method(self.method)
