@@ -46,6 +46,7 @@ VERSION_DEPENDENT = {
     'test_vertex_registry_kfp.py',  # kfp.local with the registry
     # TensorFlow, tensorflow-serving-api, Beam: load and export paths
     'test_serving_check.py',  # smoke test, parity (in process, Beam in memory, processes)
+    'test_load_while_copying.py',  # TensorFlow loads the source while the copy runs
     'test_warmup.py',  # warmup files: TF records, serving protos, replay
     'test_cli.py',  # TensorFlow's log lines on stderr; a plain copy imports no TF
     'test_model_config.py',  # TF Serving's config protos on protobuf 3 and 6
