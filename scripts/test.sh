@@ -16,8 +16,14 @@ bash scripts/userland.sh check # a missing Python: said now, not after the host'
 log=$(mktemp -t final-exporter-prepare.XXXXXX)
 bash scripts/userland.sh prepare >"$log" 2>&1 &
 prepare=$!
+# The host's tests write their temporary files in one folder, removed at the end: TFX
+# leaves one packaging folder (tens of MB) per pipeline it packages (dependency_utils,
+# tempfile.mkdtemp, never removed), and pytest keeps its last three runs' folders. (The
+# TFX 1.21 environments have a /tmp of their own, removed after each: scripts/userland.sh.)
+run_tmp=$(mktemp -d -t final-exporter-test.XXXXXX)
+export TMPDIR=$run_tmp
 # Stop only our background build if we stop early (it resumes from its cache next time).
-trap 'kill "$prepare" 2>/dev/null || true' EXIT
+trap 'kill "$prepare" 2>/dev/null || true; rm -rf "$run_tmp"' EXIT
 
 bash scripts/bootstrap.sh
 .venv/bin/ruff check component pipelines tests scripts
@@ -45,7 +51,7 @@ if ! wait "$prepare"; then
   echo "test: building the TFX 1.21 environments failed (above)" >&2
   exit 1
 fi
-trap - EXIT
+trap 'rm -rf "$run_tmp"' EXIT
 rm -f "$log"
 printf '\n(waited %s more for the TFX 1.21 environments to be built)\n' "$(took $t)"
 userland=0
