@@ -33,9 +33,10 @@ SUITE=trixie # Debian 13: glibc 2.41, Python 3.13.
 # python3*: Debian's 3.13 and the shared libraries pyenv's 3.11 and 3.12 link (libssl3,
 # libffi8, libsqlite3...); python3-dev, g++: pyfarmhash is published only as source;
 # xfsprogs: the reflink test formats XFS; e2fsprogs: the EIO test formats ext4 (mkfs.ext4,
-# filefrag); util-linux/mount: losetup, mount, findmnt;
+# filefrag); util-linux/mount: losetup, mount, findmnt; util-linux-extra: fincore (what of
+# a file is in the page cache: the O_DIRECT test);
 # git, make: `fresh-demo` clones the repository and runs `make demo` there.
-PACKAGES=python3,python3-venv,python3-pip,python3-dev,g++,ca-certificates,xfsprogs,e2fsprogs,util-linux,mount,git,make
+PACKAGES=python3,python3-venv,python3-pip,python3-dev,g++,ca-certificates,xfsprogs,e2fsprogs,util-linux,util-linux-extra,mount,git,make
 PYENV=${PYENV_ROOT:-$HOME/.pyenv}
 # The newest pyenv build of Python $1 (3.11, 3.12), if any. Only a folder with its python
 # counts: a bind mount into the userland leaves an empty folder of that name behind there.
