@@ -184,6 +184,31 @@ def test_plain_copy_export_imports_neither_tensorflow_nor_tfx(model_uri, export_
     assert run.stdout.strip().splitlines()[-1] == '0 []'
 
 
+@pytest.mark.parametrize('smoke', [True, False], ids=['smoke-test', 'copy-only'])
+def test_the_command_skips_the_interpreter_teardown_only_once_tensorflow_is_loaded(
+    model_uri, export_base, make_blessing, smoke
+):
+    # An atexit handler runs in the interpreter's teardown: skipped after a smoke test,
+    # which loads TensorFlow; the printed result is complete either way (stdout is a pipe,
+    # so block-buffered, and must be flushed before the process ends).
+    args = export_args(
+        model_uri, export_base, '--model-blessing', make_blessing(), '--json',
+        *([] if smoke else ['--no-smoke-test']),
+    )  # fmt: skip
+    code = (
+        'import atexit, sys\n'
+        "atexit.register(lambda: print('torn down', file=sys.stderr))\n"
+        'from final_exporter.adapters.cli import run\n'
+        f'sys.argv = ["final-exporter", *{args!r}]\n'
+        'run()\n'
+    )
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)['pushed'] is True
+    assert ('torn down' in done.stderr) is not smoke
+
+
 def test_export_with_the_smoke_test_prints_only_its_result(model_uri, export_base, make_blessing):
     # The smoke test imports TensorFlow (C++ log lines on stderr unless its level is set
     # first) and the object-store SDKs (google-api-core warns about old Pythons).
