@@ -147,7 +147,7 @@ def copy_and_hash(
     batches = ([i for i in items if i.dest not in last], [i for i in items if i.dest in last])
     tasks = sum(len(split_pieces(i.size)) if in_pieces(i, config) else 1 for i in items)
     threads = min(
-        config.threads,
+        config.threads(beside_checks=meanwhile is not None),
         tasks,
         max(1, -(-sum(i.size for i in items) // config.parallel_min_bytes)),
     )

@@ -17,11 +17,16 @@ from final_exporter.storage.types import COPY_AUTO, check_method
 _MIB = 1024 * 1024
 
 
-def local_copy_workers() -> int:
+def local_copy_workers(beside_checks: bool = False) -> int:
     """Threads for a local copy: hashing keeps a core busy and the disk writes in the
     background (`start_writeback`), so two per core cover page faults and waits;
-    more only contend (measured: 4 threads on 2 cores beat 2 and 8)."""
-    return min(16, 2 * (os.cpu_count() or 1))
+    more only contend (measured: 4 threads on 2 cores beat 2 and 8). Beside the
+    exporter's own thread importing and loading TensorFlow (`beside_checks`), one
+    per core (at least 2): more copy threads only take from that thread, which the
+    export waits for (measured, 4 GiB with the smoke test on 2 cores: 2 threads
+    1.03-1.04x a bare TensorFlow import and load, 4 threads 1.05-1.13x)."""
+    cores = os.cpu_count() or 1
+    return max(2, cores) if beside_checks else min(16, 2 * cores)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,10 +84,9 @@ class TransferConfig:
     def __post_init__(self) -> None:
         check_method(self.method)
 
-    @property
-    def threads(self) -> int:
-        """The copy threads to use at most."""
-        return self.workers or local_copy_workers()
+    def threads(self, beside_checks: bool = False) -> int:
+        """The copy threads to use at most (`local_copy_workers` says why these)."""
+        return self.workers or local_copy_workers(beside_checks)
 
 
 DEFAULT_TRANSFER = TransferConfig()
