@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from final_exporter.common.fs import (
 from final_exporter.storage import local as publish_module
 from final_exporter.storage.local import (
     STAGING_PREFIX,
+    LocalStore,
     list_versions,
     make_staging_dir,
     next_version,
@@ -97,6 +99,52 @@ def test_staging_folder_is_hidden_from_model_servers(tmp_path):
 
     assert not os.path.basename(staging).isdigit()
     assert list_versions(str(tmp_path / 'm')) == []
+
+
+def test_a_discarded_staging_area_takes_the_folders_it_made_and_no_other(tmp_path):
+    store = LocalStore()
+    fresh = store.begin_staging(str(tmp_path / 'base' / 'm'), local_view=True)
+    store.discard(fresh)
+    assert os.listdir(tmp_path) == []
+
+    os.mkdir(tmp_path / 'kept')  # A user's folder, empty.
+    store.discard(store.begin_staging(str(tmp_path / 'kept' / 'm'), local_view=True))
+    assert os.listdir(tmp_path) == ['kept']
+    assert os.listdir(tmp_path / 'kept') == []
+
+
+def test_a_folder_made_by_two_exports_stays_while_the_other_stages_in_it(tmp_path):
+    store = LocalStore()
+    model_base = str(tmp_path / 'base' / 'm')
+    first = store.begin_staging(model_base, local_view=True)
+    second = store.begin_staging(model_base, local_view=True)
+    store.discard(first)
+    name = os.path.basename(second.path)
+    assert sorted(os.listdir(model_base)) == [name, name + '.lock']
+    store.discard(second)  # The folders are the first's, which could not take them.
+    assert os.listdir(model_base) == []
+
+
+def _begin_and_fail(export_base: str, rounds: int) -> str:
+    """Begins and discards a staging area under a new folder of `export_base` each round;
+    '' or the error."""
+    store = LocalStore()
+    try:
+        for r in range(rounds):
+            store.discard(store.begin_staging(os.path.join(export_base, str(r)), local_view=True))
+    except Exception as e:  # Reported in the test's process.
+        return f'{type(e).__name__}: {e}'
+    return ''
+
+
+def test_exports_that_fail_while_others_begin_in_the_same_new_folder_never_collide(tmp_path):
+    """Processes whose exports fail remove the folder they made while the others' begin in
+    it: every staging area is begun, whatever the interleaving."""
+    with multiprocessing.get_context('fork').Pool(4) as pool:
+        errors = pool.starmap(_begin_and_fail, [(str(tmp_path), 1000)] * 4)
+    assert [e for e in errors if e] == []
+    # A folder stays only where its maker failed while another export staged in it.
+    assert [f for d in os.listdir(tmp_path) for f in os.listdir(tmp_path / d)] == []
 
 
 class FsyncRecorder:

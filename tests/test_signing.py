@@ -9,6 +9,7 @@ where model-signing installs (Python 3.11+).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -16,8 +17,8 @@ import subprocess
 import sys
 
 import pytest
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa, x25519
 
 from final_exporter.common import keys
 from final_exporter.common.errors import InvalidInputError
@@ -26,13 +27,14 @@ from final_exporter.core.report import render_report
 from final_exporter.storage import signature_verify
 from final_exporter.storage.manifest import manifest_bytes
 from final_exporter.storage.objectstore import split_uri
-from final_exporter.storage.signing import GIT_PATHS, load_signer, pae
+from final_exporter.storage.pem_check import check_private_key_pem
+from final_exporter.storage.signing import GIT_PATHS, SignerLoading, load_signer, pae
 from final_exporter.storage.stores import client_for, list_versions, override_client, store_for
 from final_exporter.storage.verify import read_manifest, verify_export
 from test_faults import FaultyClient
 from test_serving_contract import publish
 
-from conftest import tree_files
+from conftest import assert_nothing_written, tree_files
 from signing_support import (
     Pki,
     certificate_pem,
@@ -192,7 +194,7 @@ def _bad_key_inputs(tmp_path, monkeypatch) -> dict[str, tuple[dict, str]]:
         'not PEM': ({'signing_key': write(tmp_path / 'x.key', b'hello')}, 'not a PEM private key'),
         'RSA key': (
             {'signing_key': write(tmp_path / 'rsa.key', private_pem(rsa_key))},
-            'RSAPrivateKey',
+            'RSA',
         ),
         'secp256k1': (
             {'signing_key': write(tmp_path / 'k1.key', private_pem(new_key(ec.SECP256K1())))},
@@ -273,6 +275,106 @@ def test_a_bad_key_or_chain_is_bad_input_with_one_message(case, tmp_path, monkey
         'signing_certificate_chain' if 'chain' in case or 'certificate' in case else 'signing_key'
     )
     assert named in message
+
+
+# What only `cryptography` can tell: found by the full load, beside the copy.
+FOUND_BY_THE_FULL_LOAD = {
+    "another key's certificate",
+    'certificate that may not sign',
+    'chain in the wrong order',
+}
+
+
+@pytest.mark.parametrize('case', BAD_KEY_CASES)
+def test_the_plan_finds_a_bad_key_file_before_loading_it_and_the_full_load_the_rest(
+    case, tmp_path, monkeypatch, request
+):
+    if case == 'missing bucket object':
+        request.getfixturevalue('gcs_server')
+    arguments, expected = _bad_key_inputs(tmp_path, monkeypatch)[case]
+    if case in FOUND_BY_THE_FULL_LOAD:
+        loading = SignerLoading(**arguments)
+        with pytest.raises(InvalidInputError, match=expected):
+            loading.result()
+    else:
+        with pytest.raises(InvalidInputError, match=expected):
+            SignerLoading(**arguments)
+
+
+@pytest.mark.parametrize('case', BAD_KEY_CASES)
+def test_an_export_with_a_bad_key_or_chain_fails_with_its_message_and_nothing_written(
+    case, model_uri, export_base, tmp_path, monkeypatch, request
+):
+    if case == 'missing bucket object':
+        request.getfixturevalue('gcs_server')
+    arguments, expected = _bad_key_inputs(tmp_path, monkeypatch)[case]
+    with pytest.raises(InvalidInputError, match=expected):
+        export(model_uri, export_base, **arguments)
+    assert_nothing_written(export_base)
+
+
+def _key_files() -> dict[str, bytes]:
+    """Private keys of every kind and PEM form `cryptography` writes."""
+    formats = {
+        'PKCS#8': serialization.PrivateFormat.PKCS8,
+        'traditional': serialization.PrivateFormat.TraditionalOpenSSL,
+    }
+    curves = (ec.SECP256R1(), ec.SECP384R1(), ec.SECP521R1(), ec.SECP256K1(), ec.SECP224R1())
+    keys_ = {
+        **{c.name: ec.generate_private_key(c) for c in curves},
+        'RSA': rsa.generate_private_key(public_exponent=65537, key_size=1024),
+        'DSA': dsa.generate_private_key(key_size=1024),
+        'Ed25519': ed25519.Ed25519PrivateKey.generate(),
+        'X25519': x25519.X25519PrivateKey.generate(),
+    }
+    encryptions = {
+        '': serialization.NoEncryption(),
+        ' encrypted': serialization.BestAvailableEncryption(b'secret'),
+    }
+    files = {}
+    for name, key in keys_.items():
+        for form, fmt in formats.items():
+            for encrypted, encryption in encryptions.items():
+                with contextlib.suppress(ValueError):  # A form this kind of key has not.
+                    pem = key.private_bytes(serialization.Encoding.PEM, fmt, encryption)
+                    files[f'{name} {form}{encrypted}'] = pem
+    p256 = keys_['secp256r1']
+    traditional = files['secp256r1 traditional']
+    files['EC PARAMETERS block first'] = (
+        b'-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n'
+        + traditional
+    )
+    files['public key'] = public_pem(p256)
+    files['certificate'] = certificate_pem(Pki().leaf)
+    files['truncated'] = traditional[: len(traditional) // 2] + traditional[-30:]
+    files['bad base64'] = traditional.replace(traditional.splitlines()[1][:8], b'!!!!!!!!')
+    return files
+
+
+def test_the_plans_key_check_refuses_a_key_file_exactly_when_the_full_load_does(tmp_path):
+    verdicts = {}
+    for kind, data in _key_files().items():
+        try:
+            check_private_key_pem(data, 'signing_key')
+            plan = 'accepted'
+        except InvalidInputError:
+            plan = 'refused'
+        try:
+            load_signer(write(tmp_path / 'key.pem', data))
+            full = 'accepted'
+        except InvalidInputError:
+            full = 'refused'
+        verdicts[kind] = (plan, full)
+    assert {k: v for k, v in verdicts.items() if v[0] != v[1]} == {}
+    accepted = sorted(k for k, (plan, _) in verdicts.items() if plan == 'accepted')
+    assert accepted == sorted(
+        [
+            f'{curve} {form}'
+            for curve in ('secp256r1', 'secp384r1', 'secp521r1')
+            for form in ('PKCS#8', 'traditional')
+        ]
+        + ['EC PARAMETERS block first']
+    )
 
 
 def test_a_file_of_the_export_at_the_signatures_path_is_refused(

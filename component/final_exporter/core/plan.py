@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -25,7 +26,7 @@ from final_exporter.core import lineage
 from final_exporter.core.config import ExportConfig
 from final_exporter.core.request import ExportRequest
 from final_exporter.storage.base import Store
-from final_exporter.storage.signing import ExportSigner, load_signer
+from final_exporter.storage.signing import SignerLoading
 from final_exporter.storage.stores import store_for
 from final_exporter.storage.types import CopyItem, FileEntry
 
@@ -42,7 +43,7 @@ class Plan:
             rewrites, see `with_local_source`).
         assets: The `assets_extra` files, as copy items.
         items: Every file the export holds but the manifest (and signature), with its source.
-        signer: The signing key (and chain), read and checked; None: unsigned.
+        signer: The signing key (and chain), read, checked and loading; None: unsigned.
     """
 
     source_store: Store
@@ -50,7 +51,7 @@ class Plan:
     source: SavedModelInfo
     assets: list[CopyItem]
     items: list[CopyItem]
-    signer: ExportSigner | None = None
+    signer: SignerLoading | None = None
 
 
 def rewrites(config: ExportConfig) -> bool:
@@ -77,18 +78,17 @@ def plan_export(request: ExportRequest) -> Plan:
     return Plan(source_store, source_dir, source, assets, items, _signer(config))
 
 
-def _signer(config: ExportConfig) -> ExportSigner | None:
-    """The signing key and chain, read and checked now: a bad key is found before anything
-    is written."""
+def _signer(config: ExportConfig) -> SignerLoading | None:
+    """The signing key and chain, read and checked now, so a bad key file is found before
+    anything is written; loaded in full beside the copy (`SignerLoading`)."""
     if not config.signing_key:
         return None
-    try:
-        return load_signer(config.signing_key, config.signing_certificate_chain)
-    except ImportError as e:  # `cryptography`, which the [signing] extra brings.
+    if importlib.util.find_spec('cryptography') is None:  # Found without importing it.
         raise InvalidInputError(
             "signing_key needs the [signing] extra: pip install 'tfx-final-exporter[signing]' "
-            f'({type(e).__name__}: {e})'
-        ) from None
+            '(the cryptography package is not installed)'
+        )
+    return SignerLoading(config.signing_key, config.signing_certificate_chain)
 
 
 def with_local_source(plan: Plan, config: ExportConfig, cleanup: contextlib.ExitStack) -> Plan:

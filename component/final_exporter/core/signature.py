@@ -19,7 +19,7 @@ from typing import Any
 from final_exporter.common import keys
 from final_exporter.storage.base import Staging, Store
 from final_exporter.storage.signing import (
-    ExportSigner,
+    SignerLoading,
     file_digests,
     read_for_signing,
     whole_file_sha256,
@@ -28,13 +28,13 @@ from final_exporter.storage.types import FileEntry
 
 
 class SigningStep:
-    """Signs one staged export with a signer `plan.plan_export` loaded and checked.
+    """Signs one staged export with the signer `plan.plan_export` checked and began loading.
 
     Use as a context manager: leaving it waits for the reading thread, so a failed
     export's staging area is removed only once nothing reads it.
     """
 
-    def __init__(self, signer: ExportSigner, store: Store, staging: Staging) -> None:
+    def __init__(self, signer: SignerLoading, store: Store, staging: Staging) -> None:
         self._signer, self._store, self._staging = signer, store, staging
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._read: concurrent.futures.Future | None = None
@@ -47,14 +47,23 @@ class SigningStep:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
     def lineage(self) -> dict[str, Any]:
-        """Who signs, for the sealed manifest's lineage (so the signature covers it too)."""
-        return {keys.SIGNING_LINEAGE_KEY: self._signer.identity.to_lineage()}
+        """Who signs, for the sealed manifest's lineage (so the signature covers it too).
+
+        Raises:
+            InvalidInputError: for what the signer's full load found wrong with the key.
+        """
+        return {keys.SIGNING_LINEAGE_KEY: self._signer.result().identity.to_lineage()}
 
     def start_reading(self, sizes: Mapping[str, int]) -> None:
         """Starts reading the staged files of several chunks for their whole-file SHA-256,
         in a thread of its own; called once every file in `sizes` holds its final bytes,
-        while the copy may still be hashing them."""
-        self._signer.warm_up()
+        while the copy may still be hashing them.
+
+        Raises:
+            InvalidInputError: for what the signer's full load found wrong with the key,
+                before the serving checks load the model for nothing.
+        """
+        self._signer.result()
         paths = read_for_signing(sizes)
         if not paths:
             return
@@ -74,5 +83,5 @@ class SigningStep:
         """
         read = self._read.result() if self._read is not None else None
         digests = file_digests(files.values(), self._store, self._staging.path, read)
-        signature = self._signer.sign(digests, manifest_data, model_name=model_name)
+        signature = self._signer.result().sign(digests, manifest_data, model_name=model_name)
         self._store.write_export_file(self._staging, keys.SIGNATURE_RELPATH, signature)

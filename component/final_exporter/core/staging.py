@@ -134,7 +134,7 @@ def _build_verified(
     progress = Progress(
         total_bytes=sum(i.size for i in items), total_files=len(items), report=report_progress
     )
-    results: dict[str, Any] = signing.lineage() if signing else {}
+    results: dict[str, Any] = {}
 
     def guard(model_dir: str) -> None:
         results.update(
@@ -159,6 +159,8 @@ def _build_verified(
     warmup = checks.warmup_path if checks is not None else None
     if warmup is not None and os.path.exists(warmup) and WARMUP_RELPATH not in files:
         files.update(store.stage_local_files(staging, [WARMUP_RELPATH]))
+    if signing is not None:  # Known once the key is loaded, beside the copy.
+        results = {**signing.lineage(), **results}
     make_lineage = lineage_maker(request, plan, clock)
     manifest = build_manifest(files.values(), make_lineage(signatures, files, results))
     data = manifest_bytes(manifest)

@@ -102,10 +102,23 @@ def make_staging_dir(model_base: str) -> str:
     Raises:
         InvalidInputError: if `model_base` cannot be created or written to.
     """
+    for attempt in range(_CREATE_ATTEMPTS):
+        try:
+            os.makedirs(model_base, exist_ok=True)
+            path = os.path.join(model_base, f'{STAGING_PREFIX}{uuid.uuid4().hex}')
+            fd = os.open(path + _LOCK_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            break
+        except (FileNotFoundError, FileExistsError):
+            # Another export's failure removed the empty folder it had made, within our
+            # makedirs or before our lock file (`remove_staging_dir`): make it again.
+            if attempt + 1 == _CREATE_ATTEMPTS:
+                raise InvalidInputError(
+                    f'cannot write to the export folder {model_base!r}: it was removed '
+                    f'{_CREATE_ATTEMPTS} times while this export created its staging folder'
+                ) from None
+        except OSError as e:
+            raise _cannot_write(model_base, e) from None
     try:
-        os.makedirs(model_base, exist_ok=True)
-        path = os.path.join(model_base, f'{STAGING_PREFIX}{uuid.uuid4().hex}')
-        fd = os.open(path + _LOCK_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
         _held_locks[path] = fd
         # Not tempfile.mkdtemp: its 0700 mode would lock a model server running
@@ -113,18 +126,41 @@ def make_staging_dir(model_base: str) -> str:
         os.mkdir(path)
         return path
     except OSError as e:
-        raise InvalidInputError(
-            f'cannot write to the export folder {model_base!r}: {e.strerror or e}'
-        ) from None
+        raise _cannot_write(model_base, e) from None
 
 
+_CREATE_ATTEMPTS = 5
+# {staging folder: the fd holding its lock}, for as long as this process owns it.
 _held_locks: dict[str, int] = {}
 
 
-def remove_staging_dir(staging_dir: str) -> None:
-    """Removes a staging folder (if it was not published) and releases its lock."""
+def _cannot_write(model_base: str, e: OSError) -> InvalidInputError:
+    return InvalidInputError(f'cannot write to the export folder {model_base!r}: {e.strerror or e}')
+
+
+def missing_folders(path: str) -> list[str]:
+    """The folders of `path` (itself included) that do not exist yet, deepest first."""
+    missing = []
+    while path and not os.path.exists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def remove_staging_dir(staging_dir: str, made: Sequence[str] = ()) -> None:
+    """Removes a staging folder (if it was not published) and releases its lock; then the
+    folders of `made` (deepest first) that are empty, so an export that fails leaves
+    nothing, not even the folders it created for itself."""
     shutil.rmtree(staging_dir, ignore_errors=True)
     _release(staging_dir)
+    for folder in made:
+        try:
+            os.rmdir(folder)  # Only an empty folder: another export's, or a version, stays.
+        except OSError:
+            break
 
 
 def _release(staging_dir: str) -> None:
@@ -298,8 +334,9 @@ class LocalStore(Store):
     # --- Staging and publishing ----------------------------------------------
 
     def begin_staging(self, model_base: str, *, local_view: bool) -> Staging:
+        made = missing_folders(model_base)
         path = make_staging_dir(model_base)
-        return Staging(path, model_base, local_dir=path if local_view else None)
+        return Staging(path, model_base, local_dir=path if local_view else None, handle=made)
 
     def remove_abandoned_staging(self, model_base: str) -> list[str]:
         return remove_abandoned_staging(model_base)
@@ -365,7 +402,7 @@ class LocalStore(Store):
         return publish(staging.path, staging.model_base, clock)
 
     def discard(self, staging: Staging) -> None:
-        remove_staging_dir(staging.path)
+        remove_staging_dir(staging.path, staging.handle or ())
 
     def remove_version(self, model_base: str, version: int) -> bool:
         """One atomic rename to a hidden trash name (a server sees all or nothing), then delete."""

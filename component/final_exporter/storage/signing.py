@@ -36,12 +36,14 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import json
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from final_exporter.common import keys
 from final_exporter.common.errors import IntegrityError, InvalidInputError
 from final_exporter.storage.manifest import CHUNK_BYTES, chunk_count
+from final_exporter.storage.pem_check import check_certificates_pem, check_private_key_pem
 from final_exporter.storage.signing_keys import (
     SignerIdentity,
     certificate_identity,
@@ -223,8 +225,8 @@ class ExportSigner:
 
     def warm_up(self) -> None:
         """Makes (and drops) one signature: a process's first ECDSA signature initialises
-        OpenSSL's random generator and curve tables (milliseconds), paid here, at a moment
-        the caller has to wait anyway, rather than after the manifest is written."""
+        OpenSSL's random generator and curve tables (milliseconds), paid here, beside the
+        copy, rather than after the manifest is written."""
         self.private_key.sign(b'', _ecdsa(self.private_key))
 
     def sign(self, digests: Mapping[str, str], manifest_data: bytes, *, model_name: str) -> bytes:
@@ -244,7 +246,7 @@ class ExportSigner:
 
 
 def load_signer(signing_key: str, signing_certificate_chain: str = '') -> ExportSigner:
-    """Reads and checks the signing key (and chain): called before anything is written.
+    """Reads and checks the signing key (and chain), in full, in this thread.
 
     Args:
         signing_key: The private key: a path, gs:// or s3:// object, or env:NAME.
@@ -255,12 +257,75 @@ def load_signer(signing_key: str, signing_certificate_chain: str = '') -> Export
         InvalidInputError: if a key or certificate is missing, unreadable or malformed,
             or the certificate is not the key's or may not sign.
     """
-    key = load_key(read_key_material(signing_key, 'signing_key'), 'signing_key', private=True)
-    fingerprint = key_fingerprint(key.public_key())
+    return signer_from_pem(*_read_pem(signing_key, signing_certificate_chain))
+
+
+class SignerLoading:
+    """`load_signer`, begun: what a user can get wrong about the key files is found now,
+    in microseconds; the rest runs in a thread of its own, beside the copy.
+
+    Now: the key (and chain) read, and their PEM checked without `cryptography`
+    (`pem_check`). In the thread: `cryptography` imported (about 35 ms of CPU, which
+    the copy would otherwise wait for), the key and certificates loaded and checked
+    (`signer_from_pem`: the key's numbers, the certificate's key and usage) and the
+    first signature's warm-up. What the thread finds is raised by `result`.
+
+    Args:
+        signing_key: As `load_signer`'s.
+        signing_certificate_chain: As `load_signer`'s.
+
+    Raises:
+        InvalidInputError: if a key or certificate is missing, unreadable or not what
+            `pem_check` expects.
+    """
+
+    def __init__(self, signing_key: str, signing_certificate_chain: str = '') -> None:
+        key_data, chain_data = _read_pem(signing_key, signing_certificate_chain)
+        check_private_key_pem(key_data, 'signing_key')
+        if chain_data:
+            check_certificates_pem(chain_data, 'signing_certificate_chain')
+        self._loaded: concurrent.futures.Future[ExportSigner] = concurrent.futures.Future()
+        threading.Thread(
+            target=self._load, args=(key_data, chain_data), name='final-exporter-signing-key'
+        ).start()
+
+    def _load(self, key_data: bytes, chain_data: bytes) -> None:
+        try:
+            signer = signer_from_pem(key_data, chain_data)
+            signer.warm_up()
+        except BaseException as e:  # Raised by `result`, in the export's thread.
+            self._loaded.set_exception(e)
+        else:
+            self._loaded.set_result(signer)
+
+    def result(self) -> ExportSigner:
+        """The signer, once loaded.
+
+        Raises:
+            InvalidInputError: for what only the full load finds wrong with the key or chain.
+        """
+        return self._loaded.result()
+
+
+def _read_pem(signing_key: str, signing_certificate_chain: str) -> tuple[bytes, bytes]:
+    key = read_key_material(signing_key, 'signing_key')
     if not signing_certificate_chain:
+        return key, b''
+    return key, read_key_material(signing_certificate_chain, 'signing_certificate_chain')
+
+
+def signer_from_pem(key_data: bytes, chain_data: bytes = b'') -> ExportSigner:
+    """The signer of a PEM private key and, for certificate signing, its PEM chain.
+
+    Raises:
+        InvalidInputError: if the key or a certificate is malformed, or the certificate
+            is not the key's or may not sign.
+    """
+    key = load_key(key_data, 'signing_key', private=True)
+    fingerprint = key_fingerprint(key.public_key())
+    if not chain_data:
         return ExportSigner(key, (), SignerIdentity('key', fingerprint))
-    parameter = 'signing_certificate_chain'
-    chain = load_certificates(read_key_material(signing_certificate_chain, parameter), parameter)
+    chain = load_certificates(chain_data, 'signing_certificate_chain')
     require_signing_certificate(chain, key)
     identity = SignerIdentity('certificate', fingerprint, certificate_identity(chain[0]))
     return ExportSigner(key, tuple(chain), identity)

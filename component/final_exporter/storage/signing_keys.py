@@ -119,6 +119,35 @@ _EXPECTED_KEY = {
 }
 
 
+def not_a_pem_key(parameter: str, kind: str, why: str) -> str:
+    """The message for a `kind` ('private' or 'public') key file that holds no such key."""
+    return f'{parameter} is not a PEM {kind} key ({why}); expected {_EXPECTED_KEY[kind]}'
+
+
+def encrypted_key(parameter: str) -> str:
+    """The message for a private key encrypted with a password."""
+    return (
+        f'{parameter} is an encrypted private key; expected an unencrypted PEM key '
+        '(keep it secret with env:NAME or a private bucket object instead)'
+    )
+
+
+def unsupported_key(parameter: str, found: str) -> str:
+    """The message for a key that is `found` rather than one on a curve the standard takes."""
+    return (
+        f'{parameter} is {found}; expected an elliptic-curve key on one of '
+        f'{", ".join(CURVES)} (the curves OpenSSF Model Signing accepts)'
+    )
+
+
+def no_certificate(parameter: str, why: str) -> str:
+    """The message for a certificate chain file with no certificate in it."""
+    return (
+        f'{parameter} holds no PEM certificate ({why}); expected PEM certificates '
+        '(-----BEGIN CERTIFICATE-----)'
+    )
+
+
 def load_key(data: bytes, parameter: str, *, private: bool) -> Any:
     """An elliptic-curve private (or public) key on a curve the standard accepts, from PEM.
 
@@ -135,14 +164,9 @@ def load_key(data: bytes, parameter: str, *, private: bool) -> Any:
         else:
             key = serialization.load_pem_public_key(data)
     except TypeError:  # A private key encrypted with a password.
-        raise InvalidInputError(
-            f'{parameter} is an encrypted private key; expected an unencrypted PEM key '
-            '(keep it secret with env:NAME or a private bucket object instead)'
-        ) from None
+        raise InvalidInputError(encrypted_key(parameter)) from None
     except Exception as e:
-        raise InvalidInputError(
-            f'{parameter} is not a PEM {kind} key ({e}); expected {_EXPECTED_KEY[kind]}'
-        ) from None
+        raise InvalidInputError(not_a_pem_key(parameter, kind, str(e))) from None
     expected = ec.EllipticCurvePrivateKey if private else ec.EllipticCurvePublicKey
     return _require_supported_curve(key, expected, parameter)
 
@@ -151,10 +175,7 @@ def _require_supported_curve(key: Any, kind: type, parameter: str) -> Any:
     curve = getattr(getattr(key, 'curve', None), 'name', None)
     if not isinstance(key, kind) or curve not in CURVES:
         found = f'an elliptic-curve key on {curve}' if curve else f'of type {type(key).__name__}'
-        raise InvalidInputError(
-            f'{parameter} is {found}; expected an elliptic-curve key on one of '
-            f'{", ".join(CURVES)} (the curves OpenSSF Model Signing accepts)'
-        )
+        raise InvalidInputError(unsupported_key(parameter, found))
     return key
 
 
@@ -169,10 +190,7 @@ def load_certificates(data: bytes, parameter: str) -> list[Any]:
     try:
         certificates = x509.load_pem_x509_certificates(data)
     except Exception as e:
-        raise InvalidInputError(
-            f'{parameter} holds no PEM certificate ({e}); expected PEM certificates '
-            '(-----BEGIN CERTIFICATE-----)'
-        ) from None
+        raise InvalidInputError(no_certificate(parameter, str(e))) from None
     return certificates
 
 
