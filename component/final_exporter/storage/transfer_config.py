@@ -48,7 +48,10 @@ class TransferConfig:
             costs about as much as copying and hashing 100 KiB, so a small model
             is copied inline.
         batch_bytes: Files under `kernel_copy_min_bytes` are copied a folder
-            at a time, one task per this many bytes of them (`transfer._start`).
+            at a time, one task per this many bytes of them (`transfer._batches`).
+        tiny_file_bytes: Files under this size are copied a folder at a time, one
+            task per folder: their copy is Python's per-file work, which threads
+            would only contend for (`transfer._batches`).
         map_window_bytes: The staged copy is hashed through read-only mappings of
             this size: what a thread holds mapped (and counts in its RSS) stays
             small whatever the file size.
@@ -74,6 +77,7 @@ class TransferConfig:
     kernel_copy_min_bytes: int = 4 * _MIB
     parallel_min_bytes: int = 8 * _MIB
     batch_bytes: int = 32 * _MIB
+    tiny_file_bytes: int = 64 * 1024
     map_window_bytes: int = 8 * _MIB
     writeback_min_bytes: int = 1 * _MIB
     writeback_batch_bytes: int = 8 * _MIB
