@@ -377,6 +377,21 @@ def test_the_plans_key_check_refuses_a_key_file_exactly_when_the_full_load_does(
     )
 
 
+def test_loading_a_key_and_signing_leave_cryptographys_ssh_support_unimported(key_file):
+    """The signing thread's CPU is what signing costs an export whose copy keeps every core
+    busy: half of it was importing `cryptography.hazmat.primitives.serialization`, which
+    imports its SSH key support too."""
+    _, key_path = key_file
+    code = (
+        'import sys\n'
+        'from final_exporter.storage.signing import load_signer\n'
+        f'load_signer({key_path!r}).sign({{"a": "00" * 32}}, b"{{}}", model_name="m")\n'
+        'print(sorted(m for m in sys.modules if m.startswith("cryptography.hazmat.primitives.serialization")))\n'
+    )
+    run = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == '[]'
+
+
 def test_a_file_of_the_export_at_the_signatures_path_is_refused(
     model_uri, export_base, tmp_path, key_file
 ):

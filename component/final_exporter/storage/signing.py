@@ -47,6 +47,7 @@ from final_exporter.storage.pem_check import check_certificates_pem, check_priva
 from final_exporter.storage.signing_keys import (
     SignerIdentity,
     certificate_identity,
+    key_encoding,
     key_fingerprint,
     load_certificates,
     load_key,
@@ -134,20 +135,19 @@ def _b64(data: bytes) -> str:
 def bundle(private_key: Any, chain: Sequence[Any], payload: bytes) -> bytes:
     """The Sigstore bundle signing `payload`: key signing, or certificate signing when
     `chain` (signing certificate first) is given."""
-    from cryptography.hazmat.primitives import serialization
-
+    encoding = key_encoding()
     signature = private_key.sign(pae(payload), _ecdsa(private_key))
     if chain:
         material: dict[str, Any] = {
             'x509CertificateChain': {
                 'certificates': [
-                    {'rawBytes': _b64(c.public_bytes(serialization.Encoding.DER))} for c in chain
+                    {'rawBytes': _b64(c.public_bytes(encoding.Encoding.DER))} for c in chain
                 ]
             }
         }
     else:
         pem = private_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            encoding.Encoding.PEM, encoding.PublicFormat.SubjectPublicKeyInfo
         )
         material = {'publicKey': {'hint': hashlib.sha256(pem).hexdigest()}}
     material['tlogEntries'] = []

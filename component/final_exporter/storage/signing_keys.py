@@ -12,8 +12,10 @@ sits in a pipeline spec. Anything missing, unreadable or malformed is bad input
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
+import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -78,13 +80,37 @@ class SignerIdentity:
         return out
 
 
+@functools.cache
+def key_encoding() -> Any:
+    """`cryptography`'s key encodings and PEM key loaders, imported without its
+    `serialization` package.
+
+    That package imports its SSH key support with it: about 20 ms of CPU, half of
+    a key's first load (`python -X importtime`), which the signing thread spends
+    beside the copy on a machine whose cores the copy keeps busy. `serialization`
+    re-exports these same objects from the modules imported here (cryptography
+    42 to 47); where they have moved, the package itself is used.
+    """
+    try:
+        from cryptography.hazmat.bindings._rust import openssl as rust_openssl
+        from cryptography.hazmat.primitives import _serialization
+
+        return types.SimpleNamespace(
+            Encoding=_serialization.Encoding,
+            PublicFormat=_serialization.PublicFormat,
+            load_pem_private_key=rust_openssl.keys.load_pem_private_key,
+            load_pem_public_key=rust_openssl.keys.load_pem_public_key,
+        )
+    except (ImportError, AttributeError):
+        from cryptography.hazmat.primitives import serialization
+
+        return serialization
+
+
 def key_fingerprint(public_key: Any) -> str:
     """'sha256:<hex>' of a public key's DER SubjectPublicKeyInfo."""
-    from cryptography.hazmat.primitives import serialization
-
-    der = public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    encoding = key_encoding()
+    der = public_key.public_bytes(encoding.Encoding.DER, encoding.PublicFormat.SubjectPublicKeyInfo)
     return 'sha256:' + hashlib.sha256(der).hexdigest()
 
 
@@ -154,15 +180,15 @@ def load_key(data: bytes, parameter: str, *, private: bool) -> Any:
     Raises:
         InvalidInputError: naming `parameter` and what is wrong with the key.
     """
-    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
     kind = 'private' if private else 'public'
+    encoding = key_encoding()
     try:
         if private:
-            key = serialization.load_pem_private_key(data, password=None)
+            key = encoding.load_pem_private_key(data, None)
         else:
-            key = serialization.load_pem_public_key(data)
+            key = encoding.load_pem_public_key(data)
     except TypeError:  # A private key encrypted with a password.
         raise InvalidInputError(encrypted_key(parameter)) from None
     except Exception as e:
