@@ -395,6 +395,30 @@ def test_a_large_copy_written_with_o_direct_leaves_the_staged_bytes_out_of_the_p
     )
 
 
+@pytest.mark.parametrize('beside_checks', [True, False])
+def test_by_default_only_a_copy_beside_the_checks_keeps_its_bytes_out_of_the_page_cache(
+    tmp_path, beside_checks
+):
+    """The checks' load of the model needs the memory; a copy alone writes as `cp` does."""
+    src, dst = tmp_path / 'src', tmp_path / 'dst'
+    size = 3 * SPLIT_CHUNK_BYTES
+    data = write_random(src / 'variables.data-00000-of-00001', size)
+    dst.mkdir()
+    ran = []
+
+    copy_and_hash(
+        plan_tree(str(src)),
+        str(dst),
+        config=TransferConfig(workers=2),
+        meanwhile=(lambda: ran.append(True)) if beside_checks else None,
+    )
+
+    staged = dst / 'variables.data-00000-of-00001'
+    assert resident_bytes(staged) == (0 if beside_checks else size)
+    assert ran == ([True] if beside_checks else [])
+    assert staged.read_bytes() == data
+
+
 def test_small_model_is_copied_inline_with_saved_model_pb_last(tmp_path):
     src, dst = tmp_path / 'src', tmp_path / 'dst'
     files = make_model_tree(src, n_files=3, seed=5)

@@ -143,6 +143,7 @@ def copy_and_hash(
             caller to remove with the staging folder.
     """
     items = list(items)
+    config = config.resolved(beside_checks=meanwhile is not None)
     make_dest_folders(items, dest_root)
     batches = ([i for i in items if i.dest not in last], [i for i in items if i.dest in last])
     tasks = sum(len(split_pieces(i.size)) for i in items if in_pieces(i, config)) + sum(

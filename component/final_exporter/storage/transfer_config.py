@@ -68,7 +68,12 @@ class TransferConfig:
         direct_io: Files from `kernel_copy_min_bytes` are read, hashed and
             written with `O_DIRECT` where the destination's filesystem takes it:
             the staged copy stays out of the page cache. When False (or refused),
-            the kernel copies them into the page cache (`copy_file_range`).
+            the kernel copies them into the page cache (`copy_file_range`). None
+            (the default): `O_DIRECT` only beside the checks, whose load of the
+            model needs the memory the staged copy's page cache would take; a
+            copy alone leaves the writing to the kernel, as `cp` does (measured on
+            a virtual disk, 1 GiB: `O_DIRECT` 2.65 s, the page cache 1.70 s,
+            `cp -r && sync -f` 1.57 s).
     """
 
     method: str = COPY_AUTO
@@ -83,7 +88,7 @@ class TransferConfig:
     writeback_batch_bytes: int = 8 * _MIB
     split_min_bytes: int = MANIFEST_CHUNK_BYTES + 1
     background_nice: int = 10
-    direct_io: bool = True
+    direct_io: bool | None = None
 
     def __post_init__(self) -> None:
         check_method(self.method)
@@ -91,6 +96,12 @@ class TransferConfig:
     def threads(self, beside_checks: bool = False) -> int:
         """The copy threads to use at most (`local_copy_workers` says why these)."""
         return self.workers or local_copy_workers(beside_checks)
+
+    def resolved(self, beside_checks: bool) -> TransferConfig:
+        """This config with `direct_io` decided: as set, or (None) only beside the checks."""
+        if self.direct_io is not None:
+            return self
+        return dataclasses.replace(self, direct_io=beside_checks)
 
 
 DEFAULT_TRANSFER = TransferConfig()
