@@ -40,6 +40,9 @@ class SigningStep:
         self._read: concurrent.futures.Future | None = None
 
     def __enter__(self) -> SigningStep:
+        # The key's load holds the GIL: started now, it runs while this thread waits for
+        # the copy (SignerLoading says why not earlier).
+        self._signer.start()
         return self
 
     def __exit__(self, *exc_info: Any) -> None:

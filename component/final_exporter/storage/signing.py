@@ -261,14 +261,18 @@ def load_signer(signing_key: str, signing_certificate_chain: str = '') -> Export
 
 
 class SignerLoading:
-    """`load_signer`, begun: what a user can get wrong about the key files is found now,
-    in microseconds; the rest runs in a thread of its own, beside the copy.
+    """`load_signer`, in two steps: what a user can get wrong about the key files is found
+    now, in microseconds; the rest in a thread of its own, from `start`.
 
     Now: the key (and chain) read, and their PEM checked without `cryptography`
-    (`pem_check`). In the thread: `cryptography` imported (about 35 ms of CPU, which
-    the copy would otherwise wait for), the key and certificates loaded and checked
-    (`signer_from_pem`: the key's numbers, the certificate's key and usage) and the
-    first signature's warm-up. What the thread finds is raised by `result`.
+    (`pem_check`). In the thread: `cryptography` imported, the key and certificates
+    loaded and checked (`signer_from_pem`: the key's numbers, the certificate's key
+    and usage) and the first signature's warm-up, which sets up OpenSSL's random
+    generator and curve tables. That work holds the GIL (imports, and `cryptography`'s
+    calls into OpenSSL), so the export starts it once its copy threads work and its
+    own thread waits for them (`core.signature.SigningStep`): begun beside the plan's
+    Python, it cost the export about as much as it took. What the thread finds is
+    raised by `result`.
 
     Args:
         signing_key: As `load_signer`'s.
@@ -284,10 +288,19 @@ class SignerLoading:
         check_private_key_pem(key_data, 'signing_key')
         if chain_data:
             check_certificates_pem(chain_data, 'signing_certificate_chain')
+        self._pem = (key_data, chain_data)
         self._loaded: concurrent.futures.Future[ExportSigner] = concurrent.futures.Future()
-        threading.Thread(
-            target=self._load, args=(key_data, chain_data), name='final-exporter-signing-key'
-        ).start()
+        self._started = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Starts loading the signer in a thread of its own (once)."""
+        with self._started:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._load, args=self._pem, name='final-exporter-signing-key'
+                )
+                self._thread.start()
 
     def _load(self, key_data: bytes, chain_data: bytes) -> None:
         try:
@@ -299,11 +312,12 @@ class SignerLoading:
             self._loaded.set_result(signer)
 
     def result(self) -> ExportSigner:
-        """The signer, once loaded.
+        """The signer, once loaded (started now if it was not).
 
         Raises:
             InvalidInputError: for what only the full load finds wrong with the key or chain.
         """
+        self.start()
         return self._loaded.result()
 
 
