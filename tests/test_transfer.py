@@ -414,7 +414,10 @@ def test_by_default_only_a_copy_beside_the_checks_keeps_its_bytes_out_of_the_pag
     )
 
     staged = dst / 'variables.data-00000-of-00001'
-    assert resident_bytes(staged) == (0 if beside_checks else size)
+    if beside_checks:
+        assert resident_bytes(staged) == 0
+    else:  # Written through the page cache, which the kernel may already be trimming.
+        assert resident_bytes(staged) > size // 2
     assert ran == ([True] if beside_checks else [])
     assert staged.read_bytes() == data
 
