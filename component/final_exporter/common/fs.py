@@ -7,10 +7,13 @@ lifecycle modules (durable renames and removals).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import ctypes
 import errno
 import functools
 import os
+import threading
+from collections.abc import Callable, Iterator
 
 from final_exporter.common import libc
 
@@ -92,6 +95,37 @@ def syncfs(path: str) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+@contextlib.contextmanager
+def flushing_while(
+    path: str, every_s: float, flush: Callable[[str], object] = lambda p: syncfs(p)
+) -> Iterator[None]:
+    """Flushes the filesystem holding `path` (`syncfs`) every `every_s` seconds while
+    the block runs, in a thread of its own (which waits on the disk, not the CPU).
+
+    A copy of many small files leaves its writing to the flush before publishing
+    (the kernel writes dirty pages on its own only once they pile up or age): as
+    for `cp -r && sync -f`, the disk then starts only once the copy is done.
+    Flushed meanwhile, the disk writes while the copy goes on, and the flush
+    before publishing finds little left. Best effort: a failed flush is left for
+    that last one, which reports it.
+    """
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(every_s):
+            with contextlib.suppress(OSError):
+                flush(path)
+
+    thread = threading.Thread(target=run, name='final-exporter-flush', daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        # Not joined: a flush under way goes on beside what follows (the flush before
+        # publishing waits for the disk anyway), and the thread then ends.
+        stop.set()
 
 
 def flush_tree(root: str, *, drop_cache: bool = False) -> int:

@@ -42,6 +42,7 @@ from final_exporter.common.errors import IntegrityError, InvalidInputError, Stor
 from final_exporter.common.progress import Progress
 from final_exporter.storage.manifest import CHUNK_BYTES as MANIFEST_CHUNK_BYTES
 from final_exporter.storage.manifest import ChunkedHasher, entry_from_chunks
+from final_exporter.storage.small_copy import SmallCopyError, copy_small, unchanged
 from final_exporter.storage.transfer_config import DEFAULT_TRANSFER, TransferConfig
 from final_exporter.storage.types import COPY_AUTO, COPY_HARDLINK, CopyItem, FileEntry
 
@@ -187,7 +188,7 @@ def place_piece(
             src = stack.enter_context(open(item.src, 'rb', buffering=0))
         now = os.fstat(src.fileno())
         if (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
-            raise _changed(item, before, now.st_size, offset, 'was replaced')
+            raise _changed(item, before.st_size, now.st_size, offset, 'was replaced')
         out = stack.enter_context(open(dest, 'r+b', buffering=0))
         direct = _open_direct(dest, now) if length and config.direct_io else None
         if direct is not None:
@@ -269,7 +270,7 @@ def _read_chunk(item, before, src_fd, out, span, digest, progress, config, direc
         with source_errors(item, at):
             n = os.preadv(src_fd, [view[: min(len(buf), length - done)]], at)
         if n == 0:
-            raise _changed(item, before, os.fstat(src_fd).st_size, at)
+            raise _changed(item, before.st_size, os.fstat(src_fd).st_size, at)
         digest.update(view[:n])
         if out is not None:
             aligned = n - n % DIRECT_ALIGN if direct is not None and at % DIRECT_ALIGN == 0 else 0
@@ -377,13 +378,13 @@ def read_failed(path: str, e: OSError, at: int | None = None) -> StorageIOError:
 
 
 def _changed(
-    item: CopyItem, before: os.stat_result, size_now: int | None, read: int, how: str = ''
+    item: CopyItem, before_size: int, size_now: int | None, read: int, how: str = ''
 ) -> IntegrityError:
     now = f' -> {size_now}' if size_now is not None else ''
-    what = how or ('shrank' if size_now is not None and size_now < before.st_size else 'changed')
+    what = how or ('shrank' if size_now is not None and size_now < before_size else 'changed')
     return IntegrityError(
         f'source file {item.src!r} {what} while it was copied '
-        f'(size {before.st_size}{now}, read {read} bytes); '
+        f'(size {before_size}{now}, read {read} bytes); '
         'export a model that is no longer being written'
     )
 
@@ -406,7 +407,9 @@ def _copy_range(
                 f'{offset + copied}: {_describe(e)}'
             ) from None
         if n == 0:
-            raise _changed(item, os.fstat(src_fd), os.fstat(src_fd).st_size, offset + copied)
+            raise _changed(
+                item, os.fstat(src_fd).st_size, os.fstat(src_fd).st_size, offset + copied
+            )
         copied += n
     return True
 
@@ -448,59 +451,44 @@ def _hash_unchanged(
 def _copy_whole(
     item: CopyItem, dest: str, progress: Progress | None, config: TransferConfig
 ) -> FileEntry:
-    """A file under `kernel_copy_min_bytes`: one read of one byte more than its size (which
-    must come back short, at the end of the file), hashed, and one write.
+    """A file under `kernel_copy_min_bytes`: `small_copy.copy_small`, one read and one write."""
 
-    Files are opened with `os.open`, not `open()`, which stats each file once more:
-    a model of 20,000 small files spends its time in these calls.
-    """
-    buf = _buffer(config.buffer_bytes)
-    try:
-        src = os.open(item.src, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise source_error(item, e) from None
-    try:
-        before = os.fstat(src)
-        if before.st_size >= len(buf):  # It grew since it was planned.
-            with open(dest, 'xb', buffering=0) as out:
-                return _hash_unchanged(item, progress, out, config)
-        view = memoryview(buf)[: before.st_size + 1]
-        try:
-            n = os.preadv(src, [view], 0)
-        except OSError as e:
-            raise source_error(item, e, 0) from None
-    finally:
-        os.close(src)
-    if n != before.st_size:
-        raise _changed(item, before, n, n)
-    out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-    try:
-        _pwrite_all(out, view[:n], 0, dest)
+    def written(fd: int, n: int) -> None:
         if n >= config.writeback_min_bytes:
-            start_writeback(out, 0, n)
-    finally:
-        os.close(out)
-    if progress is not None:
-        progress.add_copied(n)
-        progress.add_bytes(n)
-    check_unchanged(item, before, n)
-    return FileEntry(item.dest, n, hashlib.sha256(view[:n]).hexdigest())
+            start_writeback(fd, 0, n)
+        if progress is not None:
+            progress.add_copied(n)
+            progress.add_bytes(n)
+
+    try:
+        _, n, digest = copy_small(item.src, dest, memoryview(_buffer(config.buffer_bytes)), written)
+    except SmallCopyError as e:
+        if e.kind != 'too_large':
+            raise small_copy_error(item, dest, e) from None
+        with open(dest, 'xb', buffering=0) as out:  # It grew since it was planned.
+            return _hash_unchanged(item, progress, out, config)
+    return FileEntry(item.dest, n, digest)
+
+
+def small_copy_error(item: CopyItem, dest: str, e: SmallCopyError) -> Exception:
+    """The error a `SmallCopyError` of `item` means (`source_error` for its source)."""
+    if e.kind in ('open', 'read'):
+        at = 0 if e.kind == 'read' else None
+        return source_error(item, OSError(e.errno, os.strerror(e.errno), item.src), at)
+    if e.kind == 'create':
+        return OSError(e.errno, os.strerror(e.errno), dest)
+    if e.kind == 'write':
+        return _write_failed(dest, e.at, OSError(e.errno, os.strerror(e.errno)))
+    how = 'was replaced' if e.how == 'replaced' else ''
+    return _changed(item, e.before_size, None if e.size_now < 0 else e.size_now, e.at, how)
 
 
 def check_unchanged(item: CopyItem, before: os.stat_result, read: int) -> None:
     """Fails unless `item.src` is still the file `before` describes and `read` is all of it."""
     try:
-        after = os.stat(item.src)
-    except OSError as e:
-        raise source_error(item, e) from None
-    if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
-        raise _changed(item, before, after.st_size, read, 'was replaced')
-    if (
-        read != before.st_size
-        or after.st_size != before.st_size
-        or after.st_mtime_ns != before.st_mtime_ns
-    ):
-        raise _changed(item, before, after.st_size, read)
+        unchanged(item.src, before, read)
+    except SmallCopyError as e:
+        raise small_copy_error(item, '', e) from None
 
 
 _sync_file_range = (
@@ -541,6 +529,11 @@ _reflink_unsupported: set[int] = set()  # st_dev of filesystems that refused a r
 def _device_of(folder: str) -> int:
     # One stat per folder, not per file: the folders are the export's own staging folder's.
     return os.stat(folder).st_dev
+
+
+def reflink_refused(folder: str) -> bool:
+    """Whether the filesystem of `folder` refused a reflink already (so files there are copied)."""
+    return _device_of(folder) in _reflink_unsupported
 
 
 def try_hardlink(src: str, dest: str) -> bool:

@@ -16,6 +16,7 @@ then hold empty or truncated files.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import errno
@@ -208,14 +209,20 @@ def remove_abandoned_staging(model_base: str) -> list[str]:
 
 
 def publish(
-    staging_dir: str, model_base: str, clock: Callable[[], float] = time.time
+    staging_dir: str,
+    model_base: str,
+    clock: Callable[[], float] = time.time,
+    *,
+    flushed: bool = False,
 ) -> tuple[int, str]:
-    """Flushes a complete staging folder to disk and moves it into place as the next free version.
+    """Flushes a complete staging folder to disk (unless `flushed` already, whole) and moves it
+    into place as the next free version.
 
     Returns:
         (version, final path).
     """
-    flush_tree(staging_dir)
+    if not flushed:
+        flush_tree(staging_dir)
     for _ in range(_MAX_PUBLISH_ATTEMPTS):
         version = next_version(model_base, clock)
         final_dir = os.path.join(model_base, str(version))
@@ -245,6 +252,19 @@ def list_local_files(root: str) -> dict[str, int]:
             rel = f'{rel_dir}/{name}' if rel_dir else name
             found[rel] = os.lstat(os.path.join(dirpath, name)).st_size
     return found
+
+
+@dataclasses.dataclass
+class _Hold:
+    """A local store's hold on a staging folder (`Staging.handle`).
+
+    Attributes:
+        made: The folders the export made for it (removed with it if unpublished).
+        flushed: Whether the complete staged tree is on disk (`verify_staged`).
+    """
+
+    made: list[str]
+    flushed: bool = False
 
 
 class LocalStore(Store):
@@ -336,7 +356,7 @@ class LocalStore(Store):
     def begin_staging(self, model_base: str, *, local_view: bool) -> Staging:
         made = missing_folders(model_base)
         path = make_staging_dir(model_base)
-        return Staging(path, model_base, local_dir=path if local_view else None, handle=made)
+        return Staging(path, model_base, local_dir=path if local_view else None, handle=_Hold(made))
 
     def remove_abandoned_staging(self, model_base: str) -> list[str]:
         return remove_abandoned_staging(model_base)
@@ -388,7 +408,14 @@ class LocalStore(Store):
     def verify_staged(
         self, staging: Staging, manifest: Mapping[str, Any], known: Mapping[str, FileEntry]
     ) -> None:
-        check = verify_tree(self, staging.path, manifest, rehash=False, known=known)
+        """Also flushes the staged tree, complete here (its manifest is its last file), to
+        disk meanwhile (the check is CPU work, the flush waits on the disk); `publish`
+        then has nothing left to flush."""
+        with concurrent.futures.ThreadPoolExecutor(1, 'final-exporter-flush') as pool:
+            flushing = pool.submit(flush_tree, staging.path)
+            check = verify_tree(self, staging.path, manifest, rehash=False, known=known)
+            flushing.result()
+        staging.handle.flushed = True
         if not check.ok:
             raise IntegrityError(
                 f'staged export {staging.path!r} does not match its manifest: '
@@ -399,10 +426,10 @@ class LocalStore(Store):
         flush_tree(staging.path, drop_cache=True)
 
     def publish(self, staging: Staging, clock: Callable[[], float]) -> tuple[int, str]:
-        return publish(staging.path, staging.model_base, clock)
+        return publish(staging.path, staging.model_base, clock, flushed=staging.handle.flushed)
 
     def discard(self, staging: Staging) -> None:
-        remove_staging_dir(staging.path, staging.handle or ())
+        remove_staging_dir(staging.path, staging.handle.made)
 
     def remove_version(self, model_base: str, version: int) -> bool:
         """One atomic rename to a hidden trash name (a server sees all or nothing), then delete."""

@@ -52,6 +52,11 @@ class TransferConfig:
         tiny_file_bytes: Files under this size are copied a folder at a time, one
             task per folder: their copy is Python's per-file work, which threads
             would only contend for (`transfer._batches`).
+        tiny_files_per_helper: A folder's tiny files are shared with a helper
+            process per this many of them, up to one less than the cores
+            (`tiny_files.py`: processes, unlike threads, do not wait for each
+            other's GIL); 0 for none. Never beside the checks, whose load of the
+            model is what the export waits for.
         map_window_bytes: The staged copy is hashed through read-only mappings of
             this size: what a thread holds mapped (and counts in its RSS) stays
             small whatever the file size.
@@ -62,6 +67,11 @@ class TransferConfig:
         split_min_bytes: The Beam copy copies files of this size or more in
             manifest chunks, one element each (never with `hardlink`, which
             copies nothing); the threaded copy always works in manifest chunks.
+        flush_min_files: A copy of this many files or more flushes its
+            destination's filesystem every `flush_every_s` while it runs
+            (`fs.flushing_while`), so the disk writes during the copy, not after;
+            0 never. Not beside the checks, whose load reads the disk.
+        flush_every_s: See `flush_min_files`.
         background_nice: How much lower (a nice value) the copy threads' CPU
             priority is while the exporter's own thread imports and loads
             TensorFlow beside the copy: that thread is what the export waits for.
@@ -83,10 +93,13 @@ class TransferConfig:
     parallel_min_bytes: int = 8 * _MIB
     batch_bytes: int = 32 * _MIB
     tiny_file_bytes: int = 64 * 1024
+    tiny_files_per_helper: int = 4000
     map_window_bytes: int = 8 * _MIB
     writeback_min_bytes: int = 1 * _MIB
     writeback_batch_bytes: int = 8 * _MIB
     split_min_bytes: int = MANIFEST_CHUNK_BYTES + 1
+    flush_min_files: int = 2000
+    flush_every_s: float = 0.15
     background_nice: int = 10
     direct_io: bool | None = None
 
@@ -98,10 +111,14 @@ class TransferConfig:
         return self.workers or local_copy_workers(beside_checks)
 
     def resolved(self, beside_checks: bool) -> TransferConfig:
-        """This config with `direct_io` decided: as set, or (None) only beside the checks."""
-        if self.direct_io is not None:
-            return self
-        return dataclasses.replace(self, direct_io=beside_checks)
+        """This config with `direct_io` decided (as set, or when None only beside the
+        checks), and beside the checks no helper processes and no flushing while copying."""
+        direct_io = beside_checks if self.direct_io is None else self.direct_io
+        if beside_checks:
+            return dataclasses.replace(
+                self, direct_io=direct_io, tiny_files_per_helper=0, flush_min_files=0
+            )
+        return dataclasses.replace(self, direct_io=direct_io)
 
 
 DEFAULT_TRANSFER = TransferConfig()
