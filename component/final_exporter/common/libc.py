@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import os
 from typing import Any
@@ -16,7 +15,10 @@ def _libc() -> ctypes.CDLL | None:
         # which `find_library` spawns, costing milliseconds at every start of the CLI.
         return ctypes.CDLL(None, use_errno=True)
     except OSError:
-        name = ctypes.util.find_library('c')
+        # It imports subprocess and tempfile: not at every start.
+        from ctypes.util import find_library
+
+        name = find_library('c')
         return ctypes.CDLL(name, use_errno=True) if name else None
 
 

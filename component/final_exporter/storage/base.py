@@ -24,7 +24,6 @@ import abc
 import contextlib
 import dataclasses
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -257,6 +256,8 @@ class ModelBase:
 
 @contextlib.contextmanager
 def _downloaded_tree(store: Store, root: str) -> Iterator[str]:
+    import tempfile  # Only for a model in a bucket: kept out of every command's start-up.
+
     with tempfile.TemporaryDirectory(prefix='final-exporter-source-') as folder:
         for rel in store.list_files(root):
             local = os.path.join(folder, *rel.split('/'))
