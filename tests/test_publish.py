@@ -7,11 +7,13 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import time
 from unittest import mock
 
 import pytest
 
 from final_exporter.common import fs as fs_module
+from final_exporter.common import keys
 from final_exporter.common.fs import (
     SYNCFS_MIN_FILES,
     flush_tree,
@@ -27,6 +29,7 @@ from final_exporter.storage.local import (
     next_version,
     publish,
 )
+from final_exporter.storage.manifest import build_manifest, manifest_bytes
 from final_exporter.storage.verify import verify_export
 
 from conftest import published_versions
@@ -234,6 +237,47 @@ def test_a_many_file_tree_is_flushed_with_one_syncfs_before_the_rename(tmp_path)
         sorted(os.listdir(os.path.join(final_dir, 'assets')))[-1]
         == f'vocab_{SYNCFS_MIN_FILES - 1:04d}.txt'
     )
+
+
+@pytest.mark.parametrize('files', [3, SYNCFS_MIN_FILES])
+def test_through_the_store_the_staged_tree_is_flushed_once_beside_its_check_before_the_rename(
+    tmp_path, files
+):
+    store = LocalStore()
+    base = str(tmp_path / 'model')
+    staging = store.begin_staging(base, local_view=True)
+    for i in range(files):
+        store.write_export_file(staging, f'assets/vocab_{i:04d}.txt', b'token\n' * 100)
+    known = store.stage_local_files(staging, [f'assets/vocab_{i:04d}.txt' for i in range(files)])
+    manifest = build_manifest(known.values(), {})
+    store.write_export_file(staging, keys.MANIFEST_RELPATH, manifest_bytes(manifest))
+    recorder = FsyncRecorder()
+
+    with (
+        mock.patch.object(os, 'fsync', autospec=True, side_effect=recorder.fsync),
+        mock.patch.object(fs_module, 'syncfs', autospec=True, side_effect=recorder.syncfs),
+        mock.patch.object(
+            publish_module, 'rename_no_replace', autospec=True, side_effect=recorder.rename
+        ),
+    ):
+        store.verify_staged(staging, manifest, known)
+        recorder.events.append(('verified', staging.path))
+        _, final_dir = store.publish(staging, time.time)
+
+    verified_at = recorder.events.index(('verified', staging.path))
+    assert recorder.events[verified_at + 1] == ('rename', final_dir)
+    renamed_at = verified_at + 1
+    flushes = recorder.events[:verified_at]
+    staged_files = {
+        os.path.join(staging.path, 'assets', f'vocab_{i:04d}.txt') for i in range(files)
+    } | {os.path.join(staging.path, *keys.MANIFEST_RELPATH.split('/'))}
+    if files >= SYNCFS_MIN_FILES:
+        assert flushes == [('syncfs', staging.path)]
+    else:
+        fsynced = [path for _, path in flushes]
+        assert staged_files <= set(fsynced)
+        assert len(fsynced) == len(set(fsynced))  # Each once: publish flushed nothing again.
+    assert recorder.events[renamed_at + 1 :] == [('fsync', base)]
 
 
 @pytest.mark.parametrize('files', [3, 40])

@@ -5,8 +5,10 @@ fed to SHA-256 and written, so the manifest needs no second read, and the bytes
 hashed are the bytes written. Files are copied by a thread pool (file I/O and
 hashlib release the GIL on large buffers); a file larger than one manifest
 chunk (`manifest.CHUNK_BYTES`) is copied and hashed chunk by chunk in parallel,
-so one multi-GiB variables file uses every core, not one. How one file or one
-chunk is copied, and what a source that changes meanwhile does: `filecopy.py`.
+so one multi-GiB variables file uses every core, not one; a folder of many tiny
+files is shared with helper processes (`tiny_files.py`), as threads would only
+wait for each other's GIL. How one file or one chunk is copied, and what a source
+that changes meanwhile does: `filecopy.py`.
 The settings: `transfer_config.TransferConfig`.
 """
 
