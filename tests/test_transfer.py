@@ -396,7 +396,7 @@ def test_a_large_copy_written_with_o_direct_leaves_the_staged_bytes_out_of_the_p
 
 
 @pytest.mark.parametrize('beside_checks', [True, False])
-def test_by_default_only_a_copy_beside_the_checks_keeps_its_bytes_out_of_the_page_cache(
+def test_by_default_only_a_copy_beside_the_checks_drops_its_bytes_from_the_page_cache(
     tmp_path, beside_checks
 ):
     """The checks' load of the model needs the memory; a copy alone writes as `cp` does."""

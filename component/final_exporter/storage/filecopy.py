@@ -7,16 +7,15 @@ process. A source that shrinks, grows, is replaced or removed, or cannot be
 read is an error naming the file (IntegrityError; InvalidInputError when it is
 unreadable), and nothing is published.
 
-A large file's chunks are read with `pread`, hashed, and written with
-`O_DIRECT` (`TransferConfig.direct_io`): the bytes go from this process's
-buffer to the disk, and the staged copy takes no room in the page cache, so
-it neither doubles the model's footprint in memory (the source is cached, and
-TensorFlow may be loading it meanwhile) nor leaves gigabytes of dirty pages
-for the flush before publishing. Where the destination refuses `O_DIRECT`,
-the kernel copies the chunk (`copy_file_range`) and the chunk is hashed from
-the staged copy. Bytes written through the page cache are handed to the disk
-as they are written (`start_writeback`), so the flush before publishing
-(`fs.flush_tree`) waits for little.
+A large file's chunks are copied by the kernel (`copy_file_range`, no byte
+through user space) and hashed from the staged copy. Bytes written through the
+page cache are handed to the disk as they are written (`start_writeback`), so
+the flush before publishing (`fs.flush_tree`) waits for little; beside the
+checks each chunk, once hashed, is written and dropped from the page cache
+(`drop_written`, `TransferConfig.drop_staged_pages`), so the staged copy does not
+double the model's footprint in memory while TensorFlow loads it. With
+`TransferConfig.direct_io` the chunks are instead read with `pread`, hashed, and
+written with `O_DIRECT` where the destination takes it.
 
 A read that fails (EIO from a failing disk, a lost network mount) is a
 `StorageIOError` naming the file and the byte where the read failed.
@@ -514,6 +513,25 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     """
     if _sync_file_range is not None:
         _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+_SYNC_FILE_RANGE_WAIT_ALL = 1 | 2 | 4  # linux/fs.h: wait for, start, and wait for writeback.
+
+
+def drop_written(path: str, offset: int, length: int) -> None:
+    """Writes [offset, offset+length) of the staged `path` to disk, waiting for it, then drops
+    those pages from the page cache (`posix_fadvise(DONTNEED)`, which drops only clean
+    pages): a staged copy hashed already is read again by nobody, and beside the checks
+    its pages would take the memory TensorFlow's load of the model needs. Best effort,
+    like `start_writeback`: the flush before publishing makes the bytes durable."""
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        if _sync_file_range is not None:
+            _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WAIT_ALL)
+        if hasattr(os, 'posix_fadvise'):
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 # Errors meaning "this filesystem (pair) cannot do that": fall back to a copy.

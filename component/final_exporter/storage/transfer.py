@@ -28,6 +28,7 @@ from final_exporter.common.progress import Progress
 from final_exporter.storage.filecopy import (
     check_unchanged,
     create_dest,
+    drop_written,
     finish_split,
     hash_range,
     in_pieces,
@@ -432,6 +433,8 @@ class _FileCopy:
         placed.set_result(None)
         if digest is None:  # This export's own copy: mapped, as nothing else writes it.
             digest = hash_range(item, dest, offset, length, progress, mapped=True, config=config)
+        if config.drop_staged_pages and not (self.hardlinked or self.reflinked):
+            drop_written(dest, offset, length)
         return digest
 
     def check_copied(self) -> None:
