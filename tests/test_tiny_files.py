@@ -86,13 +86,17 @@ def test_beside_the_checks_no_helper_is_started(tmp_path):
 EITHER_SHARE = pytest.mark.parametrize('index', [-2, -3])
 
 
+def planned(tmp_path, index: int):
+    """(the plan of a tiny folder under tmp_path/src, its item `index`, tmp_path/dst)."""
+    tiny_folder(tmp_path / 'src')
+    items = plan_tree(str(tmp_path / 'src'))
+    return items, items[index], tmp_path / 'dst'
+
+
 @needs_two_cores
 @EITHER_SHARE
 def test_a_file_removed_before_it_is_read_is_named_in_one_error(tmp_path, index):
-    src, dst = tmp_path / 'src', tmp_path / 'dst'
-    tiny_folder(src)
-    items = plan_tree(str(src))
-    gone = items[index]
+    items, gone, dst = planned(tmp_path, index)
     os.remove(gone.src)
 
     with pytest.raises(IntegrityError, match='was removed') as e:
@@ -104,10 +108,8 @@ def test_a_file_removed_before_it_is_read_is_named_in_one_error(tmp_path, index)
 @needs_two_cores
 @EITHER_SHARE
 def test_an_existing_destination_is_never_overwritten_by_either_process(tmp_path, index):
-    src, dst = tmp_path / 'src', tmp_path / 'dst'
-    tiny_folder(src)
-    items = plan_tree(str(src))
-    taken = dst / items[index].dest
+    items, item, dst = planned(tmp_path, index)
+    taken = dst / item.dest
     taken.parent.mkdir(parents=True)
     taken.write_bytes(b'old')
 
@@ -121,10 +123,7 @@ def test_an_existing_destination_is_never_overwritten_by_either_process(tmp_path
 @needs_two_cores
 @EITHER_SHARE
 def test_a_file_that_outgrew_a_helpers_buffer_is_copied_whole(tmp_path, index):
-    src, dst = tmp_path / 'src', tmp_path / 'dst'
-    tiny_folder(src)
-    items = plan_tree(str(src))
-    grown = items[index]  # Planned tiny, larger than a helper's buffer when copied.
+    items, grown, dst = planned(tmp_path, index)  # Planned tiny; larger than a buffer when copied.
     data = os.urandom(small_copy.HELPER_BUFFER_BYTES + 10)
     with open(grown.src, 'wb') as f:
         f.write(data)
