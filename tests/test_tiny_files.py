@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import resource
+import subprocess
+import sys
 import threading
 import time
 
@@ -145,6 +147,28 @@ def test_names_with_newlines_and_undecodable_bytes_pass_through_the_helper(tmp_p
 
     assert entries[odd] == FileEntry(odd, 3, hashlib.sha256(b'odd').hexdigest())
     assert (dst / odd).read_bytes() == b'odd'
+
+
+@needs_two_cores
+def test_a_helper_that_cannot_start_leaves_its_share_to_this_process(tmp_path):
+    src, dst = tmp_path / 'src', tmp_path / 'dst'
+    files = tiny_folder(src)
+    # In a process of its own, whose interpreter path names nothing: starting a helper fails.
+    script = f"""
+import sys
+sys.executable = {str(tmp_path / 'no-such-python')!r}
+from final_exporter.storage.transfer import copy_and_hash, plan_tree
+from final_exporter.storage.transfer_config import TransferConfig
+entries = copy_and_hash(plan_tree({str(src)!r}), {str(dst)!r},
+                        config=TransferConfig(method='copy', tiny_files_per_helper=10))
+print(len(entries))
+"""
+    run = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True)
+
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == [str(len(files))]
+    for rel, data in files.items():
+        assert (dst / rel).read_bytes() == data
 
 
 @pytest.mark.parametrize(

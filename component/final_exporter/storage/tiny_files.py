@@ -39,15 +39,18 @@ def copy_folder_files(
         return []
     entries = [copy_file(items[0], dest_root, config=config, progress=progress)]
     helpers = _helper_count(items, dest_root, config)
-    shares = [list(items[1 + k :: helpers + 1]) for k in range(helpers + 1)]
-    started = [_Helper(share, dest_root) for share in shares[1:]]
+    own, *theirs = [list(items[1 + k :: helpers + 1]) for k in range(helpers + 1)]
+    started: list[_Helper] = []
     try:
-        if started:  # A plain copy, so this thread's share takes the helpers' way too.
-            entries += _copy_plain(shares[0], dest_root, config, progress)
+        for share in theirs:
+            try:
+                started.append(_Helper(share, dest_root))
+            except OSError:  # No process to be had (EAGAIN, ENOMEM, no interpreter): copied here.
+                own += share
+        if helpers:  # A plain copy, so this thread's share takes the helpers' way too.
+            entries += _copy_plain(own, dest_root, config, progress)
         else:
-            entries += [
-                copy_file(i, dest_root, config=config, progress=progress) for i in shares[0]
-            ]
+            entries += [copy_file(i, dest_root, config=config, progress=progress) for i in own]
         for helper in started:
             entries += helper.entries(dest_root, config, progress)
     finally:
