@@ -14,6 +14,7 @@ import pytest
 
 from final_exporter.common.errors import IntegrityError
 from final_exporter.common.fs import flushing_while
+from final_exporter.common.progress import Progress
 from final_exporter.storage import small_copy
 from final_exporter.storage.transfer import copy_and_hash, plan_tree, read_permission
 from final_exporter.storage.transfer_config import TransferConfig
@@ -199,6 +200,43 @@ def test_the_filesystem_is_flushed_while_a_block_runs_and_not_after(tmp_path):
     assert set(flushed) == {str(tmp_path)}
     assert len(flushed) <= count + 1  # At most the flush under way as the block ended.
     assert not any(t.name == 'final-exporter-flush' for t in threading.enumerate())
+
+
+class FlushSeen(Progress):
+    """Notes, as each file is done, whether the copy's flush thread is running."""
+
+    def __init__(self) -> None:
+        super().__init__(total_bytes=0, total_files=0)
+        self.seen: list[bool] = []
+
+    def file_done(self, path: str) -> None:
+        super().file_done(path)
+        self.seen.append(any(t.name == 'final-exporter-flush' for t in threading.enumerate()))
+
+
+@pytest.mark.parametrize(
+    ('files', 'beside_checks', 'flushes'),
+    [(40, False, True), (20, False, False), (40, True, False)],
+    ids=['many-files', 'few-files', 'beside-the-checks'],
+)
+def test_a_copy_of_many_files_flushes_while_it_runs_unless_beside_the_checks(
+    tmp_path, files, beside_checks, flushes
+):
+    src = tmp_path / 'src'
+    tiny_folder(src, n=files - 1)  # And saved_model.pb.
+    progress = FlushSeen()
+    config = TransferConfig(method='copy', flush_min_files=files if flushes else 32)
+
+    copy_and_hash(
+        plan_tree(str(src)),
+        str(tmp_path / 'dst'),
+        config=config,
+        progress=progress,
+        meanwhile=(lambda: None) if beside_checks else None,
+    )
+
+    assert len(progress.seen) == files
+    assert any(progress.seen) == flushes
 
 
 @pytest.mark.parametrize(

@@ -114,8 +114,7 @@ def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
     placeholder = '\n  "files": [],\n'
     if rest.count(placeholder) != 1:
         return _canonical(manifest)
-    listed = ',\n'.join(map(_entry_text, files))
-    return rest.replace(placeholder, f'\n  "files": [\n{listed}\n  ],\n').encode()
+    return rest.replace(placeholder, f'\n  "files": [\n{_entries_text(files)}\n  ],\n').encode()
 
 
 def _canonical(manifest: Mapping[str, Any]) -> bytes:
@@ -136,6 +135,25 @@ def _plain_entry(entry: Any) -> bool:
         and entry.keys() <= _ENTRY_KEYS
         and all(type(v) in (str, int) for v in entry.values())
     )
+
+
+# Encodes a list of file entries in C, with the field separator `indent=2` puts between
+# two fields of an entry at the list's depth (`_entries_text` fixes up the rest).
+_ENTRIES_ENCODER = json.JSONEncoder(
+    separators=(',\n      ', ': '), sort_keys=True, ensure_ascii=False
+)
+# Between two entries in that encoding, and as `indent=2` writes it. A string's newline is
+# escaped, so a raw newline is always the encoder's own: this occurs nowhere else.
+_BETWEEN, _INDENTED_BETWEEN = '},\n      {', '\n    },\n    {\n      '
+
+
+def _entries_text(files: list[dict[str, Any]]) -> str:
+    """Plain, non-empty entries as `json.dumps(..., indent=2, sort_keys=True)` writes them
+    in the list: one C encoding and one replace (a fifth of the time of an entry at a time)."""
+    if not all(files):
+        return ',\n'.join(map(_entry_text, files))
+    body = _ENTRIES_ENCODER.encode(files)[2:-2].replace(_BETWEEN, _INDENTED_BETWEEN)
+    return f'    {{\n      {body}\n    }}'
 
 
 def _entry_text(entry: Mapping[str, Any]) -> str:

@@ -69,8 +69,13 @@ class TransferConfig:
             copies nothing); the threaded copy always works in manifest chunks.
         flush_min_files: A copy of this many files or more flushes its
             destination's filesystem every `flush_every_s` while it runs
-            (`fs.flushing_while`), so the disk writes during the copy, not after;
-            0 never. Not beside the checks, whose load reads the disk.
+            (`fs.flushing_while`), so the disk writes (and a virtual disk's host
+            flushes its cache) during the copy, not after; 0 never. By files, not
+            bytes: what a flush finds complete stays written, while a large file
+            still being written only slows down (measured on a virtual disk, median
+            of 7 alternating runs: 1 GiB in 64 files 1.61 s without, 1.43 s with,
+            `cp -r && sync -f` 1.40 s; 4 GiB in 1 file 5.78 s without, 6.54 s with).
+            Not beside the checks, whose load reads the disk.
         flush_every_s: See `flush_min_files`.
         background_nice: How much lower (a nice value) the copy threads' CPU
             priority is while the exporter's own thread imports and loads
@@ -101,7 +106,7 @@ class TransferConfig:
     writeback_min_bytes: int = 1 * _MIB
     writeback_batch_bytes: int = 8 * _MIB
     split_min_bytes: int = MANIFEST_CHUNK_BYTES + 1
-    flush_min_files: int = 2000
+    flush_min_files: int = 32
     flush_every_s: float = 0.15
     background_nice: int = 10
     direct_io: bool = False
