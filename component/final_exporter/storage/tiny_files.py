@@ -77,7 +77,8 @@ def _entries(
 ) -> list[FileEntry]:
     """The entries of `items` from their copies' `results`: a file too large for the buffer
     copied here, the first error raised."""
-    entries = []
+    entries: list[FileEntry] = []
+    pending = 0  # Bytes not yet counted: counted a few hundred files at a time, not per file.
     for item, result in zip(items, results, strict=False):
         if isinstance(result, small_copy.SmallCopyError):
             if result.kind != 'too_large':
@@ -86,10 +87,22 @@ def _entries(
             continue
         entries.append(FileEntry(item.dest, result[0], result[1]))
         if progress is not None:
-            progress.add_copied(result[0])
-            progress.add_bytes(result[0])
+            pending += result[0]
             progress.file_done(item.dest)
+            if len(entries) % _COUNT_EVERY == 0:
+                _count(progress, pending)
+                pending = 0
+    if progress is not None:
+        _count(progress, pending)
     return entries
+
+
+_COUNT_EVERY = 256
+
+
+def _count(progress: Progress, n: int) -> None:
+    progress.add_copied(n)
+    progress.add_bytes(n)
 
 
 def _helper_count(items: Sequence[CopyItem], dest_root: str, config: TransferConfig) -> int:
