@@ -74,7 +74,8 @@ class TransferConfig:
             bytes: what a flush finds complete stays written, while a large file
             still being written only slows down (measured on a virtual disk, median
             of 7 alternating runs: 1 GiB in 64 files 1.61 s without, 1.43 s with,
-            `cp -r && sync -f` 1.40 s; 4 GiB in 1 file 5.78 s without, 6.54 s with).
+            `cp -r && sync -f` 1.40 s; 4 GiB in 1 file 5.98 s without, 6.56 s with,
+            `cp -r && sync -f` 5.96 s).
             Not beside the checks, whose load reads the disk.
         flush_every_s: See `flush_min_files`.
         background_nice: How much lower (a nice value) the copy threads' CPU
