@@ -7,13 +7,16 @@ S3: moto's server. Neither is reachable from outside 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
+import http.client
+import http.server
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
+from urllib.parse import urlsplit
 
 
 def free_port() -> int:
@@ -81,3 +84,60 @@ def moto_s3_server() -> Iterator[dict[str, str]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+class DamagingProxy:
+    """An HTTP proxy on loopback in front of `upstream` that flips one byte of the body of
+    each response `damage(method, path)` picks: a transfer damaged on the way.
+
+    Upstream's own address in a response body is rewritten to the proxy's, so that links
+    the server hands out (a GCS object's mediaLink) lead back through the proxy.
+    """
+
+    def __init__(self, upstream: str, damage: Callable[[str, str], bool]):
+        self.damage = damage
+        self.damaged: list[str] = []
+        up = urlsplit(upstream)
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = 'HTTP/1.1'
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get('Content-Length') or 0))
+                conn = http.client.HTTPConnection(up.hostname, up.port, timeout=30)
+                # Identity bodies only, so that a flipped byte is a checksum failure, not a
+                # decompression one.
+                skip = ('host', 'accept-encoding')
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read().replace(upstream.encode(), proxy.url.encode())
+                if data and proxy.damage(self.command, self.path):
+                    proxy.damaged.append(self.path)
+                    data = bytes([data[0] ^ 0xFF]) + data[1:]
+                self.send_response(resp.status)
+                for key, value in resp.getheaders():
+                    if key.lower() not in ('content-length', 'transfer-encoding', 'connection'):
+                        self.send_header(key, value)
+                self.send_header('Content-Length', str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            # http.server dispatches on these names.
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward  # noqa: N815
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.url = f'http://127.0.0.1:{self._server.server_address[1]}'
+
+    def __enter__(self) -> DamagingProxy:
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -19,17 +19,19 @@ import time
 import pytest
 
 from final_exporter.common import keys
-from final_exporter.common.errors import InvalidInputError
+from final_exporter.common.errors import IntegrityError, InvalidInputError
 from final_exporter.core.blessing import blessing_from_folder
 from final_exporter.core.config import ExportConfig
 from final_exporter.core.exporter import ExportRequest, ExportResult, run_export
 from final_exporter.storage.bucket import CLAIMS_DIR
+from final_exporter.storage.gcs import CORRUPT_READ_ATTEMPTS, GCSClient
 from final_exporter.storage.local import STAGING_PREFIX
 from final_exporter.storage.manifest import CHUNK_BYTES
 from final_exporter.storage.stores import client_for, list_versions
 from final_exporter.storage.verify import verify_export
 
 from conftest import KERAS_MODEL, penguin_examples, tree_files
+from loopback_servers import DamagingProxy
 
 CLI = os.path.join(os.path.dirname(sys.executable), 'final-exporter')
 
@@ -291,3 +293,41 @@ def test_a_file_larger_than_one_chunk_verifies_on_both_stores(bucket_base, model
         assert entry == {'path': 'assets.extra/big.bin', 'size': len(data), 'chunked_sha256': want}
     else:
         assert entry['sha256'] == hashlib.sha256(data).hexdigest()
+
+
+class GCSThrough(GCSClient):
+    """The package's GCS client, its requests sent to `endpoint`."""
+
+    def __init__(self, endpoint: str):
+        super().__init__()
+        self._endpoint = endpoint
+
+    def _client(self):
+        from google.api_core.client_options import ClientOptions
+        from google.cloud import storage
+
+        return storage.Client(client_options=ClientOptions(api_endpoint=self._endpoint))
+
+
+def test_a_gcs_read_that_fails_its_checksum_is_read_again_and_a_lasting_fault_is_an_error(
+    gcs_server, gcs_base
+):
+    uri = f'{gcs_base}/penguin/.final-exporter-lock'
+    client_for(uri).upload_bytes(b'{"owner": "a"}', uri)
+
+    def media_get(method: str, path: str) -> bool:
+        return method == 'GET' and 'alt=media' in path
+
+    twice = iter([True, True])
+    with DamagingProxy(
+        gcs_server['STORAGE_EMULATOR_HOST'], lambda *r: media_get(*r) and next(twice, False)
+    ) as proxy:
+        read = GCSThrough(proxy.url).read_with_token(uri)
+    assert read.data == b'{"owner": "a"}'
+    assert read.token == client_for(uri).stat(uri).token
+    assert len(proxy.damaged) == 2
+
+    failing = pytest.raises(IntegrityError, match=r'\.final-exporter-lock: the bytes read failed')
+    with DamagingProxy(gcs_server['STORAGE_EMULATOR_HOST'], media_get) as proxy, failing:
+        GCSThrough(proxy.url).read_with_token(uri)
+    assert len(proxy.damaged) == CORRUPT_READ_ATTEMPTS

@@ -23,6 +23,9 @@ from final_exporter.storage.objectstore import (
 )
 from final_exporter.storage.types import Versioned
 
+# How many reads in a row may fail their checksum before the read is an error.
+CORRUPT_READ_ATTEMPTS = 3
+
 
 class GCSClient(ObjectClient):
     """GCS; `STORAGE_EMULATOR_HOST` points it at an emulator (fake-gcs-server).
@@ -53,6 +56,7 @@ class GCSClient(ObjectClient):
         from google.api_core import exceptions
 
         _, bucket, key = split_uri(uri)
+        corrupt = 0
         while True:
             blob = self._client().bucket(bucket).get_blob(key)
             if blob is None:
@@ -64,6 +68,16 @@ class GCSClient(ObjectClient):
                 )
             except (exceptions.NotFound, exceptions.PreconditionFailed):
                 continue  # Replaced between the two calls: read the new one.
+            except _data_corruption():
+                # Bytes that fail the server's checksum: a damaged transfer, or (seen with
+                # fake-gcs-server) an object replaced while it was read. A small record, so
+                # read it again; only a fault that persists is an error.
+                corrupt += 1
+                if corrupt == CORRUPT_READ_ATTEMPTS:
+                    raise IntegrityError(
+                        f'{uri}: the bytes read failed the checksum the server sent, '
+                        f'{corrupt} times in a row; expected bytes matching it'
+                    ) from None
 
     def put_if_token(self, uri: str, data: bytes, token: Any) -> bool:
         from google.api_core import exceptions
@@ -137,6 +151,15 @@ class GCSClient(ObjectClient):
         _, bucket, key = split_uri(uri)
         blob = self._client().bucket(bucket).get_blob(key)
         return None if blob is None else _info(blob)
+
+
+def _data_corruption() -> type[Exception]:
+    """The client library's checksum-failure error, which moved in google-cloud-storage 3."""
+    try:
+        from google.cloud.storage.exceptions import DataCorruption
+    except ImportError:  # google-cloud-storage 2.x
+        from google.resumable_media import DataCorruption
+    return DataCorruption
 
 
 def _info(blob) -> ObjectInfo:
