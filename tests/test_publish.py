@@ -30,6 +30,9 @@ from final_exporter.storage.local import (
     publish,
 )
 from final_exporter.storage.manifest import build_manifest, manifest_bytes
+from final_exporter.storage.transfer import ThreadedCopier, plan_tree
+from final_exporter.storage.transfer_config import TransferConfig
+from final_exporter.storage.types import StageRequest
 from final_exporter.storage.verify import verify_export
 
 from conftest import published_versions
@@ -297,3 +300,48 @@ def test_flush_tree_flushes_files_before_their_folders(tmp_path, files):
     assert sorted(order[:files]) == sorted(str(p) for p in root.rglob('f*'))
     assert set(order[files:]) == {str(root), *(str(root / f'd{i}') for i in range(3))}
     assert order[-1] == str(root)
+
+
+@pytest.mark.parametrize('files', [3, SYNCFS_MIN_FILES])
+def test_a_staged_tree_of_many_files_begins_its_flush_once_copied_and_flushes_the_manifest_too(
+    tmp_path, files
+):
+    src = tmp_path / 'src'
+    src.mkdir()
+    for i in range(files):
+        (src / f'vocab_{i:04d}.txt').write_bytes(b'token\n' * 100)
+    store = LocalStore(copier=ThreadedCopier(TransferConfig(flush_min_files=0)))
+    base = str(tmp_path / 'model')
+    staging = store.begin_staging(base, local_view=True)
+    recorder = FsyncRecorder()
+
+    with (
+        mock.patch.object(os, 'fsync', autospec=True, side_effect=recorder.fsync),
+        mock.patch.object(fs_module, 'syncfs', autospec=True, side_effect=recorder.syncfs),
+        mock.patch.object(
+            publish_module, 'rename_no_replace', autospec=True, side_effect=recorder.rename
+        ),
+    ):
+        known = store.stage(staging, StageRequest(plan_tree(str(src), 'assets/')))
+        began = staging.handle.flushing
+        if began is not None:
+            began.result()
+        recorder.events.append(('manifest', staging.path))
+        manifest = build_manifest(known.values(), {})
+        store.write_export_file(staging, keys.MANIFEST_RELPATH, manifest_bytes(manifest))
+        store.verify_staged(staging, manifest, known)
+        _, final_dir = store.publish(staging, time.time)
+
+    manifest_at = recorder.events.index(('manifest', staging.path))
+    if files >= SYNCFS_MIN_FILES:
+        assert recorder.events[:manifest_at] == [('syncfs', staging.path)]
+        assert recorder.events[manifest_at + 1 :] == [
+            ('syncfs', staging.path),
+            ('rename', final_dir),
+            ('fsync', base),
+        ]
+    else:
+        assert began is None
+        assert recorder.events[:manifest_at] == []
+        assert ('syncfs', staging.path) not in recorder.events
+    assert verify_export(final_dir).ok

@@ -173,8 +173,9 @@ def copy_and_hash(
     config = config.resolved(beside_checks=meanwhile is not None)
     make_dest_folders(items, dest_root)
     batches = ([i for i in items if i.dest not in last], [i for i in items if i.dest in last])
-    tasks = sum(len(split_pieces(i.size)) for i in items if in_pieces(i, config)) + sum(
-        len(_batches(b, config)) for b in batches
+    tasks_of = [_tasks(b, config) for b in batches]
+    tasks = sum(len(split_pieces(i.size)) for large, _ in tasks_of for i in large) + sum(
+        len(small) for _, small in tasks_of
     )
     threads = min(
         config.threads(beside_checks=meanwhile is not None),
@@ -197,7 +198,9 @@ def copy_and_hash(
         ) as pool:
             if meanwhile is not None:
                 meanwhile = priority.lowered_during(meanwhile)
-            return _copy_in_pool(pool, batches, dest_root, config, progress, meanwhile, when_copied)
+            return _copy_in_pool(
+                pool, tasks_of, dest_root, config, progress, meanwhile, when_copied
+            )
 
 
 class _Priority:
@@ -265,13 +268,14 @@ def _copy_inline(batches, dest_root, config, progress, meanwhile, when_copied):
     return results
 
 
-def _copy_in_pool(pool, batches, dest_root, config, progress, meanwhile, when_copied):
-    """`copy_and_hash` on a pool: each batch placed before the next starts, then all hashed."""
+def _copy_in_pool(pool, tasks_of, dest_root, config, progress, meanwhile, when_copied):
+    """`copy_and_hash` on a pool: each batch's tasks (`_tasks`) placed before the next
+    batch's start, then all hashed."""
     files: list[_FileCopy | _SmallFiles] = []
     try:
         # The last batch waits until every other file's bytes are in place.
-        for batch in batches:
-            started = _start(pool, batch, dest_root, config, progress)
+        for large, small in tasks_of:
+            started = _start(pool, large, small, dest_root, config, progress)
             files += started
             if meanwhile is not None:
                 meanwhile()
@@ -291,14 +295,25 @@ def _copy_in_pool(pool, batches, dest_root, config, progress, meanwhile, when_co
     return {e.path: e for e in entries}
 
 
-def _start(pool, items, dest_root, config, progress) -> list[_FileCopy | _SmallFiles]:
-    """Starts copying `items` on the pool: a task per chunk of each large file, and a task
-    per batch of a folder's other files (`_batches`)."""
+def _tasks(
+    items: Sequence[CopyItem], config: TransferConfig
+) -> tuple[list[CopyItem], list[list[CopyItem]]]:
+    """`items` as tasks: (the large files, copied a task per chunk; the others in batches
+    of a task each, `_batches`)."""
+    large: list[CopyItem] = []
+    other: list[CopyItem] = []
+    for item in items:
+        (large if in_pieces(item, config) else other).append(item)
+    return large, _batches(other, config)
+
+
+def _start(pool, large, small, dest_root, config, progress) -> list[_FileCopy | _SmallFiles]:
+    """Starts copying on the pool: a task per chunk of each `large` file, and a task per
+    batch of `small` files."""
     started: list[_FileCopy | _SmallFiles] = [
-        _FileCopy(pool, i, dest_root, config, progress) for i in items if in_pieces(i, config)
+        _FileCopy(pool, i, dest_root, config, progress) for i in large
     ]
-    batches = _batches([i for i in items if not in_pieces(i, config)], config)
-    return started + [_SmallFiles(pool, b, dest_root, config, progress) for b in batches]
+    return started + [_SmallFiles(pool, b, dest_root, config, progress) for b in small]
 
 
 def _batches(items: Sequence[CopyItem], config: TransferConfig) -> list[list[CopyItem]]:
