@@ -52,20 +52,29 @@ def fields(buf: memoryview | bytes, start: int, end: int) -> Iterator[tuple[int,
     """Yields (field_number, wire_type, value_start, value_end) of one message."""
     pos = start
     while pos < end:
-        tag, pos = read_varint(buf, pos, end)
+        # One-byte tags and lengths (field numbers to 15, values under 128 bytes) read
+        # inline: a graph file's 20,000 asset entries took 30 ms through read_varint.
+        tag = buf[pos]
+        if tag < 0x80:
+            pos += 1
+        else:
+            tag, pos = read_varint(buf, pos, end)
         field, wire = tag >> 3, tag & 7
         if field == 0:
             raise WireError('field number 0')
-        if wire == VARINT:
+        if wire == LEN:
+            if pos < end and buf[pos] < 0x80:
+                length, value_start = buf[pos], pos + 1
+            else:
+                length, value_start = read_varint(buf, pos, end)
+            pos = value_start + length
+        elif wire == VARINT:
             value_start = pos
             _, pos = read_varint(buf, pos, end)
         elif wire == I64:
             value_start, pos = pos, pos + 8
         elif wire == I32:
             value_start, pos = pos, pos + 4
-        elif wire == LEN:
-            length, value_start = read_varint(buf, pos, end)
-            pos = value_start + length
         else:
             raise WireError(f'unsupported wire type {wire}')
         if pos > end:
