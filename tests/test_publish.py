@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from unittest import mock
 
 import pytest
@@ -171,6 +173,18 @@ class FsyncRecorder:
         self.events.append(('syncfs', path))
         return real_syncfs(path)
 
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """Records every fsync, syncfs and publishing rename made while the block runs."""
+        with (
+            mock.patch.object(os, 'fsync', autospec=True, side_effect=self.fsync),
+            mock.patch.object(fs_module, 'syncfs', autospec=True, side_effect=self.syncfs),
+            mock.patch.object(
+                publish_module, 'rename_no_replace', autospec=True, side_effect=self.rename
+            ),
+        ):
+            yield
+
 
 real_fsync = os.fsync
 real_rename_no_replace = rename_no_replace
@@ -256,13 +270,7 @@ def test_through_the_store_the_staged_tree_is_flushed_once_beside_its_check_befo
     store.write_export_file(staging, keys.MANIFEST_RELPATH, manifest_bytes(manifest))
     recorder = FsyncRecorder()
 
-    with (
-        mock.patch.object(os, 'fsync', autospec=True, side_effect=recorder.fsync),
-        mock.patch.object(fs_module, 'syncfs', autospec=True, side_effect=recorder.syncfs),
-        mock.patch.object(
-            publish_module, 'rename_no_replace', autospec=True, side_effect=recorder.rename
-        ),
-    ):
+    with recorder.recording():
         store.verify_staged(staging, manifest, known)
         recorder.events.append(('verified', staging.path))
         _, final_dir = store.publish(staging, time.time)
@@ -315,13 +323,7 @@ def test_a_staged_tree_of_many_files_begins_its_flush_once_copied_and_flushes_th
     staging = store.begin_staging(base, local_view=True)
     recorder = FsyncRecorder()
 
-    with (
-        mock.patch.object(os, 'fsync', autospec=True, side_effect=recorder.fsync),
-        mock.patch.object(fs_module, 'syncfs', autospec=True, side_effect=recorder.syncfs),
-        mock.patch.object(
-            publish_module, 'rename_no_replace', autospec=True, side_effect=recorder.rename
-        ),
-    ):
+    with recorder.recording():
         known = store.stage(staging, StageRequest(plan_tree(str(src), 'assets/')))
         began = staging.handle.flushing
         if began is not None:
