@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Sequence
 
 from final_exporter.common.errors import InvalidInputError
-from final_exporter.common.fs import flushing_while
+from final_exporter.common.fs import flushing_while, scan_folder
 from final_exporter.common.progress import Progress
 from final_exporter.storage.filecopy import (
     check_unchanged,
@@ -68,41 +68,42 @@ def plan_tree(
     exclude = frozenset(exclude)
 
     def visit(folder: str, rel: str, seen: frozenset[str]) -> None:
-        with os.scandir(folder) as it:
+        with scan_folder(folder) as (prefix, it):
             entries = sorted(it, key=_NAME)
-        for entry in entries:
-            rel_path = f'{rel}{entry.name}'
-            if rel_path in exclude:
-                continue
-            if entry.is_symlink():
-                target = os.path.realpath(entry.path)
-                if os.path.commonpath([root_real, target]) != root_real:
+            for entry in entries:
+                path, rel_path = f'{prefix}{entry.name}', f'{rel}{entry.name}'
+                if rel_path in exclude:
+                    continue
+                if entry.is_symlink():
+                    target = os.path.realpath(path)
+                    if os.path.commonpath([root_real, target]) != root_real:
+                        raise InvalidInputError(
+                            f'{path!r} is a symlink to {target!r}, outside {src_root!r}; '
+                            'refusing to follow it'
+                        )
+                if entry.is_dir():
+                    real = os.path.realpath(path)
+                    if real in seen:
+                        raise InvalidInputError(f'{path!r} is a symlink loop')
+                    visit(path, f'{rel_path}/', seen | {real})
+                elif entry.is_file():
+                    stat = entry.stat()
+                    # Readable by all (most files) needs no more: 20,000 calls cost 10 ms.
+                    everyone = stat.st_mode & 0o444 == 0o444
+                    if not everyone and not readable(stat) and not os.access(path, os.R_OK):
+                        # Found now, before anything is written; the copy still turns a
+                        # file made unreadable later into the same error.
+                        raise InvalidInputError(
+                            f'cannot read source file {path!r} (permission denied); expected '
+                            'a file readable by the user running the export '
+                            f'(uid {os.geteuid()})'
+                        )
+                    dest = f'{dest_prefix}{rel_path}'
+                    items.append(CopyItem(src=path, dest=dest, size=stat.st_size))
+                else:
                     raise InvalidInputError(
-                        f'{entry.path!r} is a symlink to {target!r}, outside {src_root!r}; '
-                        'refusing to follow it'
+                        f'{path!r} is not a regular file or folder; a SavedModel holds only files'
                     )
-            if entry.is_dir():
-                real = os.path.realpath(entry.path)
-                if real in seen:
-                    raise InvalidInputError(f'{entry.path!r} is a symlink loop')
-                visit(entry.path, f'{rel_path}/', seen | {real})
-            elif entry.is_file():
-                stat = entry.stat()
-                # Readable by all (most files) needs no more: 20,000 calls cost 10 ms.
-                everyone = stat.st_mode & 0o444 == 0o444
-                if not everyone and not readable(stat) and not os.access(entry.path, os.R_OK):
-                    # Found now, before anything is written; the copy still turns a file
-                    # made unreadable later into the same error.
-                    raise InvalidInputError(
-                        f'cannot read source file {entry.path!r} (permission denied); expected '
-                        f'a file readable by the user running the export (uid {os.geteuid()})'
-                    )
-                dest = f'{dest_prefix}{rel_path}'
-                items.append(CopyItem(src=entry.path, dest=dest, size=stat.st_size))
-            else:
-                raise InvalidInputError(
-                    f'{entry.path!r} is not a regular file or folder; a SavedModel holds only files'
-                )
 
     visit(src_root, '', frozenset({root_real}))
     return items
