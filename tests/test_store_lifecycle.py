@@ -198,12 +198,18 @@ def test_a_file_over_one_chunk_in_a_bucket_model_keeps_its_chunked_digest_in_a_l
 
 
 class CountingClient:
-    """Wraps a real client and counts the bytes this process uploads through it."""
+    """Wraps a real client and counts the bytes this process uploads through it, its
+    server-side copies and the objects it reads whole."""
 
     def __init__(self, real) -> None:
         self._real = real
         self.uploaded = 0
         self.copies = 0
+        self.read: list[str] = []
+
+    def read_with_token(self, uri):
+        self.read.append(uri)
+        return self._real.read_with_token(uri)
 
     def upload_file(self, local_path, uri, progress):
         self.uploaded += os.path.getsize(local_path)
@@ -220,6 +226,28 @@ class CountingClient:
 
     def __getattr__(self, name):
         return getattr(self._real, name)
+
+
+def test_a_bucket_models_graph_is_downloaded_once_for_its_structure_and_its_signatures(
+    bucket_base, model_uri, make_blessing
+):
+    base, _ = bucket_base
+    scheme = base.split('://')[0]
+    source = upload_tree(model_uri, f'{base}-trainer/model/7')
+    served = export(source, base, make_blessing, smoke_test=False)
+    counting = CountingClient(client_for(base))
+
+    with override_client(scheme, counting):
+        result = export(source, base, make_blessing, smoke_test=False)
+
+    assert result.pushed, result.reason
+    assert result.lineage['serving_signature_diff']['status'] == 'unchanged'
+    graphs = [u for u in counting.read if u.endswith(f'/{keys.SAVED_MODEL_PB}')]
+    # The served version's, to compare with, and the source's, once.
+    assert sorted(graphs) == sorted([
+        f'{served.export_dir}/{keys.SAVED_MODEL_PB}',
+        f'{source}/Format-Serving/{keys.SAVED_MODEL_PB}',
+    ])  # fmt: skip
 
 
 def test_same_store_exports_copy_server_side_and_upload_only_the_manifest(

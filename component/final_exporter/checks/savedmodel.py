@@ -17,6 +17,7 @@ from typing import Any
 from final_exporter.checks.protowire import LEN as _LEN
 from final_exporter.checks.protowire import WireError as _WireError
 from final_exporter.checks.protowire import fields as _fields
+from final_exporter.checks.signature_defs import ServingSignatures, parse_serving_signatures
 from final_exporter.common import keys
 from final_exporter.common.errors import InvalidInputError
 
@@ -46,12 +47,16 @@ class SavedModelInfo:
         tags: Tags of the meta graphs, e.g. ['serve'].
         signature_names: Signature keys of all meta graphs, sorted, without the
             internal ones (`__saved_model_init_op`).
+        serving: The serving signatures, read from the same bytes, so the signature
+            guard need not read the graph file again (for a model in a bucket, a
+            second download); None where they do not parse.
     """
 
     path: str
     graph_file: str
     tags: tuple[str, ...]
     signature_names: tuple[str, ...]
+    serving: ServingSignatures | None = dataclasses.field(default=None, compare=False)
 
     @property
     def export_format(self) -> str:
@@ -127,22 +132,27 @@ def inspect_saved_model(path: str, store: Any) -> SavedModelInfo:
     pb = store.join(path, keys.SAVED_MODEL_PB)
     pbtxt = store.join(path, keys.SAVED_MODEL_PBTXT)
     if store.is_file(pb):
-        graph_file = keys.SAVED_MODEL_PB
-        tags, signatures = _parse_saved_model_pb(pb, store.read_bytes(pb))
+        graph_file, where, data = keys.SAVED_MODEL_PB, pb, store.read_bytes(pb)
+        tags, signatures = _parse_saved_model_pb(pb, data)
     elif store.is_file(pbtxt):
-        graph_file = keys.SAVED_MODEL_PBTXT
-        tags, signatures = _parse_saved_model_pbtxt(pbtxt, store.read_bytes(pbtxt))
+        graph_file, where, data = keys.SAVED_MODEL_PBTXT, pbtxt, store.read_bytes(pbtxt)
+        tags, signatures = _parse_saved_model_pbtxt(pbtxt, data)
     else:
         raise InvalidInputError(
             f'{path!r} is not a SavedModel: {keys.SAVED_MODEL_PB} is missing '
             f'(found {_listing(path, store)})'
         )
     _check_variables(path, store)
+    try:
+        serving = parse_serving_signatures(path, graph_file, data, where)
+    except InvalidInputError:  # Said by the signature guard, where it reads them.
+        serving = None
     return SavedModelInfo(
         path=path,
         graph_file=graph_file,
         tags=tuple(sorted(set(tags))),
         signature_names=tuple(sorted({s for s in signatures if not s.startswith('__')})),
+        serving=serving,
     )
 
 

@@ -140,17 +140,27 @@ def read_serving_signatures(path: str, store: Any) -> ServingSignatures:
     Raises:
         InvalidInputError: if there is no graph file, or it does not parse.
     """
-    for graph_file, parse in (
-        (keys.SAVED_MODEL_PB, signatures_from_pb),
-        (keys.SAVED_MODEL_PBTXT, signatures_from_pbtxt),
-    ):
+    for graph_file in (keys.SAVED_MODEL_PB, keys.SAVED_MODEL_PBTXT):
         file = store.join(path, graph_file)
         if store.is_file(file):
-            return ServingSignatures(path, graph_file, parse(store.read_bytes(file), file))
+            return parse_serving_signatures(path, graph_file, store.read_bytes(file), file)
     raise InvalidInputError(
         f'{path!r} holds neither {keys.SAVED_MODEL_PB} nor {keys.SAVED_MODEL_PBTXT}: it is not '
         'a SavedModel'
     )
+
+
+def parse_serving_signatures(
+    path: str, graph_file: str, data: bytes, where: str
+) -> ServingSignatures:
+    """The serving signatures in `data`, the bytes of `graph_file` (`saved_model.pb` or
+    `saved_model.pbtxt`) of the SavedModel in `path`; `where` names the file in errors.
+
+    Raises:
+        InvalidInputError: if the bytes do not parse.
+    """
+    parse = signatures_from_pb if graph_file == keys.SAVED_MODEL_PB else signatures_from_pbtxt
+    return ServingSignatures(path, graph_file, parse(data, where))
 
 
 def signatures_from_pb(data: bytes, where: str) -> dict[str, Signature]:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from final_exporter.checks.savedmodel import GRAPH_FILES
+from final_exporter.checks.signature_defs import ServingSignatures
 from final_exporter.common import keys
 from final_exporter.common.errors import IntegrityError
 from final_exporter.common.keys import WARMUP_RELPATH
@@ -136,7 +137,7 @@ def _build_verified(
     )
     results: dict[str, Any] = {}
 
-    def guard(model_dir: str) -> None:
+    def guard(model_dir: str, signatures: ServingSignatures | None) -> None:
         results.update(
             guard_serving_signatures(
                 model_dir,
@@ -145,6 +146,7 @@ def _build_verified(
                 store,
                 allow_breaking_changes=config.allow_breaking_changes,
                 model_name=config.name,
+                new=signatures,
             )
         )
 
@@ -207,7 +209,7 @@ def _build(
     plan: Plan,
     progress: Progress,
     checks: ChecksStep | None,
-    guard: Callable[[str], None],
+    guard: Callable[[str, ServingSignatures | None], None],
     when_final: Callable[[Mapping[str, int]], None],
 ) -> tuple[dict[str, FileEntry], tuple[str, ...]]:
     """Fills the staging area and runs the serving checks beside the copy; returns its
@@ -227,9 +229,11 @@ def _build(
         from final_exporter.core import tf_export  # TensorFlow only when needed.
 
         tf_export.reexport(source.path, staging.local_dir, config.serving_fn)
-        guard(staging.local_dir)  # The graph TensorFlow wrote, before any as_text conversion.
+        # The graph TensorFlow wrote, before any as_text conversion.
+        guard(staging.local_dir, None)
     else:
-        guard(source.path)  # A copy (or its text form): the source's own signatures.
+        # A copy (or its text form): the source's own signatures, as the plan read them.
+        guard(source.path, source.serving)
     copied = functools.partial(when_final, {i.dest: i.size for i in plan.items})
     if checks is not None:
         checks.begin()

@@ -223,6 +223,7 @@ def guard_serving_signatures(
     allow_breaking_changes: bool,
     model_name: str | None = None,
     label: str = model_config.DEFAULT_LABEL,
+    new: ServingSignatures | None = None,
 ) -> dict[str, Any]:
     """The guard in one call: read the new export's signatures, compare, enforce.
 
@@ -235,6 +236,7 @@ def guard_serving_signatures(
         allow_breaking_changes: Let a breaking export through (and record it).
         model_name: The model's name in `models.config`.
         label: The label clients use.
+        new: The signatures of `new_dir`, when already read; else read here.
 
     Returns:
         The lineage entries: `serving_signature_diff`, and `serving_signature_breaks`
@@ -246,7 +248,8 @@ def guard_serving_signatures(
         InvalidInputError: if the new export's graph file does not parse, or
             `models.config` is not a model server config.
     """
-    new = read_serving_signatures(new_dir, new_store)
+    if new is None:
+        new = read_serving_signatures(new_dir, new_store)
     check = compare_with_served(new, model_base, store, model_name=model_name, label=label)
     logger.info(
         'Serving signatures: %s%s.',
