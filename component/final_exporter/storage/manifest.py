@@ -263,9 +263,9 @@ def verify_tree(
     chunk_bytes = int(manifest.get('chunk_bytes', CHUNK_BYTES))
     known = known or {}
     changed = []
-    both = sorted(expected.keys() & found.keys())
+    both = expected.keys() & found.keys()
     report.files_checked += len(both)
-    for path in both:
+    for path in sorted(both) if rehash else both:  # Files read in order; sizes in any.
         want = expected[path]
         if found[path] != want['size']:
             changed.append(path)
@@ -278,5 +278,5 @@ def verify_tree(
                 changed.append(path)
         elif path in known and known[path].digest != entry_digest(want):
             changed.append(path)
-    report.changed += changed
+    report.changed += sorted(changed)
     return report

@@ -21,7 +21,7 @@ import hashlib
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 _READ = os.O_RDONLY | os.O_CLOEXEC
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
@@ -140,7 +140,7 @@ def unchanged(src: str, before: os.stat_result, read: int) -> None:
         raise SmallCopyError('changed', 0, read, before.st_size, after.st_size)
 
 
-def copy_all(pairs: list[tuple[str, str]]) -> Iterator[tuple[int, str] | SmallCopyError]:
+def copy_all(pairs: Iterable[tuple[str, str]]) -> Iterator[tuple[int, str] | SmallCopyError]:
     """Copies each (source, destination) pair with `copy_small`: (size, SHA-256 hex) per
     file, or its `SmallCopyError`; the first error other than `too_large` is the last."""
     view = memoryview(bytearray(HELPER_BUFFER_BYTES))
@@ -155,7 +155,7 @@ def copy_all(pairs: list[tuple[str, str]]) -> Iterator[tuple[int, str] | SmallCo
         yield n, digest
 
 
-def helper_input(pairs: list[tuple[str, str]]) -> bytes:
+def helper_input(pairs: Iterable[tuple[str, str]]) -> bytes:
     """The helper's stdin for these (source, destination) pairs."""
     return os.fsencode(''.join(f'{s}\0{d}\0' for s, d in pairs))  # One encode, not two a file.
 

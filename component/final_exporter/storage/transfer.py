@@ -14,6 +14,7 @@ The settings: `transfer_config.TransferConfig`.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -336,17 +337,23 @@ def _batches(items: Sequence[CopyItem], config: TransferConfig) -> list[list[Cop
     Larger files are mostly hashing and I/O, which release the GIL, so their
     batches run in parallel.
     """
+    tiny: collections.defaultdict[str, list[CopyItem]] = collections.defaultdict(list)
     batches: list[list[CopyItem]] = []
-    open_batches: dict[tuple[str, bool], tuple[list[CopyItem], int]] = {}
+    open_batches: dict[str, tuple[list[CopyItem], int]] = {}
+    tiny_bytes, batch_bytes = config.tiny_file_bytes, config.batch_bytes
     for item in items:
-        key = (item.dest.rpartition('/')[0], item.size < config.tiny_file_bytes)
-        batch, size = open_batches.get(key, ([], 0))
+        folder = item.dest.rpartition('/')[0]
+        if item.size < tiny_bytes:
+            tiny[folder].append(item)
+            continue
+        batch, size = open_batches.get(folder) or ([], 0)
         batch.append(item)
-        open_batches[key] = (batch, size + item.size)
-        if not key[1] and size + item.size >= config.batch_bytes:
+        open_batches[folder] = (batch, size + item.size)
+        if size + item.size >= batch_bytes:
             batches.append(batch)
-            del open_batches[key]
-    return batches + [b for b, _ in open_batches.values()]
+            del open_batches[folder]
+    # The tiny files first: a folder of them is the longest task (shared with helpers).
+    return [*tiny.values(), *batches, *(b for b, _ in open_batches.values())]
 
 
 class _SmallFiles:
