@@ -16,6 +16,7 @@ from final_exporter.common.errors import IntegrityError
 from final_exporter.common.fs import flushing_while
 from final_exporter.common.progress import Progress
 from final_exporter.storage import small_copy
+from final_exporter.storage.tiny_files import copy_folder_files
 from final_exporter.storage.transfer import copy_and_hash, plan_tree, read_permission
 from final_exporter.storage.transfer_config import TransferConfig
 from final_exporter.storage.types import FileEntry
@@ -106,6 +107,42 @@ def test_a_file_removed_before_it_is_read_is_named_in_one_error(tmp_path, index)
         copy_and_hash(items, str(dst), config=WITH_HELPERS)
 
     assert repr(gone.src) in str(e.value)
+
+
+@needs_two_cores
+def test_a_folder_is_reported_placed_with_every_byte_in_place_before_the_helpers_answers_are_read(
+    tmp_path,
+):
+    files = tiny_folder(tmp_path / 'src')
+    folder = [i for i in plan_tree(str(tmp_path / 'src')) if i.dest.startswith('assets/')]
+    dst = tmp_path / 'dst'
+    (dst / 'assets').mkdir(parents=True)
+    progress = Progress(total_bytes=0, total_files=len(folder))
+    seen = []
+
+    def placed() -> None:
+        seen.append(({i.dest: (dst / i.dest).read_bytes() for i in folder}, progress.files_done))
+
+    entries = copy_folder_files(folder, str(dst), WITH_HELPERS, progress, placed)
+
+    ((in_place, counted),) = seen
+    assert in_place == {i.dest: files[i.dest] for i in folder}
+    assert counted < len(folder)  # The helper's files are counted as its answer is read.
+    assert progress.files_done == len(entries) == len(folder)
+
+
+@needs_two_cores
+@EITHER_SHARE
+def test_a_folder_whose_copy_failed_is_never_reported_placed(tmp_path, index):
+    items, gone, dst = planned(tmp_path, index)
+    os.remove(gone.src)
+    (dst / 'assets').mkdir(parents=True)
+    placed = []
+
+    with pytest.raises(IntegrityError, match='was removed'):
+        copy_folder_files(items[:-1], str(dst), WITH_HELPERS, None, lambda: placed.append(1))
+
+    assert placed == []
 
 
 @needs_two_cores

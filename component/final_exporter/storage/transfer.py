@@ -18,6 +18,7 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import operator
 import os
 import sys
@@ -357,17 +358,36 @@ def _batches(items: Sequence[CopyItem], config: TransferConfig) -> list[list[Cop
 
 
 class _SmallFiles:
-    """Small files of one folder, copied one after another by one task."""
+    """Small files of one folder, copied one after another by one task (and its helper
+    processes, `copy_folder_files`); `placed` completes once their bytes are in place."""
 
     def __init__(self, pool, items, dest_root, config, progress) -> None:
-        task = pool.submit(copy_folder_files, items, dest_root, config, progress)
-        self.tasks, self.placed = [task], [task]
+        placed: concurrent.futures.Future = concurrent.futures.Future()
+
+        def set_placed() -> None:
+            placed.set_result(None)
+
+        task = pool.submit(copy_folder_files, items, dest_root, config, progress, set_placed)
+        task.add_done_callback(functools.partial(_settle, placed))
+        self.tasks, self.placed = [task], [placed]
 
     def check_copied(self) -> None:
         """Each file was checked unchanged as it was copied."""
 
     def entries(self) -> list[FileEntry]:
         return self.tasks[0].result()
+
+
+def _settle(placed: concurrent.futures.Future, task: concurrent.futures.Future) -> None:
+    """Completes `placed` as `task` ended, unless the task completed it first."""
+    if placed.done():
+        return
+    if task.cancelled():
+        placed.cancel()
+    elif task.exception() is not None:
+        placed.set_exception(task.exception())
+    else:
+        placed.set_result(None)
 
 
 class ThreadedCopier:
