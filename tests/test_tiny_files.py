@@ -133,6 +133,28 @@ def test_a_folder_is_reported_placed_with_every_byte_in_place_before_the_helpers
 
 @needs_two_cores
 @EITHER_SHARE
+def test_a_folder_is_reported_placed_only_with_a_file_that_outgrew_a_helpers_buffer_in_place(
+    tmp_path, index
+):
+    items, grown, dst = planned(tmp_path, index)
+    data = os.urandom(small_copy.HELPER_BUFFER_BYTES + 10)
+    with open(grown.src, 'wb') as f:
+        f.write(data)
+    (dst / 'assets').mkdir(parents=True)
+    target = dst / grown.dest
+    seen = []
+
+    def placed() -> None:
+        seen.append(target.read_bytes() if target.exists() else None)
+
+    copy_folder_files(items[:-1], str(dst), WITH_HELPERS, None, placed)
+
+    assert seen in ([], [data])  # Not called at all where the helper left it to this thread.
+    assert target.read_bytes() == data
+
+
+@needs_two_cores
+@EITHER_SHARE
 def test_a_folder_whose_copy_failed_is_never_reported_placed(tmp_path, index):
     items, gone, dst = planned(tmp_path, index)
     os.remove(gone.src)

@@ -217,10 +217,10 @@ def _build(
 
     `guard` compares the new serving signatures with the served version's before
     anything is staged: those TensorFlow wrote for a re-export, else the source's (as
-    the plan read them, when they parsed). `when_final` (the serving checks, and the signature's reads) gets the staged
-    files' sizes once they hold their final bytes: a copied model's as soon as its
-    bytes are in place, while they may still be hashed; one that TensorFlow
-    rewrites, once it has. Which model the checks load, and when, is `ChecksStep`'s
+    the plan read them, when they parsed). `when_final` (the serving checks, and the
+    signature's reads) gets the staged files' sizes once they hold their final bytes:
+    a copied model's as soon as its bytes are in place, while they may still be
+    hashed; one that TensorFlow rewrites, once it has. Which model the checks load, and when, is `ChecksStep`'s
     decision: a copied local model's source is loaded while it is copied.
     """
     config, source = request.config, plan.source

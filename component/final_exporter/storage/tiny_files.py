@@ -41,8 +41,8 @@ def copy_folder_files(
     """Copies `items` (files of one folder) under `dest_root`; helpers share the work
     where there are enough tiny files (`TransferConfig.tiny_files_per_helper`).
 
-    `placed` is called once every helper has copied its share without a failure,
-    before their answers are read (10,000 lines: 30 ms), so the caller's next copy
+    `placed` is called once every helper has copied its whole share without a
+    failure, before their answers are read (10,000 lines: 30 ms), so the caller's next copy
     can start meanwhile.
     """
     if not items:
@@ -196,7 +196,13 @@ class _Answer:
     def __init__(self, items: Sequence[CopyItem], returncode: int, out: str) -> None:
         self.items, self.returncode, self.out = items, returncode, out
         self.lines = out.splitlines()
-        self.ok = returncode == 0 and len(self.lines) == len(items) and not _failed(self.lines)
+        # Every file copied by the helper: none failed, none left to copy here (`L`).
+        self.ok = (
+            returncode == 0
+            and len(self.lines) == len(items)
+            and not _failed(self.lines)
+            and 'L' not in self.lines
+        )
 
     def entries(
         self, dest_root: str, config: TransferConfig, progress: Progress | None
