@@ -26,6 +26,23 @@ def test_resolves_the_keras_layout_and_reads_signatures():
     assert info.export_format == 'pb'
 
 
+def test_the_saving_tensorflow_version_is_read_with_the_structure_from_either_graph_form(
+    tmp_path,
+):
+    text = tmp_path / 'text'
+    (text / 'variables').mkdir(parents=True)
+    (text / 'saved_model.pbtxt').write_text(
+        'meta_graphs {\n  meta_info_def {\n    tags: "serve"\n'
+        '    tensorflow_version: "2.16.1"\n  }\n}\n'
+    )
+
+    binary = inspect_saved_model(os.path.join(KERAS_MODEL, 'Format-Serving'), LOCAL)
+    as_text = inspect_saved_model(str(text), LOCAL)
+
+    assert binary.tensorflow_version.startswith('2.3.')  # The test model's TensorFlow.
+    assert (as_text.tensorflow_version, as_text.tags) == ('2.16.1', ('serve',))
+
+
 def test_resolves_the_estimator_layout():
     path = resolve_saved_model_dir(ESTIMATOR_MODEL, LOCAL)
 

@@ -50,6 +50,8 @@ class SavedModelInfo:
         serving: The serving signatures, read from the same bytes, so the signature
             guard need not read the graph file again (for a model in a bucket, a
             second download); None where they do not parse.
+        tensorflow_version: The TensorFlow version that saved the model (`2.16.1`: the
+            first meta graph's `meta_info_def.tensorflow_version`), if recorded.
     """
 
     path: str
@@ -57,6 +59,7 @@ class SavedModelInfo:
     tags: tuple[str, ...]
     signature_names: tuple[str, ...]
     serving: ServingSignatures | None = dataclasses.field(default=None, compare=False)
+    tensorflow_version: str | None = None
 
     @property
     def export_format(self) -> str:
@@ -133,10 +136,10 @@ def inspect_saved_model(path: str, store: Any) -> SavedModelInfo:
     pbtxt = store.join(path, keys.SAVED_MODEL_PBTXT)
     if store.is_file(pb):
         graph_file, where, data = keys.SAVED_MODEL_PB, pb, store.read_bytes(pb)
-        tags, signatures = _parse_saved_model_pb(pb, data)
+        tags, signatures, version = _parse_saved_model_pb(pb, data)
     elif store.is_file(pbtxt):
         graph_file, where, data = keys.SAVED_MODEL_PBTXT, pbtxt, store.read_bytes(pbtxt)
-        tags, signatures = _parse_saved_model_pbtxt(pbtxt, data)
+        tags, signatures, version = _parse_saved_model_pbtxt(pbtxt, data)
     else:
         raise InvalidInputError(
             f'{path!r} is not a SavedModel: {keys.SAVED_MODEL_PB} is missing '
@@ -153,6 +156,7 @@ def inspect_saved_model(path: str, store: Any) -> SavedModelInfo:
         tags=tuple(sorted(set(tags))),
         signature_names=tuple(sorted({s for s in signatures if not s.startswith('__')})),
         serving=serving,
+        tensorflow_version=version,
     )
 
 
@@ -201,22 +205,26 @@ def _check_variables(path: str, store: Any) -> None:
 
 # --- protobuf wire format (checks/protowire.py) -----------------------------
 # SavedModel:   1 saved_model_schema_version (varint), 2 meta_graphs (MetaGraphDef)
-# MetaGraphDef: 1 meta_info_def (MetaInfoDef: 4 tags), 5 signature_def (map entry: 1 key)
+# MetaGraphDef: 1 meta_info_def (MetaInfoDef: 4 tags, 5 tensorflow_version),
+#               5 signature_def (map entry: 1 key)
 
 
-def _parse_saved_model_pb(pb_path: str, data: bytes) -> tuple[list[str], list[str]]:
+def _parse_saved_model_pb(pb_path: str, data: bytes) -> tuple[list[str], list[str], str | None]:
     size = len(data)
     if size == 0:
         raise InvalidInputError(f'{pb_path!r} is empty; the SavedModel is incomplete')
     tags: list[str] = []
     signatures: list[str] = []
     meta_graphs = 0
+    version = None
     buf = memoryview(data)
     try:
         for field, wire, s, e in _fields(buf, 0, size):
             if field == 2 and wire == _LEN:
                 meta_graphs += 1
-                _parse_meta_graph(buf, s, e, tags, signatures)
+                found = _parse_meta_graph(buf, s, e, tags, signatures)
+                if meta_graphs == 1:
+                    version = found
     except (_WireError, UnicodeDecodeError) as err:
         raise InvalidInputError(
             f'{pb_path!r} is not a valid SavedModel protocol buffer ({err}); '
@@ -224,59 +232,44 @@ def _parse_saved_model_pb(pb_path: str, data: bytes) -> tuple[list[str], list[st
         ) from None
     if meta_graphs == 0:
         raise InvalidInputError(f'{pb_path!r} holds no meta graph; it is not a SavedModel')
-    return tags, signatures
+    return tags, signatures, version
 
 
-def _parse_meta_graph(buf, start: int, end: int, tags: list[str], signatures: list[str]) -> None:
+def _parse_meta_graph(
+    buf, start: int, end: int, tags: list[str], signatures: list[str]
+) -> str | None:
+    """Adds a meta graph's tags and signature keys; returns the TensorFlow version that
+    saved it, if recorded."""
+    version = None
     for field, wire, s, e in _fields(buf, start, end):
         if field == 1 and wire == _LEN:
             for f2, w2, s2, e2 in _fields(buf, s, e):
                 if f2 == 4 and w2 == _LEN:
                     tags.append(bytes(buf[s2:e2]).decode('utf-8'))
+                elif f2 == 5 and w2 == _LEN:  # Lineage only: an odd byte is no reason to fail.
+                    version = bytes(buf[s2:e2]).decode('utf-8', errors='replace')
         elif field == 5 and wire == _LEN:
             for f2, w2, s2, e2 in _fields(buf, s, e):
                 if f2 == 1 and w2 == _LEN:
                     signatures.append(bytes(buf[s2:e2]).decode('utf-8'))
+    return version
 
 
 _PBTXT_TF_VERSION_RE = re.compile(r'tensorflow_version:\s*"([^"]*)"')
 
 
-def tensorflow_version(path: str, store: Any) -> str | None:
-    """The TensorFlow version that saved the SavedModel in `path` (`2.16.1`), if recorded.
-
-    Read from the first meta graph's `meta_info_def.tensorflow_version`, at the
-    protobuf wire level (no TensorFlow import); `store` is where `path` lives.
-    """
-    pb_path = store.join(path, keys.SAVED_MODEL_PB)
-    if not store.is_file(pb_path):
-        pbtxt = store.join(path, keys.SAVED_MODEL_PBTXT)
-        if not store.is_file(pbtxt):
-            return None
-        text = store.read_bytes(pbtxt).decode('utf-8', errors='replace')
-        match = _PBTXT_TF_VERSION_RE.search(text)
-        return match.group(1) if match else None
-    buf = store.read_bytes(pb_path)
-    try:
-        for field, wire, s, e in _fields(buf, 0, len(buf)):
-            if field == 2 and wire == _LEN:
-                # MetaGraphDef 1: meta_info_def; MetaInfoDef 5: tensorflow_version.
-                for f2, w2, s2, e2 in _fields(buf, s, e):
-                    if f2 == 1 and w2 == _LEN:
-                        for f3, w3, s3, e3 in _fields(buf, s2, e2):
-                            if f3 == 5 and w3 == _LEN:
-                                return buf[s3:e3].decode('utf-8')
-                return None
-    except (_WireError, UnicodeDecodeError):
-        return None
-    return None
-
-
-def _parse_saved_model_pbtxt(pbtxt_path: str, data: bytes) -> tuple[list[str], list[str]]:
+def _parse_saved_model_pbtxt(
+    pbtxt_path: str, data: bytes
+) -> tuple[list[str], list[str], str | None]:
     try:
         text = data.decode('utf-8')
     except UnicodeDecodeError:
         raise InvalidInputError(f'{pbtxt_path!r} is not a text protocol buffer') from None
     if 'meta_graphs' not in text:
         raise InvalidInputError(f'{pbtxt_path!r} holds no meta graph; it is not a SavedModel')
-    return _PBTXT_TAG_RE.findall(text), _PBTXT_SIGNATURE_RE.findall(text)
+    version = _PBTXT_TF_VERSION_RE.search(text)
+    return (
+        _PBTXT_TAG_RE.findall(text),
+        _PBTXT_SIGNATURE_RE.findall(text),
+        version.group(1) if version else None,
+    )

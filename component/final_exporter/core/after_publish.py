@@ -56,7 +56,6 @@ def register(config: ExportConfig, result: ExportResult, plan: Plan) -> ExportRe
     target = config.registry_target
     if target is None:
         return result
-    from final_exporter.checks.savedmodel import tensorflow_version
     from final_exporter.lifecycle import vertex_registry
 
     try:
@@ -65,7 +64,7 @@ def register(config: ExportConfig, result: ExportResult, plan: Plan) -> ExportRe
             export_dir=result.export_dir,
             display_name=config.name,
             manifest_sha256=result.manifest_sha256,
-            tensorflow_version=tensorflow_version(plan.source_dir, plan.source_store),
+            tensorflow_version=plan.source.tensorflow_version,
         )
     except Exception as e:
         raise vertex_registry.registration_error(result.export_dir, e) from e
