@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from final_exporter.checks.tf_import import import_tensorflow
 from final_exporter.common.errors import InvalidInputError
 
 # The tag set TensorFlow Serving loads (its `--saved_model_tags` default).
@@ -24,8 +25,7 @@ def load_export(export_dir: str) -> Any:
     Raises:
         InvalidInputError: naming the folder and why it does not load.
     """
-    import tensorflow as tf
-
+    tf = import_tensorflow()
     try:
         return tf.saved_model.load(export_dir, tags=list(SERVE_TAGS))
     except Exception as e:  # TensorFlow raises many types; all mean "does not load".

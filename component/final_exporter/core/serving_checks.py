@@ -29,6 +29,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from final_exporter.checks import tf_import
 from final_exporter.common import keys
 from final_exporter.common.keys import WARMUP_RELPATH
 from final_exporter.core.config import ExportConfig
@@ -56,7 +57,8 @@ def wants_checks(config: ExportConfig, request: ExportRequest) -> bool:
 
 
 def import_tensorflow() -> None:
-    """Imports TensorFlow for the checks; the copy calls it while its threads copy.
+    """Imports TensorFlow for the checks (`checks.tf_import`: without Keras); the copy
+    calls it while its threads copy.
 
     The import is seconds of mostly single-threaded CPU, and the copy's threads
     mostly wait on the kernel and the disk: side by side, the checks start with
@@ -68,7 +70,7 @@ def import_tensorflow() -> None:
     to report.
     """
     with contextlib.suppress(Exception):
-        import tensorflow  # noqa: F401
+        tf_import.import_tensorflow()
 
 
 @dataclasses.dataclass(frozen=True)

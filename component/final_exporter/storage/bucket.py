@@ -288,7 +288,7 @@ class BucketStore(Store):
         if request.meanwhile is not None:
             # Before the uploads, not beside them: the client libraries may import
             # on first use, and two threads importing at once can deadlock (see
-            # core/staging.py `import_tensorflow`).
+            # core/serving_checks.py `import_tensorflow`).
             request.meanwhile()
         with concurrent.futures.ThreadPoolExecutor(max_workers=self._workers) as pool:
             staged = {
