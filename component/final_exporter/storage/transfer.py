@@ -69,13 +69,33 @@ def plan_tree(
     readable = read_permission()
     exclude = frozenset(exclude)
 
+    def check_readable(path: str, stat: os.stat_result) -> None:
+        if not readable(stat) and not os.access(path, os.R_OK):
+            # Found now, before anything is written; the copy still turns a file made
+            # unreadable later into the same error.
+            raise InvalidInputError(
+                f'cannot read source file {path!r} (permission denied); expected a file '
+                f'readable by the user running the export (uid {os.geteuid()})'
+            )
+
     def visit(folder: str, rel: str, seen: frozenset[str]) -> None:
         with scan_folder(folder) as (prefix, it):
             entries = sorted(it, key=_NAME)
             for entry in entries:
-                path, rel_path = f'{prefix}{entry.name}', f'{rel}{entry.name}'
+                rel_path = rel + entry.name
                 if rel_path in exclude:
                     continue
+                # Most entries are plain files: their kind comes with the listing, and
+                # one lstat gives size and mode (20,000 files: 15 alternating walks,
+                # median 183 -> 160 ms).
+                if entry.is_file(follow_symlinks=False):
+                    stat = entry.stat(follow_symlinks=False)
+                    if stat.st_mode & 0o444 != 0o444:  # Readable by all needs no more.
+                        check_readable(prefix + entry.name, stat)
+                    src = prefix + entry.name
+                    items.append(CopyItem(src, dest_prefix + rel_path, stat.st_size))
+                    continue
+                path = prefix + entry.name
                 if entry.is_symlink():
                     target = os.path.realpath(path)
                     if os.path.commonpath([root_real, target]) != root_real:
@@ -88,20 +108,11 @@ def plan_tree(
                     if real in seen:
                         raise InvalidInputError(f'{path!r} is a symlink loop')
                     visit(path, f'{rel_path}/', seen | {real})
-                elif entry.is_file():
+                elif entry.is_file():  # A symlink to a file inside the folder.
                     stat = entry.stat()
-                    # Readable by all (most files) needs no more: 20,000 calls cost 10 ms.
-                    everyone = stat.st_mode & 0o444 == 0o444
-                    if not everyone and not readable(stat) and not os.access(path, os.R_OK):
-                        # Found now, before anything is written; the copy still turns a
-                        # file made unreadable later into the same error.
-                        raise InvalidInputError(
-                            f'cannot read source file {path!r} (permission denied); expected '
-                            'a file readable by the user running the export '
-                            f'(uid {os.geteuid()})'
-                        )
-                    dest = f'{dest_prefix}{rel_path}'
-                    items.append(CopyItem(src=path, dest=dest, size=stat.st_size))
+                    if stat.st_mode & 0o444 != 0o444:
+                        check_readable(path, stat)
+                    items.append(CopyItem(path, dest_prefix + rel_path, stat.st_size))
                 else:
                     raise InvalidInputError(
                         f'{path!r} is not a regular file or folder; a SavedModel holds only files'
