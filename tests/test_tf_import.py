@@ -49,6 +49,30 @@ def test_the_checks_import_tensorflow_without_keras_which_imports_as_usual_after
     assert seen == {'tf': 'tensorflow', 'imported': [], 'blocked': [], 'later': True}
 
 
+_DISTUTILS_FOUND = (
+    'try:\n'
+    '    import distutils\n'
+    '    found = distutils.__file__\n'
+    'except ImportError:\n'
+    '    found = None\n'
+)
+
+
+def test_the_checks_import_tensorflow_without_setuptools_and_distutils_imports_as_usual_after():
+    seen = _fresh(
+        'import json, sys\n'
+        'from final_exporter.checks.tf_import import import_tensorflow\n'
+        'import_tensorflow()\n'
+        'loaded = sorted(m for m in ("setuptools", "pkg_resources", "distutils") if m in sys.modules)\n'
+        + _DISTUTILS_FOUND
+        + 'print(json.dumps({"loaded": loaded, "later": found}))\n'
+    )
+    # What `import distutils` finds in a fresh interpreter of this environment.
+    usual = _fresh('import json\n' + _DISTUTILS_FOUND + 'print(json.dumps(found))\n')
+
+    assert seen == {'loaded': [], 'later': usual}
+
+
 def test_a_tensorflow_imported_already_is_the_one_the_checks_use():
     seen = _fresh(
         'import json, sys\n'
