@@ -15,7 +15,7 @@ TensorFlow 2.16's `__init__` also imports `distutils`, only to add
 the folders it searches for device plugins, which `site.getsitepackages()` lists
 already. Where setuptools' `distutils-precedence.pth` is installed (most virtual
 environments), that import is all of setuptools and `pkg_resources`, which scans
-every installed distribution: 0.3-0.45 s of the import here. The checks give it the
+every installed distribution: 0.2-0.45 s of the import here. The checks give it the
 standard library's `distutils` (Python 3.10 and 3.11 have one), removed again after.
 TensorFlow 2.21 imports no `distutils`.
 """
