@@ -20,7 +20,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from final_exporter.common import keys
@@ -256,60 +256,27 @@ def verify_tree(
     signed = keys.SIGNATURE_RELPATH not in expected and (
         found.pop(keys.SIGNATURE_RELPATH, None) is not None
     )
-    report.missing = sorted(expected.keys() - found.keys())
+    report.missing = sorted(set(expected) - set(found))
     if is_signed(manifest) and not signed:
         report.missing.append(keys.SIGNATURE_RELPATH)
-    report.extra = sorted(found.keys() - expected.keys())
+    report.extra = sorted(set(found) - set(expected))
+    chunk_bytes = int(manifest.get('chunk_bytes', CHUNK_BYTES))
+    known = known or {}
+    changed = []
     both = expected.keys() & found.keys()
     report.files_checked += len(both)
-    if rehash:
-        changed = _rehashed_changed(store, root, sorted(both), expected, found, manifest, report)
-    else:
-        changed = _sized_changed(both, expected, found, known or {})
+    for path in sorted(both) if rehash else both:  # Files read in order; sizes in any.
+        want = expected[path]
+        if found[path] != want['size']:
+            changed.append(path)
+            continue
+        if rehash:
+            kind, expected_hex = entry_digest(want)
+            _, got = store.digest_file(store.join(root, *path.split('/')), kind, chunk_bytes)
+            report.bytes_checked += want['size']
+            if got != expected_hex:
+                changed.append(path)
+        elif path in known and known[path].digest != entry_digest(want):
+            changed.append(path)
     report.changed += sorted(changed)
     return report
-
-
-def _rehashed_changed(
-    store: Any,
-    root: str,
-    paths: Sequence[str],
-    expected: Mapping[str, Mapping[str, Any]],
-    found: Mapping[str, int],
-    manifest: Mapping[str, Any],
-    report: VerifyReport,
-) -> list[str]:
-    """Of `paths`, read in order, those whose size or digest differs from the manifest's."""
-    chunk_bytes = int(manifest.get('chunk_bytes', CHUNK_BYTES))
-    changed = []
-    for path in paths:
-        want = expected[path]
-        if found[path] != want['size']:
-            changed.append(path)
-            continue
-        kind, expected_hex = entry_digest(want)
-        _, got = store.digest_file(store.join(root, *path.split('/')), kind, chunk_bytes)
-        report.bytes_checked += want['size']
-        if got != expected_hex:
-            changed.append(path)
-    return changed
-
-
-def _sized_changed(
-    paths: Collection[str],
-    expected: Mapping[str, Mapping[str, Any]],
-    found: Mapping[str, int],
-    known: Mapping[str, FileEntry],
-) -> list[str]:
-    """Of `paths`, those whose size differs from the manifest's, or whose digest as the copy
-    hashed it (`known`) is not the manifest's."""
-    changed = []
-    for path in paths:
-        want = expected[path]
-        if found[path] != want['size']:
-            changed.append(path)
-            continue
-        entry = known.get(path)
-        if entry is not None and entry.digest != entry_digest(want):
-            changed.append(path)
-    return changed
