@@ -9,7 +9,8 @@ Models (real `tf.saved_model.save` outputs, generated once in a subprocess):
 - `4g-1file`: 4 GiB of random float32 variables in ONE data file
   (`variables.data-00000-of-00001`, TensorFlow's default), 16 variables of 256 MiB;
 - `1g`: 1 GiB in 64 shards (export_benchmark.py's model);
-- `20k-files`: a small model with 20,000 asset files of 256 B to 16 KiB.
+- `20k-files`: a small model with 20,000 asset files of 256 B to 16 KiB, run
+  `MANY_FILES_REPEATS_FACTOR` (3) times `--repeats` (its runs are short and vary most).
 
 Every repeat runs each method once, the order reversed every other repeat, each
 as a whole process; the copies are followed by `sync -f` of the destination
