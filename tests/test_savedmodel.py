@@ -43,6 +43,47 @@ def test_the_saving_tensorflow_version_is_read_with_the_structure_from_either_gr
     assert (as_text.tensorflow_version, as_text.tags) == ('2.16.1', ('serve',))
 
 
+def _ld(field: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field (payloads under 128 bytes)."""
+    return bytes([field << 3 | 2, len(payload)]) + payload
+
+
+def _graph_only_model(tmp_path, saved_model: bytes) -> str:
+    (tmp_path / 'variables').mkdir()
+    (tmp_path / 'saved_model.pb').write_bytes(saved_model)
+    return str(tmp_path)
+
+
+def test_tags_signatures_and_version_are_read_from_every_meta_graph_of_one_decode(tmp_path):
+    def meta_graph(tag: bytes, version: bytes, key: bytes) -> bytes:
+        info = _ld(1, _ld(4, tag) + _ld(5, version))
+        return _ld(2, info + _ld(5, _ld(1, key) + _ld(2, _ld(3, b'tensorflow/serving/predict'))))
+
+    model = _graph_only_model(
+        tmp_path, meta_graph(b'train', b'2.15.0', b'fit') + meta_graph(b'serve', b'2.16.1', b'go')
+    )
+
+    info = inspect_saved_model(model, LOCAL)
+
+    assert (info.tags, info.signature_names) == (('serve', 'train'), ('fit', 'go'))
+    assert info.tensorflow_version == '2.15.0'  # The first meta graph's.
+    assert list(info.serving.signatures) == ['go']  # The meta graph tagged `serve`.
+    assert info.serving.signatures['go'].method_name == 'tensorflow/serving/predict'
+
+
+def test_a_signature_that_does_not_decode_leaves_the_structure_read_and_no_serving_signatures(
+    tmp_path,
+):
+    # The signature's value has wire type 0 (a varint), not a SignatureDef message.
+    entry = _ld(1, b'serving_default') + bytes([2 << 3 | 0, 1])
+    model = _graph_only_model(tmp_path, _ld(2, _ld(1, _ld(4, b'serve')) + _ld(5, entry)))
+
+    info = inspect_saved_model(model, LOCAL)
+
+    assert (info.tags, info.signature_names) == (('serve',), ('serving_default',))
+    assert info.serving is None  # The signature guard says what is wrong, where it reads them.
+
+
 def test_resolves_the_estimator_layout():
     path = resolve_saved_model_dir(ESTIMATOR_MODEL, LOCAL)
 

@@ -17,7 +17,12 @@ from typing import Any
 from final_exporter.checks.protowire import LEN as _LEN
 from final_exporter.checks.protowire import WireError as _WireError
 from final_exporter.checks.protowire import fields as _fields
-from final_exporter.checks.signature_defs import ServingSignatures, parse_serving_signatures
+from final_exporter.checks.signature_defs import (
+    ServingSignatures,
+    decode_saved_model_pb,
+    parse_serving_signatures,
+    serving_signatures_of,
+)
 from final_exporter.common import keys
 from final_exporter.common.errors import InvalidInputError
 
@@ -135,21 +140,18 @@ def inspect_saved_model(path: str, store: Any) -> SavedModelInfo:
     pb = store.join(path, keys.SAVED_MODEL_PB)
     pbtxt = store.join(path, keys.SAVED_MODEL_PBTXT)
     if store.is_file(pb):
-        graph_file, where, data = keys.SAVED_MODEL_PB, pb, store.read_bytes(pb)
-        tags, signatures, version = _parse_saved_model_pb(pb, data)
+        graph_file, data = keys.SAVED_MODEL_PB, store.read_bytes(pb)
+        tags, signatures, version, serving = _read_saved_model_pb(path, pb, data)
     elif store.is_file(pbtxt):
-        graph_file, where, data = keys.SAVED_MODEL_PBTXT, pbtxt, store.read_bytes(pbtxt)
+        graph_file, data = keys.SAVED_MODEL_PBTXT, store.read_bytes(pbtxt)
         tags, signatures, version = _parse_saved_model_pbtxt(pbtxt, data)
+        serving = _serving_or_none(path, graph_file, data, pbtxt)
     else:
         raise InvalidInputError(
             f'{path!r} is not a SavedModel: {keys.SAVED_MODEL_PB} is missing '
             f'(found {_listing(path, store)})'
         )
     _check_variables(path, store)
-    try:
-        serving = parse_serving_signatures(path, graph_file, data, where)
-    except InvalidInputError:  # Said by the signature guard, where it reads them.
-        serving = None
     return SavedModelInfo(
         path=path,
         graph_file=graph_file,
@@ -207,6 +209,49 @@ def _check_variables(path: str, store: Any) -> None:
 # SavedModel:   1 saved_model_schema_version (varint), 2 meta_graphs (MetaGraphDef)
 # MetaGraphDef: 1 meta_info_def (MetaInfoDef: 4 tags, 5 tensorflow_version),
 #               5 signature_def (map entry: 1 key)
+
+
+def _read_saved_model_pb(
+    path: str, pb_path: str, data: bytes
+) -> tuple[list[str], list[str], str | None, ServingSignatures | None]:
+    """(tags, signature keys, TensorFlow version, serving signatures) of a `saved_model.pb`.
+
+    One decode gives all four where the serving signatures read; otherwise the
+    wire-level walk names what is wrong with the file, or gives the first three
+    (a graph of 20,000 asset files takes 7 ms a pass).
+    """
+    try:
+        saved_model = decode_saved_model_pb(data, pb_path)
+        serving = ServingSignatures(
+            path, keys.SAVED_MODEL_PB, serving_signatures_of(saved_model, pb_path)
+        )
+    except InvalidInputError:  # Said by the signature guard, where it reads them.
+        return (*_parse_saved_model_pb(pb_path, data), None)
+    metas = saved_model['meta_graphs']
+    infos = [info for meta in metas for info in meta.get('meta_info_def', [])]
+    versions = [
+        v for info in metas[0].get('meta_info_def', []) for v in info.get('tensorflow_version', [])
+    ]
+    return (
+        [tag for info in infos for tag in info.get('tags', [])],
+        [
+            key
+            for meta in metas
+            for entry in meta.get('signature_def', [])
+            for key in entry.get('key', [])
+        ],
+        versions[-1] if versions else None,
+        serving,
+    )
+
+
+def _serving_or_none(
+    path: str, graph_file: str, data: bytes, where: str
+) -> ServingSignatures | None:
+    try:
+        return parse_serving_signatures(path, graph_file, data, where)
+    except InvalidInputError:  # Said by the signature guard, where it reads them.
+        return None
 
 
 def _parse_saved_model_pb(pb_path: str, data: bytes) -> tuple[list[str], list[str], str | None]:

@@ -27,7 +27,7 @@ SERVE_TAG = 'serve'
 SCHEMA: protowire.Schema = {
     'SavedModel': {'meta_graphs': (2, 'MetaGraphDef')},
     'MetaGraphDef': {'meta_info_def': (1, 'MetaInfoDef'), 'signature_def': (5, 'SignatureEntry')},
-    'MetaInfoDef': {'tags': (4, 'string')},
+    'MetaInfoDef': {'tags': (4, 'string'), 'tensorflow_version': (5, 'string')},
     'SignatureEntry': {'key': (1, 'string'), 'value': (2, 'SignatureDef')},
     'SignatureDef': {
         'inputs': (1, 'TensorInfoEntry'),
@@ -169,14 +169,22 @@ def signatures_from_pb(data: bytes, where: str) -> dict[str, Signature]:
     Raises:
         InvalidInputError: if the bytes are not a SavedModel protocol buffer.
     """
+    return serving_signatures_of(decode_saved_model_pb(data, where), where)
+
+
+def decode_saved_model_pb(data: bytes, where: str) -> Message:
+    """The bytes of a `saved_model.pb` decoded against `SCHEMA` (`where` names it in errors).
+
+    Raises:
+        InvalidInputError: if the bytes are not a SavedModel protocol buffer.
+    """
     try:
-        saved_model = protowire.decode(memoryview(data), 0, len(data), 'SavedModel', SCHEMA)
+        return protowire.decode(memoryview(data), 0, len(data), 'SavedModel', SCHEMA)
     except (protowire.WireError, UnicodeDecodeError) as err:
         raise InvalidInputError(
             f'{where!r} cannot be read as a SavedModel protocol buffer ({err}); it is '
             'truncated or corrupt'
         ) from None
-    return _serving_signatures(saved_model, where)
 
 
 def signatures_from_pbtxt(data: bytes, where: str) -> dict[str, Signature]:
@@ -191,7 +199,7 @@ def signatures_from_pbtxt(data: bytes, where: str) -> dict[str, Signature]:
         raise InvalidInputError(
             f'{where!r} cannot be read as a SavedModel in protobuf text format ({err})'
         ) from None
-    return _serving_signatures(saved_model, where)
+    return serving_signatures_of(saved_model, where)
 
 
 def dtype_name(value: int | str) -> str:
@@ -205,8 +213,13 @@ def dtype_name(value: int | str) -> str:
 # --- from the decoded messages to signatures ---------------------------------
 
 
-def _serving_signatures(saved_model: Message, where: str) -> dict[str, Signature]:
-    """The signatures of the meta graph tagged `serve` (else the first), as TF Serving loads."""
+def serving_signatures_of(saved_model: Message, where: str) -> dict[str, Signature]:
+    """The signatures of the meta graph tagged `serve` (else the first), as TF Serving loads,
+    in a decoded SavedModel (`where` names its file in errors).
+
+    Raises:
+        InvalidInputError: if it holds no meta graph.
+    """
     metas = saved_model.get('meta_graphs', [])
     if not metas:
         raise InvalidInputError(f'{where!r} holds no meta graph; it is not a SavedModel')
