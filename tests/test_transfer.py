@@ -324,6 +324,24 @@ def test_large_file_is_copied_and_hashed_in_parallel_chunks(tmp_path, method, di
     assert max(progress.increments) <= SPLIT_CHUNK_BYTES
 
 
+@pytest.mark.parametrize('head', [0, 1, 4096, 2 * SPLIT_CHUNK_BYTES])
+def test_every_kernel_copy_head_gives_the_same_bytes_and_digests(tmp_path, head):
+    src, dst = tmp_path / 'src', tmp_path / 'dst'
+    size = SPLIT_CHUNK_BYTES + SPLIT_CHUNK_BYTES // 3 + 7  # A whole chunk and a part.
+    data = write_random(src / 'variables' / 'variables.data-00000-of-00001', size)
+    dst.mkdir()
+
+    entries = copy_and_hash(
+        plan_tree(str(src)),
+        str(dst),
+        config=TransferConfig(workers=2, method='copy', kernel_copy_head_bytes=head),
+    )
+
+    shard = 'variables/variables.data-00000-of-00001'
+    assert (dst / shard).read_bytes() == data
+    assert entries == {shard: want_entry(shard, data)}
+
+
 def test_large_file_written_to_during_a_split_copy_is_detected(tmp_path):
     src, dst = tmp_path / 'src', tmp_path / 'dst'
     write_random(src / 'variables.data-00000-of-00001', SPLIT_MIN_BYTES + 5)

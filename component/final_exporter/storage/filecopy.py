@@ -195,7 +195,14 @@ def place_piece(
             stack.callback(os.close, direct)
         digest = None
         if direct is not None or not (
-            length and _copy_range(item, dest, src.fileno(), out.fileno(), offset, length)
+            length
+            and _copy_range(
+                item,
+                dest,
+                (src.fileno(), out.fileno()),
+                (offset, length),
+                config.kernel_copy_head_bytes,
+            )
         ):
             digest = hashlib.sha256()
             _read_chunk(
@@ -390,14 +397,21 @@ def _changed(
 
 
 def _copy_range(
-    item: CopyItem, dest: str, src_fd: int, out_fd: int, offset: int, length: int
+    item: CopyItem, dest: str, fds: tuple[int, int], span: tuple[int, int], head: int
 ) -> bool:
-    """Copies [offset, offset+length) in the kernel; False if this filesystem pair cannot."""
+    """Copies the range `span` (offset, length) between the descriptors `fds` (source,
+    destination) in the kernel, its first `head` bytes in a call of their own
+    (`TransferConfig.kernel_copy_head_bytes`); False if this filesystem pair cannot."""
+    (src_fd, out_fd), (offset, length) = fds, span
     copied = 0
     while copied < length:
         try:
             n = os.copy_file_range(
-                src_fd, out_fd, length - copied, offset + copied, offset + copied
+                src_fd,
+                out_fd,
+                min(head, length) if copied == 0 and head else length - copied,
+                offset + copied,
+                offset + copied,
             )
         except (OSError, AttributeError) as e:
             if copied == 0 and (isinstance(e, AttributeError) or e.errno in _UNSUPPORTED):
