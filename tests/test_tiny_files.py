@@ -132,30 +132,6 @@ def test_a_folder_is_reported_placed_with_every_byte_in_place_before_the_helpers
 
 
 @needs_two_cores
-@pytest.mark.parametrize('lead', [0, 20])
-def test_this_process_copies_the_lead_files_alone_and_shares_the_rest_evenly(tmp_path, lead):
-    tiny_folder(tmp_path / 'src')
-    folder = [i for i in plan_tree(str(tmp_path / 'src')) if i.dest.startswith('assets/')]
-    (tmp_path / 'dst' / 'assets').mkdir(parents=True)
-    progress = Progress(total_bytes=0, total_files=len(folder))
-    counted_when_placed = []
-    config = TransferConfig(method='copy', tiny_files_per_helper=10, helper_lead_files=lead)
-
-    copy_folder_files(
-        folder,
-        str(tmp_path / 'dst'),
-        config,
-        progress,
-        lambda: counted_when_placed.append(progress.files_done),
-    )
-
-    # Before the helper's answer is read, only this process's files are counted: the
-    # folder's first (which finds out whether a reflink works), the lead, half the rest.
-    rest = len(folder) - 1 - lead
-    assert counted_when_placed == [1 + lead + (rest + 1) // 2]
-
-
-@needs_two_cores
 @EITHER_SHARE
 def test_a_folder_is_reported_placed_only_with_a_file_that_outgrew_a_helpers_buffer_in_place(
     tmp_path, index

@@ -49,7 +49,7 @@ def copy_folder_files(
         return []
     entries = [copy_file(items[0], dest_root, config=config, progress=progress)]
     helpers = _helper_count(items, dest_root, config)
-    own, theirs = _shares(items[1:], helpers, config.helper_lead_files)
+    own, *theirs = [list(items[1 + k :: helpers + 1]) for k in range(helpers + 1)]
     started: list[_Helper] = []
     try:
         for share in theirs:
@@ -70,18 +70,6 @@ def copy_folder_files(
         for helper in started:
             helper.stop()
     return entries
-
-
-def _shares(
-    items: Sequence[CopyItem], helpers: int, lead: int
-) -> tuple[list[CopyItem], list[list[CopyItem]]]:
-    """(this thread's share, each helper's): every `helpers + 1`-th file each (sizes vary
-    along a folder), and the first `lead` files this thread's too, as the helpers start later."""
-    if not helpers:
-        return list(items), []
-    lead = min(lead, len(items))
-    own, *theirs = [list(items[lead + k :: helpers + 1]) for k in range(helpers + 1)]
-    return [*items[:lead], *own], theirs
 
 
 def _copy_plain(

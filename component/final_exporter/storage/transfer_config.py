@@ -65,10 +65,6 @@ class TransferConfig:
             (`tiny_files.py`: processes, unlike threads, do not wait for each
             other's GIL); 0 for none. Never beside the checks, whose load of the
             model is what the export waits for.
-        helper_lead_files: Of a folder shared with helpers, this thread first copies
-            this many tiny files alone, then an equal share with each: a helper
-            process starts copying about 20-30 ms after this thread does (its
-            interpreter's start), and the folder is copied once the last share is.
         map_window_bytes: The staged copy is hashed through read-only mappings of
             this size: what a thread holds mapped (and counts in its RSS) stays
             bounded whatever the file size. One manifest chunk: smaller windows,
@@ -123,7 +119,6 @@ class TransferConfig:
     batch_bytes: int = 32 * _MIB
     tiny_file_bytes: int = 64 * 1024
     tiny_files_per_helper: int = 4000
-    helper_lead_files: int = 0
     map_window_bytes: int = MANIFEST_CHUNK_BYTES
     writeback_min_bytes: int = 1 * _MIB
     writeback_batch_bytes: int = 8 * _MIB
