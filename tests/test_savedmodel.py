@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from final_exporter.checks.savedmodel import inspect_saved_model, resolve_saved_model_dir
+from final_exporter.checks.savedmodel import _outline, inspect_saved_model, resolve_saved_model_dir
 from final_exporter.common.errors import InvalidInputError
 from final_exporter.storage.stores import store_for
 
@@ -82,6 +82,47 @@ def test_a_signature_that_does_not_decode_leaves_the_structure_read_and_no_servi
 
     assert (info.tags, info.signature_names) == (('serve',), ('serving_default',))
     assert info.serving is None  # The signature guard says what is wrong, where it reads them.
+
+
+class _NoLocalPaths(type(LOCAL)):
+    """The local folder tree, seen as a bucket is: no local path, whole files read."""
+
+    def local_path(self, path):
+        return None
+
+
+@pytest.mark.parametrize('model', [KERAS_MODEL, ESTIMATOR_MODEL])
+def test_a_local_graph_file_read_without_its_graph_gives_what_the_whole_file_gives(model):
+    path = resolve_saved_model_dir(model, LOCAL)
+
+    outlined = inspect_saved_model(path, LOCAL)
+    whole = inspect_saved_model(path, _NoLocalPaths())
+
+    assert outlined == whole
+    assert outlined.serving == whole.serving  # Not part of the equality above.
+
+
+def test_the_graph_is_not_read_even_when_it_is_not_a_graph(tmp_path):
+    info = _ld(1, _ld(4, b'serve') + _ld(5, b'2.16.1'))
+    signature = _ld(5, _ld(1, b'serving_default') + _ld(2, _ld(3, b'tensorflow/serving/predict')))
+    graph = _ld(2, bytes([0xFF]) * 40)  # No protocol buffer: it would not decode.
+    model = _graph_only_model(tmp_path, _ld(2, info + graph + signature))
+    with open(os.path.join(model, 'saved_model.pb'), 'rb') as f:
+        read = _outline(f.fileno(), os.fstat(f.fileno()).st_size)
+
+    found = inspect_saved_model(model, LOCAL)
+
+    assert read == _ld(2, info + signature)
+    assert (found.tags, found.signature_names) == (('serve',), ('serving_default',))
+    assert found.tensorflow_version == '2.16.1'
+
+
+def test_a_graph_file_cut_short_inside_its_graph_is_refused_as_truncated(tmp_path):
+    meta_graph = _ld(1, _ld(4, b'serve')) + bytes([2 << 3 | 2, 100]) + b'graph'  # 95 bytes short.
+    model = _graph_only_model(tmp_path, _ld(2, meta_graph))
+
+    with pytest.raises(InvalidInputError, match='truncated or corrupt'):
+        inspect_saved_model(model, LOCAL)
 
 
 def test_resolves_the_estimator_layout():

@@ -43,6 +43,20 @@ def read_varint(buf: memoryview | bytes, pos: int, end: int) -> tuple[int, int]:
             raise WireError('varint too long')
 
 
+def len_field(field: int, payload: bytes) -> bytes:
+    """A length-delimited field (`field`, wire type LEN) holding `payload`."""
+    return _varint(field << 3 | LEN) + _varint(len(payload)) + payload
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 def signed64(value: int) -> int:
     """An `int64` field's value: negative numbers travel as 10-byte two's complement varints."""
     return value - (1 << 64) if value >= 1 << 63 else value
