@@ -19,9 +19,9 @@ from typing import Any
 
 from final_exporter.checks.protowire import LEN as _LEN
 from final_exporter.checks.protowire import WireError as _WireError
+from final_exporter.checks.protowire import field_at as _field_at
 from final_exporter.checks.protowire import fields as _fields
 from final_exporter.checks.protowire import len_field as _len_field
-from final_exporter.checks.protowire import read_varint as _read_varint
 from final_exporter.checks.signature_defs import (
     ServingSignatures,
     decode_saved_model_pb,
@@ -270,23 +270,11 @@ def _fields_at(fd: int, start: int, end: int) -> Iterator[tuple[int, int, int, i
     pos = start
     while pos < end:
         head = os.pread(fd, _HEADER_BYTES, pos)
-        tag, n = _read_varint(head, 0, len(head))
-        field, wire = tag >> 3, tag & 7
-        if field == 0:
-            raise _WireError('field number 0')
-        if wire == _LEN:
-            length, n = _read_varint(head, n, len(head))
-            value_end = pos + n + length
-        elif wire == 0:
-            value_end = pos + _read_varint(head, n, len(head))[1]
-        elif wire in (1, 5):
-            value_end = pos + n + (8 if wire == 1 else 4)
-        else:
-            raise _WireError(f'unsupported wire type {wire}')
-        if value_end > end:
+        field, wire, value_start, value_end = _field_at(head, 0, len(head))
+        if pos + value_end > end:
             raise _WireError('message truncated')
-        yield field, wire, pos, pos + n, value_end
-        pos = value_end
+        yield field, wire, pos, pos + value_start, pos + value_end
+        pos += value_end
 
 
 def _pread(fd: int, start: int, end: int) -> bytes:
