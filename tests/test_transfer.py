@@ -391,7 +391,7 @@ def resident_bytes(path) -> int:
 
 
 @pytest.mark.parametrize('workers', [1, 4])
-def test_a_large_copy_written_with_o_direct_leaves_the_staged_bytes_out_of_the_page_cache(
+def test_by_default_a_large_copy_is_written_with_o_direct_out_of_the_page_cache(
     tmp_path, workers
 ):
     src, dst = tmp_path / 'src', tmp_path / 'dst'
@@ -402,7 +402,7 @@ def test_a_large_copy_written_with_o_direct_leaves_the_staged_bytes_out_of_the_p
     assert fs.stdout.strip() != 'tmpfs', 'a disk filesystem is needed: tmpfs is the page cache'
 
     entries = copy_and_hash(
-        plan_tree(str(src)), str(dst), config=TransferConfig(workers=workers, direct_io=True)
+        plan_tree(str(src)), str(dst), config=TransferConfig(workers=workers)
     )
 
     staged = dst / 'variables.data-00000-of-00001'
@@ -414,7 +414,7 @@ def test_a_large_copy_written_with_o_direct_leaves_the_staged_bytes_out_of_the_p
 
 
 @pytest.mark.parametrize('beside_checks', [True, False])
-def test_by_default_only_a_copy_beside_the_checks_drops_its_bytes_from_the_page_cache(
+def test_through_the_page_cache_only_a_copy_beside_the_checks_drops_its_bytes_from_it(
     tmp_path, beside_checks
 ):
     """The checks' load of the model needs the memory; a copy alone writes as `cp` does."""
@@ -427,7 +427,7 @@ def test_by_default_only_a_copy_beside_the_checks_drops_its_bytes_from_the_page_
     copy_and_hash(
         plan_tree(str(src)),
         str(dst),
-        config=TransferConfig(workers=2),
+        config=TransferConfig(workers=2, direct_io=False),
         meanwhile=(lambda: ran.append(True)) if beside_checks else None,
     )
 

@@ -244,11 +244,12 @@ class ExportConfig:
         STR,
         COPY_AUTO,
         summary='How the files are copied: `auto`, `copy` or `hardlink`.',
-        details='`auto`: reflink where the filesystem can (btrfs, XFS), else the kernel copies '
-        'each 32 MiB chunk (`copy_file_range`) and the chunk is hashed through a read-only '
-        'mapping of the destination (sources are read, never mapped; files under 4 MiB are read '
-        'and written); the chunks of one large file are copied and hashed by every thread at '
-        'once. `copy`: plain read-hash-write. `hardlink` (opt-in): link the source files, which '
+        details='`auto`: reflink where the filesystem can (btrfs, XFS), else each 32 MiB chunk '
+        'of a file from 4 MiB is read, hashed and written with `O_DIRECT` where the export base '
+        'takes it (else the kernel copies it, `copy_file_range`, and it is hashed through a '
+        'read-only mapping of the destination; sources are read, never mapped; smaller files '
+        'are read, hashed and written); the chunks of one large file are copied and hashed by '
+        'every thread at once. `copy`: plain read-hash-write. `hardlink` (opt-in): link the source files, which '
         'TFX never modifies; falls back to a copy across filesystems.',
         choices=COPY_METHODS,
     )

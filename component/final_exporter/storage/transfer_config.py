@@ -98,11 +98,19 @@ class TransferConfig:
             10 8.92 s; TF import + load alone 7.46 s).
         direct_io: Files from `kernel_copy_min_bytes` are read, hashed and
             written with `O_DIRECT` where the destination's filesystem takes it:
-            the staged copy never enters the page cache. Off by default (the
-            kernel copies them, `copy_file_range`): on a virtual disk `O_DIRECT`
-            was slower than the page cache (1 GiB, the copy alone: 2.65 s against
-            1.70 s, `cp -r && sync -f` 1.57 s; 4 GiB beside the checks: 12.45 s
-            against 10.14 s with `drop_staged_pages`).
+            the staged copy never enters the page cache, and each byte is hashed
+            from the buffer it is written from. Else the kernel copies them
+            (`copy_file_range`) and the staged copy is hashed through mappings.
+            Which is faster depends on the machine. On the Intel Xeon virtual
+            machine of 2026-12-06 (Firecracker, free page reporting: every page
+            the page cache takes anew costs the host's fault), `O_DIRECT` won
+            everywhere (alternating, load 1.5-2.4): 4 GiB in one file 2.37-2.63 s
+            against 3.12-3.29 s (`cp -r && sync -f` 2.35-2.61 s), 3.2-3.8 CPU-s
+            against 5.8-6.0; 1 GiB in 64 files 0.64-0.67 s against 0.75-0.86 s
+            (`cp` 0.66-0.67 s); 4 GiB with the smoke test 5.90-5.94 s against
+            6.33-6.44 s (TensorFlow's import and load alone 5.40 s). On the AMD
+            EPYC virtual machine before it, `O_DIRECT` was the slower (1 GiB, the
+            copy alone: 2.65 s against 1.70 s, `cp` 1.57 s).
         drop_staged_pages: Each chunk of a large file, once copied and hashed, is
             written to disk and dropped from the page cache (`filecopy.drop_written`):
             the staged copy does not take the memory the checks' load of the model
@@ -126,7 +134,7 @@ class TransferConfig:
     flush_min_files: int = 32
     flush_every_s: float = 0.15
     background_nice: int = 4
-    direct_io: bool = False
+    direct_io: bool = True
     drop_staged_pages: bool | None = None
 
     def __post_init__(self) -> None:
