@@ -391,9 +391,7 @@ def resident_bytes(path) -> int:
 
 
 @pytest.mark.parametrize('workers', [1, 4])
-def test_by_default_a_large_copy_is_written_with_o_direct_out_of_the_page_cache(
-    tmp_path, workers
-):
+def test_by_default_a_large_copy_is_written_with_o_direct_out_of_the_page_cache(tmp_path, workers):
     src, dst = tmp_path / 'src', tmp_path / 'dst'
     size = 3 * SPLIT_CHUNK_BYTES + 5  # the last 5 bytes cannot go through O_DIRECT
     data = write_random(src / 'variables.data-00000-of-00001', size)
@@ -401,9 +399,7 @@ def test_by_default_a_large_copy_is_written_with_o_direct_out_of_the_page_cache(
     fs = subprocess.run(['stat', '-f', '-c', '%T', str(dst)], capture_output=True, text=True)
     assert fs.stdout.strip() != 'tmpfs', 'a disk filesystem is needed: tmpfs is the page cache'
 
-    entries = copy_and_hash(
-        plan_tree(str(src)), str(dst), config=TransferConfig(workers=workers)
-    )
+    entries = copy_and_hash(plan_tree(str(src)), str(dst), config=TransferConfig(workers=workers))
 
     staged = dst / 'variables.data-00000-of-00001'
     assert resident_bytes(staged) <= 4096  # at most the page of the unaligned tail
