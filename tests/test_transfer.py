@@ -544,27 +544,33 @@ def test_one_large_file_alone_is_copied_and_hashed_by_several_threads(tmp_path):
     assert len(progress.threads) > 1, progress.threads
 
 
-def test_beside_the_checks_the_copy_takes_one_thread_per_core_not_two(tmp_path):
+@pytest.mark.parametrize('direct_io', [False, True])
+def test_beside_the_checks_a_copy_through_the_page_cache_takes_one_thread_per_core_not_two(
+    tmp_path, direct_io
+):
     # Beside the exporter's thread importing and loading TensorFlow, more copy threads
-    # only take from what the export waits for (transfer_config.local_copy_workers).
+    # only take from what the export waits for, unless they wait on O_DIRECT writes
+    # (transfer_config.local_copy_workers).
     src = tmp_path / 'src'
     write_random(src / 'variables.data-00000-of-00001', 4 * SPLIT_CHUNK_BYTES + 1)
     cores = os.cpu_count() or 1
+    config = TransferConfig(direct_io=direct_io)
+    beside_threads = min(16, 2 * cores) if direct_io else max(2, cores)
     started = {}
     for beside in (False, True):
         dst = tmp_path / f'dst-{beside}'
         dst.mkdir()
         progress = RecordingThreads()
         copy_and_hash(
-            plan_tree(str(src)), str(dst), progress=progress,
+            plan_tree(str(src)), str(dst), config=config, progress=progress,
             meanwhile=(lambda: None) if beside else None,
         )  # fmt: skip
         started[beside] = {t for t in progress.threads if t.startswith('final-exporter-copy')}
 
-    assert DEFAULT_TRANSFER.threads() == min(16, 2 * cores)
-    assert DEFAULT_TRANSFER.threads(beside_checks=True) == max(2, cores)
+    assert config.threads() == min(16, 2 * cores)
+    assert config.threads(beside_checks=True) == beside_threads
     assert TransferConfig(workers=3).threads(beside_checks=True) == 3  # what a user set
-    assert 1 < len(started[True]) <= max(2, cores)
+    assert 1 < len(started[True]) <= beside_threads
     assert len(started[False]) <= min(16, 2 * cores)
 
 

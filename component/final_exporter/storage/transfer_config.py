@@ -19,12 +19,18 @@ _MIB = 1024 * 1024
 
 def local_copy_workers(beside_checks: bool = False) -> int:
     """Threads for a local copy: hashing keeps a core busy and the disk writes in the
-    background (`start_writeback`), so two per core cover page faults and waits;
-    more only contend (measured: 4 threads on 2 cores beat 2 and 8). Beside the
-    exporter's own thread importing and loading TensorFlow (`beside_checks`), one
-    per core (at least 2): more copy threads only take from that thread, which the
-    export waits for (measured, 4 GiB with the smoke test on 2 cores: 2 threads
-    1.03-1.04x a bare TensorFlow import and load, 4 threads 1.05-1.13x)."""
+    background (`start_writeback`) or, with `O_DIRECT`, while the thread waits, so two
+    per core cover page faults and waits; more only contend (measured: 4 threads on 2
+    cores beat 2 and 8). `beside_checks`: beside the exporter's own thread importing and
+    loading TensorFlow, with writes through the page cache, one per core (at least 2):
+    those threads barely wait, and more only take from that thread, which the export
+    waits for (measured, 4 GiB with the smoke test on 2 cores: 2 threads 1.03-1.04x a
+    bare TensorFlow import and load, 4 threads 1.05-1.13x). With `O_DIRECT` the copy
+    waits on the disk, so beside the checks it keeps two per core too
+    (`TransferConfig.threads`; 4 GiB with the smoke test on the Intel Xeon machine of
+    `TransferConfig.direct_io`, 3 alternating runs after a warm-up: 2 threads
+    5.71-5.99 s, 3 threads 5.59-5.81 s, 4 threads 5.49-5.57 s, TensorFlow's import and
+    load alone 5.14-5.37 s)."""
     cores = os.cpu_count() or 1
     return max(2, cores) if beside_checks else min(16, 2 * cores)
 
@@ -142,7 +148,7 @@ class TransferConfig:
 
     def threads(self, beside_checks: bool = False) -> int:
         """The copy threads to use at most (`local_copy_workers` says why these)."""
-        return self.workers or local_copy_workers(beside_checks)
+        return self.workers or local_copy_workers(beside_checks and not self.direct_io)
 
     def resolved(self, beside_checks: bool) -> TransferConfig:
         """This config with `drop_staged_pages` decided (as set, or when None only beside
