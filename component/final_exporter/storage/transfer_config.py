@@ -110,16 +110,15 @@ class TransferConfig:
             Which is faster depends on the machine. On the Intel Xeon virtual
             machine of 2026-12-06 (Firecracker, free page reporting: every page
             the page cache takes anew costs the host's fault), `O_DIRECT` won
-            everywhere (alternating; load average 1.9-3.3 after the rounds). 4 GiB
-            in one file, 6 rounds: 2.37-2.63 s against 3.12-3.29 s (`cp -r && sync
-            -f` 2.35-2.61 s),
-            3.1-3.9 CPU-s against 5.7-6.0. 1 GiB in 64 files, 4 rounds: 0.64-0.93 s
-            against 0.75-6.03 s (`cp` 0.66-7.41 s; the last round fell in a slow
-            spell of the machine). 4 GiB with the smoke test, the last 2 of 3
-            rounds: 5.90-5.94 s against 6.33-6.44 s (TensorFlow's import and load
-            alone 5.40-5.41 s). On the AMD EPYC virtual machine before it,
-            `O_DIRECT` was the slower (1 GiB, the copy alone: 2.65 s against
-            1.70 s, `cp` 1.57 s).
+            everywhere (alternating; load average 1.9-3.3 after the rounds).
+            4 GiB in one file, 6 rounds: 2.37-2.63 s against 3.12-3.29 s
+            (`cp -r && sync -f` 2.35-2.61 s), 3.1-3.9 CPU-s against 5.7-6.0.
+            1 GiB in 64 files, 4 rounds: 0.64-0.93 s against 0.75-6.03 s (`cp`
+            0.66-7.41 s; the last round fell in a slow spell of the machine).
+            4 GiB with the smoke test, the last 2 of 3 rounds: 5.90-5.94 s
+            against 6.33-6.44 s (TensorFlow's import and load alone 5.40-5.41 s).
+            On the AMD EPYC virtual machine before it, `O_DIRECT` was the slower
+            (1 GiB, the copy alone: 2.65 s against 1.70 s, `cp` 1.57 s).
         drop_staged_pages: Each chunk of a large file, once copied and hashed, is
             written to disk and dropped from the page cache (`filecopy.drop_written`):
             the staged copy does not take the memory the checks' load of the model
