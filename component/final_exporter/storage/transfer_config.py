@@ -28,7 +28,7 @@ def local_copy_workers(beside_checks: bool = False) -> int:
     bare TensorFlow import and load, 4 threads 1.05-1.13x). With `O_DIRECT` the copy
     waits on the disk, so beside the checks it keeps two per core too
     (`TransferConfig.threads`; 4 GiB with the smoke test on the Intel Xeon machine of
-    `TransferConfig.direct_io`, 3 alternating runs after a warm-up: 2 threads
+    `TransferConfig.direct_io`, the last 3 of 4 alternating rounds: 2 threads
     5.71-5.99 s, 3 threads 5.59-5.81 s, 4 threads 5.49-5.57 s, TensorFlow's import and
     load alone 5.14-5.37 s)."""
     cores = os.cpu_count() or 1
