@@ -16,6 +16,7 @@ import pytest
 
 from final_exporter.common import fs as fs_module
 from final_exporter.common import keys
+from final_exporter.common.errors import IntegrityError
 from final_exporter.common.fs import (
     SYNCFS_MIN_FILES,
     flush_tree,
@@ -289,6 +290,33 @@ def test_through_the_store_the_staged_tree_is_flushed_once_beside_its_check_befo
         assert staged_files <= set(fsynced)
         assert len(fsynced) == len(set(fsynced))  # Each once: publish flushed nothing again.
     assert recorder.events[renamed_at + 1 :] == [('fsync', base)]
+
+
+def test_the_staged_check_names_a_missing_an_extra_and_a_misstated_file_and_publishes_nothing(
+    tmp_path,
+):
+    store = LocalStore()
+    base = str(tmp_path / 'model')
+    staging = store.begin_staging(base, local_view=True)
+    paths = [f'assets/vocab_{i}.txt' for i in range(3)]
+    for path in paths:
+        store.write_export_file(staging, path, b'token\n')
+    known = store.stage_local_files(staging, paths)
+    manifest = build_manifest(known.values(), {})
+    manifest['files'][2]['size'] += 1  # The manifest says otherwise than the copy hashed.
+    store.write_export_file(staging, keys.MANIFEST_RELPATH, manifest_bytes(manifest))
+    os.remove(os.path.join(staging.path, 'assets', 'vocab_0.txt'))
+    store.write_export_file(staging, 'assets/stray.txt', b'?')
+
+    with pytest.raises(IntegrityError) as raised:
+        store.verify_staged(staging, manifest, known)
+
+    assert str(raised.value).endswith(
+        'does not match its manifest: missing: assets/vocab_0.txt; extra: assets/stray.txt; '
+        f'changed: assets/vocab_2.txt (hashed 6 bytes, {known[paths[2]].sha256} while staging)'
+    )
+    store.discard(staging)
+    assert not os.path.exists(base)
 
 
 @pytest.mark.parametrize('files', [3, 40])

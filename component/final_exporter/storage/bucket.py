@@ -49,7 +49,7 @@ from final_exporter.common import keys
 from final_exporter.common.errors import IntegrityError, InvalidInputError
 from final_exporter.common.progress import Progress
 from final_exporter.storage.base import Staging, Store, is_version_name
-from final_exporter.storage.manifest import entry_digest, exporter_files
+from final_exporter.storage.manifest import entry_digest, exporter_files, listing_problems
 from final_exporter.storage.objectstore import ObjectClient, Uploaded, is_object_store_uri, join
 from final_exporter.storage.types import CopyItem, FileEntry, StageRequest, Versioned
 
@@ -372,13 +372,11 @@ class BucketStore(Store):
         self, staging: Staging, manifest: Mapping[str, Any], known: Mapping[str, FileEntry]
     ) -> None:
         expected: dict[str, Uploaded] = staging.staged
-        listed = {f['path'] for f in manifest['files']} | set(exporter_files(manifest))
         prefix = staging.path.rstrip('/') + '/'
         found = {uri[len(prefix) :]: info for uri, info in self.client.list(staging.path).items()}
-        problems = [f'missing: {p}' for p in sorted(listed - set(found))]
-        problems += [f'extra: {p}' for p in sorted(set(found) - listed)]
+        problems = listing_problems(found, manifest)
         sizes = {f['path']: f['size'] for f in manifest['files']}
-        for path in sorted(listed & set(found)):
+        for path in sorted(found.keys() & (sizes.keys() | set(exporter_files(manifest)))):
             got, want = found[path], expected.get(path)
             if want is None:
                 problems.append(f'changed: {path} (never staged by this export)')

@@ -41,7 +41,7 @@ from final_exporter.common.progress import Progress
 from final_exporter.storage.base import Staging, Store, is_version_name
 from final_exporter.storage.filecopy import copy_file, hash_only, read_failed
 from final_exporter.storage.hashing import hash_local_chunks, sha256_file
-from final_exporter.storage.manifest import verify_tree
+from final_exporter.storage.manifest import staged_problems
 from final_exporter.storage.objectstore import is_object_store_uri
 from final_exporter.storage.transfer import ThreadedCopier, plan_tree
 from final_exporter.storage.transfer_config import TransferConfig
@@ -262,10 +262,21 @@ def _flush_staged(staging: Staging) -> None:
 def list_local_files(root: str) -> dict[str, int]:
     """{POSIX path relative to `root`: size} of every file under the local folder `root`
     (symlinks as themselves: a link to a folder is not walked)."""
+    return _listed(root, sized=True)
+
+
+def list_local_names(root: str) -> set[str]:
+    """The POSIX paths relative to `root` of the files `list_local_files` lists, from the
+    folders' listings alone: no stat per file (20,000 files: 0.01 s, against 0.04 s)."""
+    return set(_listed(root, sized=False))
+
+
+def _listed(root: str, *, sized: bool) -> dict[str, int]:
+    """{relative path: size, or 0 unless `sized`} of every file under `root`."""
     found: dict[str, int] = {}
 
-    # scandir's entries carry their lstat: 20,000 files listed in 0.08 s, where os.walk
-    # with a join and an lstat per file took 0.13 s.
+    # scandir's entries carry their kind, and their lstat when asked: 20,000 files listed
+    # with sizes in 0.08 s, where os.walk with a join and an lstat per file took 0.13 s.
     def visit(folder: str, rel: str) -> None:
         scan = contextlib.ExitStack()
         try:
@@ -278,7 +289,9 @@ def list_local_files(root: str) -> dict[str, int]:
                     if not entry.is_symlink():
                         visit(f'{prefix}{entry.name}', f'{rel}{entry.name}/')
                 else:
-                    found[f'{rel}{entry.name}'] = entry.stat(follow_symlinks=False).st_size
+                    found[f'{rel}{entry.name}'] = (
+                        entry.stat(follow_symlinks=False).st_size if sized else 0
+                    )
 
     visit(os.path.normpath(root), '')
     return found
@@ -450,18 +463,20 @@ class LocalStore(Store):
     def verify_staged(
         self, staging: Staging, manifest: Mapping[str, Any], known: Mapping[str, FileEntry]
     ) -> None:
-        """Also flushes the staged tree, complete here (its manifest is its last file), to
-        disk meanwhile (the check is CPU work, the flush waits on the disk); `publish`
-        then has nothing left to flush."""
+        """Checks the staged tree's listing: its files' sizes and digests are those the copy
+        wrote and hashed (`known`), as the staging folder is this export's own (made by it,
+        hidden, held under its lock, every file created exclusively). Also flushes the
+        tree, complete here (its manifest is its last file), to disk meanwhile (the check
+        is CPU work, the flush waits on the disk); `publish` then has nothing left to flush.
+        """
         with concurrent.futures.ThreadPoolExecutor(1, 'final-exporter-flush') as pool:
             flushing = pool.submit(_flush_staged, staging)
-            check = verify_tree(self, staging.path, manifest, rehash=False, known=known)
+            problems = staged_problems(list_local_names(staging.path), manifest, known)
             flushing.result()
         staging.handle.flushed = True
-        if not check.ok:
+        if problems:
             raise IntegrityError(
-                f'staged export {staging.path!r} does not match its manifest: '
-                f'{"; ".join(check.problems())}'
+                f'staged export {staging.path!r} does not match its manifest: {"; ".join(problems)}'
             )
 
     def flush_for_reread(self, staging: Staging) -> None:

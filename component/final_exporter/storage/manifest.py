@@ -20,7 +20,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from final_exporter.common import keys
@@ -232,6 +232,33 @@ def exporter_files(manifest: Mapping[str, Any]) -> tuple[str, ...]:
     if is_signed(manifest):
         return (keys.MANIFEST_RELPATH, keys.SIGNATURE_RELPATH)
     return (keys.MANIFEST_RELPATH,)
+
+
+def staged_problems(
+    found: Collection[str], manifest: Mapping[str, Any], known: Mapping[str, FileEntry]
+) -> list[str]:
+    """What a staged export whose files are `found` (relative paths) has against its
+    manifest: `listing_problems`, and each listed file not as hashed while staging."""
+    problems = listing_problems(found, manifest)
+    for f in manifest['files']:
+        entry = known.get(f['path'])
+        if entry is None:
+            problems.append(f'changed: {f["path"]} (never staged by this export)')
+        elif (entry.size, entry.digest) != (f['size'], entry_digest(f)):
+            problems.append(
+                f'changed: {f["path"]} (hashed {entry.size} bytes, {entry.digest[1]} while staging)'
+            )
+    return problems
+
+
+def listing_problems(found: Collection[str], manifest: Mapping[str, Any]) -> list[str]:
+    """`missing:` and `extra:` for a staged export's files `found` (relative paths) against
+    those its manifest lists and the exporter's own (`exporter_files`)."""
+    listed = {f['path'] for f in manifest['files']} | set(exporter_files(manifest))
+    found = set(found)
+    return [f'missing: {p}' for p in sorted(listed - found)] + [
+        f'extra: {p}' for p in sorted(found - listed)
+    ]
 
 
 def verify_tree(
