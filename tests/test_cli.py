@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from final_exporter.adapters.cli import build_parser, flag
+from final_exporter.adapters.cli import GC_YOUNG_THRESHOLD, build_parser, flag
 from final_exporter.adapters.tfx.spec import FinalExporterSpec
 from final_exporter.common import keys
 from final_exporter.storage.manifest import manifest_bytes
@@ -207,6 +207,30 @@ def test_the_command_ends_without_the_interpreters_teardown_its_output_complete(
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)['pushed'] is True
     assert 'torn down' not in done.stderr
+
+
+def test_the_command_collects_young_garbage_once_per_100000_allocations(
+    model_uri, export_base, make_blessing
+):
+    # Each collector pass writes the young generation's threshold it ran under; the
+    # smoke test's import of TensorFlow allocates enough for several.
+    args = export_args(model_uri, export_base, '--model-blessing', make_blessing(), '--json')
+    code = (
+        'import gc, os, sys\n'
+        "gc.callbacks.append(lambda phase, _: phase == 'start' and os.write(2, b'gc %d\\n' "
+        '% gc.get_threshold()[0]))\n'
+        'from final_exporter.adapters.cli import run\n'
+        f'sys.argv = ["final-exporter", *{args!r}]\n'
+        "os.write(2, b'run\\n')\n"
+        'run()\n'
+    )
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+
+    assert done.returncode == 0, done.stderr
+    after_start = done.stderr.split('run\n', 1)[1].splitlines()
+    passes = [line for line in after_start if line.startswith('gc ')]
+    assert passes
+    assert set(passes) == {f'gc {GC_YOUNG_THRESHOLD}'}
 
 
 def test_export_with_the_smoke_test_prints_only_its_result(model_uri, export_base, make_blessing):
