@@ -450,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 # young objects once per this many allocations, not Python's 700. TensorFlow's import and the
 # load of the 4 GiB benchmark model (large_model_benchmark.py) took 1068 collector passes,
 # 486 ms, at 700; 7 passes, 139-146 ms, at 100,000; the same peak RSS, 4795 MiB. A copy of
-# 20,000 files: 145 passes, 25-34 ms, at 700; 1 at 50,000.
+# 20,000 files: 145 passes, 21-34 ms, at 700; 1 at 50,000.
 GC_YOUNG_THRESHOLD = 100_000
 
 
