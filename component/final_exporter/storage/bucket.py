@@ -49,7 +49,11 @@ from final_exporter.common import keys
 from final_exporter.common.errors import IntegrityError, InvalidInputError
 from final_exporter.common.progress import Progress
 from final_exporter.storage.base import Staging, Store, is_version_name
-from final_exporter.storage.manifest import entry_digest, exporter_files, listing_problems
+from final_exporter.storage.manifest import (
+    exporter_files,
+    hashed_problems,
+    listing_problems,
+)
 from final_exporter.storage.objectstore import ObjectClient, Uploaded, is_object_store_uri, join
 from final_exporter.storage.types import CopyItem, FileEntry, StageRequest, Versioned
 
@@ -391,10 +395,7 @@ class BucketStore(Store):
                     f'changed: {path} (sent {want.size} bytes, checksum {want.expected_checksum}; '
                     f'stored {got.size} bytes, checksum {got.checksum})'
                 )
-        for f in manifest['files']:
-            entry = known.get(f['path'])
-            if entry is not None and entry.digest != entry_digest(f):
-                problems.append(f'changed: {f["path"]} (hashed {entry.digest[1]} while staging)')
+        problems += hashed_problems(manifest, known, every_file=False)
         if problems:
             raise IntegrityError(
                 f'staged upload {staging.path} is not intact: {"; ".join(problems)}'

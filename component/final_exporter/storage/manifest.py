@@ -238,12 +238,21 @@ def staged_problems(
     found: Collection[str], manifest: Mapping[str, Any], known: Mapping[str, FileEntry]
 ) -> list[str]:
     """What a staged export whose files are `found` (relative paths) has against its
-    manifest: `listing_problems`, and each listed file not as hashed while staging."""
-    problems = listing_problems(found, manifest)
+    manifest: `listing_problems`, then `hashed_problems` for every file it lists."""
+    return listing_problems(found, manifest) + hashed_problems(manifest, known, every_file=True)
+
+
+def hashed_problems(
+    manifest: Mapping[str, Any], known: Mapping[str, FileEntry], *, every_file: bool
+) -> list[str]:
+    """`changed:` for each file the manifest lists otherwise than it was hashed while
+    staging (`known`); with `every_file`, also for each it lists that was not staged."""
+    problems = []
     for f in manifest['files']:
         entry = known.get(f['path'])
         if entry is None:
-            problems.append(f'changed: {f["path"]} (never staged by this export)')
+            if every_file:
+                problems.append(f'changed: {f["path"]} (never staged by this export)')
         elif (entry.size, entry.digest) != (f['size'], entry_digest(f)):
             problems.append(
                 f'changed: {f["path"]} (hashed {entry.size} bytes, {entry.digest[1]} while staging)'
