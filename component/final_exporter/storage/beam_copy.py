@@ -170,16 +170,14 @@ class BeamCopier:
         self.beam_pipeline_args = tuple(beam_pipeline_args)
         self.config = config
 
-    def copy(
-        self, request: StageRequest, dest_root: str, last: Collection[str] = ()
-    ) -> dict[str, FileEntry]:
+    def copy(self, request: StageRequest, dest_root: str) -> dict[str, FileEntry]:
         """Runs `meanwhile` first (Beam's workers may import), the pipeline, then
         `when_complete`. The workers count no progress: they may run in other
         processes or on other hosts."""
         if request.meanwhile is not None:
             request.meanwhile()
         entries = copy_and_hash_beam(
-            request.items, dest_root, self.beam_pipeline_args, config=self.config, last=last
+            request.items, dest_root, self.beam_pipeline_args, config=self.config
         )
         if request.when_complete is not None:
             request.when_complete()

@@ -75,7 +75,6 @@ def store_for(path: str, options: StoreOptions | None = None) -> Store:
         return LocalStore(
             source_clients=client_for,
             copier=options.copier or ThreadedCopier(options.transfer),
-            publish_last=options.publish_last,
         )
     # Only for a bucket: a local export's start-up loads none of the bucket protocol.
     from final_exporter.storage.bucket import LEASE_SECONDS, BucketStore

@@ -410,16 +410,13 @@ class ThreadedCopier:
     def __init__(self, config: TransferConfig = DEFAULT_TRANSFER) -> None:
         self.config = config
 
-    def copy(
-        self, request: StageRequest, dest_root: str, last: Collection[str] = ()
-    ) -> dict[str, FileEntry]:
+    def copy(self, request: StageRequest, dest_root: str) -> dict[str, FileEntry]:
         """`copy_and_hash` with this copier's config."""
         return copy_and_hash(
             request.items,
             dest_root,
             config=self.config,
             progress=request.progress,
-            last=last,
             meanwhile=request.meanwhile,
             when_copied=request.when_complete,
         )

@@ -8,7 +8,7 @@ can all use these types without pulling in any of them.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from final_exporter.common.errors import InvalidInputError
@@ -112,9 +112,7 @@ class Copier(Protocol):
     """A copy engine a local store copies local files with (`transfer.ThreadedCopier`,
     `beam_copy.BeamCopier`)."""
 
-    def copy(
-        self, request: StageRequest, dest_root: str, last: Collection[str] = ()
-    ) -> dict[str, FileEntry]:
-        """Copies `request.items` (local files) under `dest_root`, hashing every byte once,
-        `last` after every other file; runs the request's `meanwhile` while the engine
-        works and its `when_complete` once every file holds its final bytes."""
+    def copy(self, request: StageRequest, dest_root: str) -> dict[str, FileEntry]:
+        """Copies `request.items` (local files) under `dest_root`, hashing every byte once;
+        runs the request's `meanwhile` while the engine works and its `when_complete`
+        once every file holds its final bytes."""
