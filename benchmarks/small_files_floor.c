@@ -1,13 +1,15 @@
 /* The per-file work of the exporter's small-file copy, without the interpreter.
  *
- * small_files_floor DEST [nohash] < sources
+ * small_files_floor DEST [nohash|lines] < sources
  *
  * Copies each source (NUL-separated paths on stdin) into the folder DEST under
  * its base name, with the system calls `small_copy.copy_small` makes per file:
  * open, fstat, one pread of one byte more than its size, close, an exclusive
  * create, one write, close, and a stat of the source after; then the SHA-256 of
  * the bytes (OpenSSL's, as Python's hashlib), unless `nohash`. Prints the number
- * of files copied. benchmarks/small_files_floor.py builds and runs it.
+ * of files copied, or with `lines` a line per file as the exporter's helper
+ * answers (`size sha256-hex`). benchmarks/small_files_floor.py builds and runs it;
+ * minimal_python_export.py runs it as its helpers with `--c-helper`.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -42,8 +44,9 @@ int main(int argc, char **argv) {
   static unsigned char buffer[BUFFER_BYTES + 1];
   unsigned char digest[SHA256_DIGEST_LENGTH];
   size_t size, copied = 0;
-  if (argc < 2) return fprintf(stderr, "usage: small_files_floor DEST [nohash] < sources\n"), 2;
+  if (argc < 2) return fprintf(stderr, "usage: small_files_floor DEST [nohash|lines] < sources\n"), 2;
   int hash = !(argc > 2 && strcmp(argv[2], "nohash") == 0);
+  int lines = argc > 2 && strcmp(argv[2], "lines") == 0;
   int dest = open(argv[1], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   char *sources = read_all(0, &size);
   if (dest < 0) return fail("open", argv[1]);
@@ -63,8 +66,13 @@ int main(int argc, char **argv) {
     if (stat(src, &after) != 0 || after.st_mtim.tv_nsec != before.st_mtim.tv_nsec)
       return fail("stat", src);
     if (hash) SHA256(buffer, (size_t)n, digest);
+    if (lines) {
+      printf("%zd ", n);
+      for (int i = 0; i < SHA256_DIGEST_LENGTH; i++) printf("%02x", digest[i]);
+      putchar('\n');
+    }
     copied++;
   }
-  printf("%zu\n", copied);
+  if (!lines) printf("%zu\n", copied);
   return 0;
 }

@@ -13,7 +13,10 @@ by `sync -f` of the destination's filesystem, as there:
   (the per-file system calls of the exporter's small-file copy, and OpenSSL's
   SHA-256 of each file) in one process and in one per core, each with a share of
   the files as the exporter's helpers have; the same without the hash;
-- on the whole model: `cp -r`, and the exporter's copy-only export.
+- on the whole model: `cp -r`; `minimal_python_export.py` (the least any export
+  written in Python does: plan, two-process hashed copy, manifest, listing
+  check, flush, rename), also with the C program above as its two helpers; and
+  the exporter's copy-only export.
 
 Copies are kept until the last run (ext4 slows the runs after a removal of
 20,000 files). Prints medians, the ratios to `cp -r` and CPU seconds.
@@ -39,6 +42,7 @@ import export_benchmark as eb  # noqa: E402  (the shared helpers: paths, child e
 import large_model_benchmark as lb  # noqa: E402  (the 20k-files model, the CLI's path)
 
 SOURCE = SCRIPT.with_suffix('.c')
+MINIMAL = SCRIPT.with_name('minimal_python_export.py')
 
 
 def build(out: Path) -> Path:
@@ -72,6 +76,12 @@ def commands(binary: Path, model: Path, lists: list[Path], all_list: Path) -> di
         f'assets: C, {len(lists)} processes': shared(),
         f'assets: C, {len(lists)} processes, no hash': shared('nohash'),
         'model: cp -r': f'cp -r {model / "Format-Serving"} {{d}}',
+        'model: minimal Python export': (
+            f'{sys.executable} {MINIMAL} {model / "Format-Serving"} {{d}}'
+        ),
+        'model: minimal Python export, C helpers': (
+            f'{sys.executable} {MINIMAL} {model / "Format-Serving"} {{d}} --c-helper {binary}'
+        ),
         'model: export, no smoke test': (
             f'{lb.CLI} export --model {model} --export-base {{d}} --name bench '
             '--no-require-blessing --no-smoke-test --json >/dev/null'
