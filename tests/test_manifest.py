@@ -234,3 +234,17 @@ def test_manifest_bytes_are_the_canonical_json_whatever_the_entries(files, linea
     canonical = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + '\n'
 
     assert manifest_bytes(manifest) == canonical.encode()
+
+
+def test_a_manifest_of_whole_file_entries_is_the_canonical_json_with_any_path():
+    """The common manifest (every entry a whole-file SHA-256, as the copy makes them) takes
+    the one-f-string-per-entry path: its bytes are still exactly json.dumps'."""
+    paths = ['a"b\\c', 'é/ü\n', '\u2028x', 'plain/path.txt', '\x00']
+    files = [FileEntry(p, n * 1000, f'{n:064x}') for n, p in enumerate(paths)]
+    for manifest in (
+        build_manifest(files, {'k': 'v'}),
+        build_manifest([*files, FileEntry('big', 7, '', 'ab' * 32)], {}),
+    ):
+        canonical = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + '\n'
+
+        assert manifest_bytes(manifest) == canonical.encode()

@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import operator
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -109,13 +110,18 @@ def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
     took a tenth of the export.
     """
     files = manifest.get('files')
-    if not (isinstance(files, list) and files and _plain_entries(files)):
+    if not (isinstance(files, list) and files and set(map(type, files)) == {dict}):
         return _canonical(manifest)
+    text = _sha256_entries_text(files)
+    if text is None:
+        if not _plain_entries(files):
+            return _canonical(manifest)
+        text = _entries_text(files)
     rest = _canonical_text({**manifest, 'files': []})
     placeholder = '\n  "files": [],\n'
     if rest.count(placeholder) != 1:
         return _canonical(manifest)
-    return rest.replace(placeholder, f'\n  "files": [\n{_entries_text(files)}\n  ],\n').encode()
+    return rest.replace(placeholder, f'\n  "files": [\n{text}\n  ],\n').encode()
 
 
 def _canonical(manifest: Mapping[str, Any]) -> bytes:
@@ -129,11 +135,36 @@ def _canonical_text(manifest: Mapping[str, Any]) -> str:
 _ENTRY_KEYS = frozenset({'path', 'size', SHA256, CHUNKED_SHA256})
 
 
-def _plain_entries(files: list[Any]) -> bool:
-    """Every entry a dict of entry keys to strings and integers only (what `_entries_text`
-    writes as json does). Iterated in C, not per entry in Python (20,000 entries: 30 ms)."""
-    if set(map(type, files)) != {dict}:
-        return False
+# A whole-file entry as `FileEntry.as_dict` makes it: its keys in that order, and the
+# fields in the order `sort_keys` writes them.
+_SHA256_ENTRY_KEYS = ('path', 'size', SHA256)
+_SHA256_ENTRY_FIELDS = operator.itemgetter('path', SHA256, 'size')
+_SIZE = operator.itemgetter('size')
+
+
+def _sha256_entries_text(files: list[dict[str, Any]]) -> str | None:
+    """Entries that are all whole-file entries (`_SHA256_ENTRY_KEYS`: path and digest
+    strings, an integer size) as `_entries_text` writes them, an f-string each (20,000
+    entries: 13 ms, against 20 ms checked and encoded by `json`); None for any other list."""
+    if set(map(tuple, files)) != {_SHA256_ENTRY_KEYS} or set(map(type, map(_SIZE, files))) != {int}:
+        return None
+    quote, key = _json_string, _json_string(SHA256)
+    try:  # `quote` refuses anything but a string (a path or digest of another type).
+        return ',\n'.join(
+            [
+                f'    {{\n      "path": {quote(path)},\n      {key}: {quote(digest)},\n'
+                f'      "size": {size}\n    }}'
+                for path, digest, size in map(_SHA256_ENTRY_FIELDS, files)
+            ]
+        )
+    except TypeError:
+        return None
+
+
+def _plain_entries(files: list[dict[str, Any]]) -> bool:
+    """Every entry (each a dict) maps entry keys to strings and integers only (what
+    `_entries_text` writes as json does). Iterated in C, not per entry in Python (20,000
+    entries: 30 ms)."""
     names = itertools.chain.from_iterable(files)
     values = itertools.chain.from_iterable(map(dict.values, files))
     return set(names) <= _ENTRY_KEYS and set(map(type, values)) <= {str, int}
