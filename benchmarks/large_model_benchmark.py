@@ -32,6 +32,9 @@ cache, and all start with the same memory free.
   the model and calls its signature while the copy runs).
 - `TF import + load`: a fresh Python process that imports TensorFlow and
   `tf.saved_model.load`s the source model: the floor for the smoke test.
+- `minimal Python export` (the 20,000 files only): `minimal_python_export.py`,
+  the least any export written in Python does; the export's time against it
+  is shown, not judged.
 
 Peak RSS is GNU time's %M for each process (the TensorFlow ones included). After
 each export run the published files' bytes still in the page cache are counted
@@ -76,13 +79,17 @@ MANY_FILES_NAME = '20k-files'
 MANY_FILES_REPEATS_FACTOR = 3
 MODELS = (ONE_FILE.name, '1g', MANY_FILES_NAME)
 CLI = str(Path(sys.executable).with_name('final-exporter'))
-CP, OPENSSL, EXPORT, SMOKE, TF_LOAD = (
+CP, OPENSSL, EXPORT, SMOKE, TF_LOAD, MINIMAL = (
     'cp -r && sync -f',
     'openssl dgst -sha256',
     'export, no smoke test',
     'export with smoke test',
     'TF import + load',
+    'minimal Python export',
 )
+# The least any export written in Python does (its docstring says what), run beside the
+# 20,000 files: what the interpreter's start, the plan and the manifest cost there.
+MINIMAL_SCRIPT = SCRIPT.with_name('minimal_python_export.py')
 LOAD_SCRIPT = 'import sys, tensorflow as tf; tf.saved_model.load(sys.argv[1])'
 # Issue 22's targets: each ratio of medians, and the smoke test's peak RSS over the load's.
 TARGET_RATIO = 1.10
@@ -199,6 +206,8 @@ def commands(method: str, model_uri: Path, scratch: Path, run: int = 0) -> str:
         return f'find {saved} -type f -print0 | xargs -0 openssl dgst -sha256 > /dev/null'
     if method == TF_LOAD:
         return f'{sys.executable} -c "{LOAD_SCRIPT}" {saved}'
+    if method == MINIMAL:
+        return f'{sys.executable} {MINIMAL_SCRIPT} {saved} {scratch / f"min-{run}"} && sync -f {scratch}'
     flags = '' if method == SMOKE else '--no-smoke-test'
     return (
         f'{CLI} export --model {model_uri} --export-base {scratch / f"base-{run}"} --name bench '
@@ -219,6 +228,7 @@ def bench(
     settle_page_cache()
     eb.warm_read(model_uri / 'Format-Serving')
     methods = [CP, OPENSSL, EXPORT] + ([SMOKE, TF_LOAD] if smoke else [])
+    methods += [MINIMAL] if many_files else []
     runs: dict[str, dict[str, list[float]]] = {
         m: {'s': [], 'cpu': [], 'rss': [], 'cached': []} for m in methods
     }
@@ -435,6 +445,9 @@ def model_rows(title: str, res: dict[str, Any], one_file: bool) -> list[str]:
     else:
         row(EXPORT, '`cp -r && sync -f`', res[CP]['median_s'], judged=True)
         row(EXPORT, 'floor', floor)
+    if MINIMAL in res:
+        row(MINIMAL, '`cp -r && sync -f`', res[CP]['median_s'])
+        row(EXPORT, MINIMAL, res[MINIMAL]['median_s'])
     if SMOKE in res:
         row(TF_LOAD)
         row(SMOKE, 'TF import + load', res[TF_LOAD]['median_s'], judged=True)
