@@ -1,7 +1,7 @@
 """The least a Python export of a local SavedModel folder does: the floor of any exporter
 written in Python, measured by `small_files_floor.py` beside `cp -r && sync -f`.
 
-    minimal_python_export.py SOURCE_DIR EXPORT_BASE [--c-helper BINARY]
+    minimal_python_export.py SOURCE_DIR EXPORT_BASE [--c-helper BINARY] [--phases]
 
 It keeps only what no export may drop: it lists the source and stats each file
 (to refuse bad input before writing, and to size the copy), copies every file
@@ -17,7 +17,8 @@ lineage, lock or error handling: each of those only adds to the exporter's time.
 With `--c-helper` (`small_files_floor.c`, built by `small_files_floor.py`), the
 largest folder's small files are copied by two processes of that C program
 instead (one per core), this process copying the rest meanwhile: the floor of a
-Python exporter whose per-file copy is native.
+Python exporter whose per-file copy is native. With `--phases`, prints on stderr
+the seconds from the end of the script's imports to the end of each step.
 """
 
 import ctypes
@@ -27,11 +28,13 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'component/final_exporter/storage'))
 import small_copy  # The helper's own module: the standard library only.
 
+START = time.perf_counter()  # The interpreter started and the imports done.
 HELPER_LIMIT = small_copy.HELPER_BUFFER_BYTES
 FLUSH_EVERY_S = 0.15  # TransferConfig.flush_every_s
 _syncfs = ctypes.CDLL(None, use_errno=True).syncfs
@@ -91,8 +94,15 @@ def answers(helper: tuple[subprocess.Popen, threading.Thread]) -> list[tuple[int
     return [(int(n), h) for n, h in map(str.split, lines)]
 
 
-def main(source: str, base: str, c_helper: str | None = None) -> None:
+def main(source: str, base: str, c_helper: str | None = None) -> list[tuple[str, float]]:
+    """Exports `source` under `base` as version 1; (step, seconds since START) per step."""
+    marks: list[tuple[str, float]] = []
+
+    def mark(step: str) -> None:
+        marks.append((step, time.perf_counter() - START))
+
     items = plan(source)
+    mark('plan')
     os.makedirs(base, exist_ok=True)
     staging = os.path.join(base, '.staging')
     os.mkdir(staging)
@@ -128,14 +138,17 @@ def main(source: str, base: str, c_helper: str | None = None) -> None:
         daemon=True,
     )
     flusher.start()
+    mark('staging folder and helpers')
     results = list(small_copy.copy_all((s, prefix + d) for s, d, _ in mine))
     results += [copy_large(s, prefix + d) for s, d, n in items if n >= HELPER_LIMIT]
+    mark('own share')
     theirs = [
         (d, answer)
         for share, helper in zip(shares, helpers, strict=True)
         for (_, d, _), answer in zip(share, answers(helper), strict=True)
     ]
     copied.set()
+    mark('helpers answered')
     large = [d for _, d, n in items if n >= HELPER_LIMIT]
     entries = dict(zip([d for _, d, _ in mine] + large, results, strict=True))
     entries.update(theirs)
@@ -148,13 +161,19 @@ def main(source: str, base: str, c_helper: str | None = None) -> None:
     os.makedirs(prefix + 'assets.extra', exist_ok=True)
     with open(prefix + manifest, 'x') as f:
         f.write('{\n  "files": [\n' + files + '\n  ]\n}\n')
+    mark('manifest written')
     if set(listing(staging)) != {*entries, manifest}:
         sys.exit('minimal_python_export: the staging folder differs from its manifest')
+    mark('listing checked')
     syncfs(staging)
     os.rename(staging, os.path.join(base, '1'))
+    mark('flushed and renamed')
+    return marks
 
 
 if __name__ == '__main__':
     args = sys.argv[1:]
     helper_binary = args[args.index('--c-helper') + 1] if '--c-helper' in args else None
-    main(args[0], args[1], helper_binary)
+    steps = main(args[0], args[1], helper_binary)
+    if '--phases' in args:
+        print(' '.join(f'{step}: {at:.3f}' for step, at in steps), file=sys.stderr)
