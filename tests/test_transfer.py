@@ -13,7 +13,6 @@ from unittest import mock
 
 import pytest
 
-from final_exporter.checks.savedmodel import GRAPH_FILES
 from final_exporter.common.errors import IntegrityError, InvalidInputError
 from final_exporter.common.progress import Progress
 from final_exporter.storage import filecopy
@@ -89,44 +88,6 @@ def test_copy_is_byte_identical_and_hashes_match(tmp_path, workers, method):
         assert (dst / rel).read_bytes() == data
         assert entries[rel].sha256 == hashlib.sha256(data).hexdigest()
         assert entries[rel].size == len(data)
-
-
-class SizesWhenDone(Progress):
-    """Records, as `saved_model.pb` is done, how many bytes every other destination holds."""
-
-    def __init__(self, items, dst):
-        super().__init__(sum(i.size for i in items), len(items))
-        self.dst = dst
-        self.others_then: dict[str, int] | None = None
-
-    def file_done(self, path: str) -> None:
-        super().file_done(path)
-        if path == 'saved_model.pb':
-            self.others_then = {
-                str(p.relative_to(self.dst)): p.stat().st_size
-                for p in self.dst.rglob('*')
-                if p.is_file() and p.name != 'saved_model.pb'
-            }
-
-
-def test_saved_model_pb_is_written_after_every_other_file(tmp_path):
-    src, dst = tmp_path / 'src', tmp_path / 'dst'
-    files = make_model_tree(src)
-    files['variables/variables.data-00000-of-00040'] = write_random(
-        src / 'variables/variables.data-00000-of-00040', SPLIT_MIN_BYTES + 5
-    )  # also a file copied in pieces
-    dst.mkdir()
-    items = plan_tree(str(src))
-    progress = SizesWhenDone(items, dst)
-
-    copy_and_hash(
-        items, str(dst), config=TransferConfig(workers=8), progress=progress, last=GRAPH_FILES
-    )
-
-    others = {rel: len(data) for rel, data in files.items() if rel != 'saved_model.pb'}
-    assert progress.others_then == others
-    assert progress.files_done == len(items)
-    assert progress.bytes_done == sum(i.size for i in items)
 
 
 @pytest.mark.parametrize('size', [1000, 4 * CHUNK_BYTES])  # one read; several
@@ -235,9 +196,8 @@ def test_beam_copy_hashes_large_files_by_chunks_like_the_threaded_copy(tmp_path,
     # A low threshold, so that this tree's larger files are split into elements too.
     split_min = CHUNK_BYTES
     items = plan_tree(str(src))
-    fanned = [i for i in items if i.dest != 'saved_model.pb']
-    n_split = sum(1 for i in fanned if i.size >= split_min)
-    n_elements = sum(-(-i.size // SPLIT_CHUNK_BYTES) if i.size >= split_min else 1 for i in fanned)
+    n_split = sum(1 for i in items if i.size >= split_min)
+    n_elements = sum(-(-i.size // SPLIT_CHUNK_BYTES) if i.size >= split_min else 1 for i in items)
 
     want = copy_and_hash(items, str(threaded), config=TransferConfig(method=method))
     with caplog.at_level(logging.INFO, logger='final_exporter.storage.beam_copy'):
@@ -247,11 +207,10 @@ def test_beam_copy_hashes_large_files_by_chunks_like_the_threaded_copy(tmp_path,
             ['--runner=DirectRunner', '--direct_running_mode=multi_processing',
              '--direct_num_workers=2'],
             config=TransferConfig(method=method, split_min_bytes=split_min),
-            last=GRAPH_FILES,
         )  # fmt: skip
 
     assert n_split >= 3
-    assert f'Copying {len(fanned)} files ({n_elements} elements) with Beam' in caplog.text
+    assert f'Copying {len(items)} files ({n_elements} elements) with Beam' in caplog.text
     assert got == want
     assert got['variables/variables.data-big'] == want_entry('variables/variables.data-big', big)
     assert got['variables/variables.data-big'].chunked_sha256
@@ -436,18 +395,18 @@ def test_through_the_page_cache_only_a_copy_beside_the_checks_drops_its_bytes_fr
     assert staged.read_bytes() == data
 
 
-def test_small_model_is_copied_inline_with_saved_model_pb_last(tmp_path):
+def test_small_model_is_copied_inline_in_this_thread(tmp_path):
     src, dst = tmp_path / 'src', tmp_path / 'dst'
     files = make_model_tree(src, n_files=3, seed=5)
     dst.mkdir()
     items = [i for i in plan_tree(str(src)) if i.size < CHUNK_BYTES]
-    progress = SizesWhenDone(items, dst)
+    progress = Progress(sum(i.size for i in items), len(items))
     before = threading.active_count()
 
-    entries = copy_and_hash(items, str(dst), progress=progress, last=GRAPH_FILES)
+    entries = copy_and_hash(items, str(dst), progress=progress)
 
     assert threading.active_count() == before
-    assert progress.others_then == {i.dest: i.size for i in items if i.dest != 'saved_model.pb'}
+    assert progress.files_done == len(items)
     for item in items:
         assert entries[item.dest] == want_entry(item.dest, files[item.dest])
 
@@ -492,16 +451,12 @@ def test_auto_reflinks_on_xfs_sharing_blocks_and_hashing_every_file(xfs_dir, wor
     files[big] = write_random(src / big, SPLIT_MIN_BYTES + 3)  # the split path's reflink branch
     dst.mkdir()
     items = plan_tree(str(src))
-    progress = SizesWhenDone(items, dst)
+    progress = Progress(sum(i.size for i in items), len(items))
     os.sync()
     free_before = free_bytes(xfs_dir)
 
     entries = copy_and_hash(
-        items,
-        str(dst),
-        config=TransferConfig(method='auto', workers=workers),
-        progress=progress,
-        last=GRAPH_FILES,
+        items, str(dst), config=TransferConfig(method='auto', workers=workers), progress=progress
     )
     os.sync()
 
@@ -511,7 +466,7 @@ def test_auto_reflinks_on_xfs_sharing_blocks_and_hashing_every_file(xfs_dir, wor
     assert tree_files(str(dst)) == tree_files(str(src))
     for rel, data in files.items():
         assert entries[rel] == want_entry(rel, data)
-    assert progress.others_then == {i.dest: i.size for i in items if i.dest != 'saved_model.pb'}
+    assert progress.files_done == len(items)
     shutil.rmtree(src)
     shutil.rmtree(dst)
 

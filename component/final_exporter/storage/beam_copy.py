@@ -10,9 +10,7 @@ the workers' chunk digests, and no worker reads the whole file. The entries
 and chunk digests come back to the driver through a results folder beside the
 staging folder, which must therefore be on storage every worker can reach
 (the case for Dataflow, Flink or Spark with a shared filesystem). The driver
-then checks each split source is unchanged and each copy complete, and copies
-the files in `last` itself, so they still come last (for a SavedModel, its
-graph file).
+then checks each split source is unchanged and each copy complete.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from final_exporter.storage.filecopy import (
     copy_file,
@@ -34,7 +32,6 @@ from final_exporter.storage.filecopy import (
     split_pieces,
 )
 from final_exporter.storage.manifest import entry_from_chunks
-from final_exporter.storage.transfer import copy_and_hash
 from final_exporter.storage.transfer_config import DEFAULT_TRANSFER, TransferConfig
 from final_exporter.storage.types import CopyItem, FileEntry, StageRequest
 
@@ -51,7 +48,6 @@ def copy_and_hash_beam(
     beam_pipeline_args: Sequence[str],
     *,
     config: TransferConfig = DEFAULT_TRANSFER,
-    last: Collection[str] = (),
 ) -> dict[str, FileEntry]:
     """Like `transfer.copy_and_hash`, with files and pieces fanned out by a Beam pipeline.
 
@@ -62,7 +58,6 @@ def copy_and_hash_beam(
             --direct_running_mode=multi_processing --direct_num_workers=2`.
         config: The copy method; files of `split_min_bytes` or more are copied in
             manifest chunks (not with `hardlink`, which copies nothing).
-        last: Destinations the driver copies after the pipeline.
 
     Returns:
         {destination path: FileEntry}, the same as the threaded path gives.
@@ -72,11 +67,10 @@ def copy_and_hash_beam(
     """
     items = list(items)
     make_dest_folders(items, dest_root)
-    fan_out = [i for i in items if i.dest not in last]
-    elements, split = _elements(fan_out, dest_root, config)
+    elements, split = _elements(items, dest_root, config)
     logger.info(
         'Copying %s files (%s elements) with Beam (%s).',
-        len(fan_out), len(elements), ' '.join(beam_pipeline_args),
+        len(items), len(elements), ' '.join(beam_pipeline_args),
     )  # fmt: skip
     entries, chunks = _run_pipeline(elements, dest_root, beam_pipeline_args, config)
     for dest, (item, before) in split.items():
@@ -85,10 +79,9 @@ def copy_and_hash_beam(
             break  # Reported below as a file without an entry.
         entry = entry_from_chunks(dest, before.st_size, digests)
         entries[dest] = finish_split(item, os.path.join(dest_root, dest), before, entry)
-    missing = sorted({i.dest for i in fan_out} - set(entries))
+    missing = sorted({i.dest for i in items} - set(entries))
     if missing:
         raise RuntimeError(f'the Beam copy returned no entry for {missing[:5]}')
-    entries.update(copy_and_hash([i for i in items if i.dest in last], dest_root, config=config))
     return entries
 
 

@@ -150,7 +150,6 @@ def copy_and_hash(
     *,
     config: TransferConfig = DEFAULT_TRANSFER,
     progress: Progress | None = None,
-    last: Collection[str] = (),
     meanwhile: Callable[[], None] | None = None,
     when_copied: Callable[[], None] | None = None,
 ) -> dict[str, FileEntry]:
@@ -168,8 +167,6 @@ def copy_and_hash(
         dest_root: The (staging) folder to copy into.
         config: The copy method, threads and tuning.
         progress: Counts bytes and files.
-        last: Destinations copied only after every other file is complete (the
-            caller's rule: for a SavedModel, its graph file).
         meanwhile: Called once, in this thread, while the copy threads work
             (they import nothing, so this may import: TensorFlow for the checks).
             Meanwhile the copy threads run at a lower CPU priority
@@ -192,11 +189,8 @@ def copy_and_hash(
     items = list(items)
     config = config.resolved(beside_checks=meanwhile is not None)
     make_dest_folders(items, dest_root)
-    batches = ([i for i in items if i.dest not in last], [i for i in items if i.dest in last])
-    tasks_of = [_tasks(b, config) for b in batches]
-    tasks = sum(len(split_pieces(i.size)) for large, _ in tasks_of for i in large) + sum(
-        len(small) for _, small in tasks_of
-    )
+    large, small = _tasks(items, config)
+    tasks = sum(len(split_pieces(i.size)) for i in large) + len(small)
     threads = min(
         config.threads(beside_checks=meanwhile is not None),
         tasks,
@@ -209,7 +203,7 @@ def copy_and_hash(
     )
     with flushing:
         if threads <= 1:
-            return _copy_inline(batches, dest_root, config, progress, meanwhile, when_copied)
+            return _copy_inline(items, dest_root, config, progress, meanwhile, when_copied)
         priority = _Priority(config.background_nice if meanwhile is not None else 0)
         with concurrent.futures.ThreadPoolExecutor(
             max_workers=threads,
@@ -219,7 +213,7 @@ def copy_and_hash(
             if meanwhile is not None:
                 meanwhile = priority.lowered_during(meanwhile)
             return _copy_in_pool(
-                pool, tasks_of, dest_root, config, progress, meanwhile, when_copied
+                pool, large, small, dest_root, config, progress, meanwhile, when_copied
             )
 
 
@@ -273,36 +267,30 @@ def _set_nice(thread: int, nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, thread, nice)
 
 
-def _copy_inline(batches, dest_root, config, progress, meanwhile, when_copied):
+def _copy_inline(items, dest_root, config, progress, meanwhile, when_copied):
     """`copy_and_hash` in this thread, folder after folder (helper processes may share a
     folder of many tiny files): for a model too small for threads."""
     if meanwhile is not None:
         meanwhile()
     results = {}
-    for batch in batches:
-        for folder in _batches(batch, dataclasses.replace(config, batch_bytes=sys.maxsize)):
-            for entry in copy_folder_files(folder, dest_root, config, progress):
-                results[entry.path] = entry
+    for folder in _batches(items, dataclasses.replace(config, batch_bytes=sys.maxsize)):
+        for entry in copy_folder_files(folder, dest_root, config, progress):
+            results[entry.path] = entry
     if when_copied is not None:
         when_copied()
     return results
 
 
-def _copy_in_pool(pool, tasks_of, dest_root, config, progress, meanwhile, when_copied):
-    """`copy_and_hash` on a pool: each batch's tasks (`_tasks`) placed before the next
-    batch's start, then all hashed."""
+def _copy_in_pool(pool, large, small, dest_root, config, progress, meanwhile, when_copied):
+    """`copy_and_hash` on a pool: the tasks (`_tasks`) placed, then all hashed."""
     files: list[_FileCopy | _SmallFiles] = []
     try:
-        # The last batch waits until every other file's bytes are in place.
-        for large, small in tasks_of:
-            started = _start(pool, large, small, dest_root, config, progress)
-            files += started
-            if meanwhile is not None:
-                meanwhile()
-                meanwhile = None
-            _wait([f for c in started for f in c.placed])
-            for c in started:
-                c.check_copied()
+        files = _start(pool, large, small, dest_root, config, progress)
+        if meanwhile is not None:
+            meanwhile()
+        _wait([f for c in files for f in c.placed])
+        for c in files:
+            c.check_copied()
         if when_copied is not None:
             when_copied()
         _wait([f for c in files for f in c.tasks])
