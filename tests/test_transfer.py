@@ -90,6 +90,25 @@ def test_copy_is_byte_identical_and_hashes_match(tmp_path, workers, method):
         assert entries[rel].size == len(data)
 
 
+def test_progress_counts_every_file_and_byte_split_files_included(tmp_path):
+    src, dst = tmp_path / 'src', tmp_path / 'dst'
+    files = make_model_tree(src)
+    files['variables/variables.data-00000-of-00040'] = write_random(
+        src / 'variables/variables.data-00000-of-00040', SPLIT_MIN_BYTES + 5
+    )  # also a file copied in pieces
+    dst.mkdir()
+    items = plan_tree(str(src))
+    progress = Progress(sum(i.size for i in items), len(items))
+
+    copy_and_hash(items, str(dst), config=TransferConfig(workers=8), progress=progress)
+
+    assert {rel: (dst / rel).stat().st_size for rel in files} == {
+        rel: len(data) for rel, data in files.items()
+    }
+    assert progress.files_done == len(items)
+    assert progress.bytes_done == sum(i.size for i in items)
+
+
 @pytest.mark.parametrize('size', [1000, 4 * CHUNK_BYTES])  # one read; several
 @pytest.mark.parametrize('method', ['auto', 'copy'])
 def test_source_that_changes_during_copy_is_detected(tmp_path, method, size):
