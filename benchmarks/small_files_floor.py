@@ -15,8 +15,9 @@ by `sync -f` of the destination's filesystem, as there:
   the files as the exporter's helpers have; the same without the hash;
 - on the whole model: `cp -r`; `minimal_python_export.py` (the least any export
   written in Python does: plan, two-process hashed copy, manifest, listing
-  check, flush, rename), also with the C program above as its two helpers; and
-  the exporter's copy-only export.
+  check, flush, rename), also with the C program above as its two helpers;
+  `native_export_floor.c`, the same work as a C program (no interpreter), its
+  two workers threads or processes; and the exporter's copy-only export.
 
 Copies are kept until the last run (ext4 slows the runs after a removal of
 20,000 files). Prints medians, the ratios to `cp -r` and CPU seconds.
@@ -42,14 +43,15 @@ import export_benchmark as eb  # noqa: E402  (the shared helpers: paths, child e
 import large_model_benchmark as lb  # noqa: E402  (the 20k-files model, the CLI's path)
 
 SOURCE = SCRIPT.with_suffix('.c')
+NATIVE_SOURCE = SCRIPT.with_name('native_export_floor.c')
 MINIMAL = SCRIPT.with_name('minimal_python_export.py')
 
 
-def build(out: Path) -> Path:
-    """`small_files_floor.c` compiled into `out`; exits naming what is missing if it cannot."""
-    binary = out / 'small_files_floor'
+def build(out: Path, source: Path = SOURCE) -> Path:
+    """`source` compiled into `out`; exits naming what is missing if it cannot."""
+    binary = out / source.stem
     cc = os.environ.get('CC', 'cc')
-    cmd = [cc, '-O2', '-o', str(binary), str(SOURCE), '-lcrypto']
+    cmd = [cc, '-O2', '-o', str(binary), str(source), '-lcrypto', '-lpthread']
     try:
         built = subprocess.run(cmd, capture_output=True, text=True)
     except FileNotFoundError:
@@ -62,7 +64,9 @@ def build(out: Path) -> Path:
     return binary
 
 
-def commands(binary: Path, model: Path, lists: list[Path], all_list: Path) -> dict[str, str]:
+def commands(
+    binary: Path, native: Path, model: Path, lists: list[Path], all_list: Path
+) -> dict[str, str]:
     """{method: shell command with `{d}` for its fresh destination and `{s}` for the scratch}."""
     assets = model / 'Format-Serving' / 'assets'
 
@@ -81,6 +85,12 @@ def commands(binary: Path, model: Path, lists: list[Path], all_list: Path) -> di
         ),
         'model: minimal Python export, C helpers': (
             f'{sys.executable} {MINIMAL} {model / "Format-Serving"} {{d}} --c-helper {binary}'
+        ),
+        'model: native export (C), 2 threads': (
+            f'{native} {model / "Format-Serving"} {{d}} threads'
+        ),
+        'model: native export (C), 2 processes': (
+            f'{native} {model / "Format-Serving"} {{d}} processes'
         ),
         'model: export, no smoke test': (
             f'{lb.CLI} export --model {model} --export-base {{d}} --name bench '
@@ -113,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     model = lb.many_files_model(args.work_dir)
     scratch = Path(tempfile.mkdtemp(prefix='floor-', dir=args.work_dir))
     try:
-        binary = build(scratch)
+        binary, native = build(scratch), build(scratch, NATIVE_SOURCE)
         all_list, lists = source_lists(model, scratch, os.cpu_count() or 1)
-        methods = commands(binary, model, lists, all_list)
+        methods = commands(binary, native, model, lists, all_list)
         seconds: dict[str, list[float]] = {m: [] for m in methods}
         cpu: dict[str, list[float]] = {m: [] for m in methods}
         load_before, count = os.getloadavg(), 0
